@@ -1,0 +1,598 @@
+"""Data for KSR: RecBole atomic files, ml-100k out of the box, leave-one-out
+sequences and knowledge-graph embeddings.
+
+Reading order:
+  1. read_atomic         - one RecBole atomic file (tab-separated, `name:type` header)
+  2. fetch_ml100k        - ml-100k from the recbole wheel on the package index
+  3. attribute_kg        - a small, correct KG built from ml-100k.item (genre, year, decade)
+  4. build_sequences     - sort by time, remap ids, RecBole's prefix samples and leave-one-out
+  5. train_transe        - TransE in plain torch, for datasets without .ent_feature/.rel_feature
+  6. load_dataset        - all of the above, cached, into one `Dataset`
+  7. link_check          - do the KG's genres agree with the dataset's own genre labels?
+
+`python data.py --dataset ml-100k [--kg freebase|attributes] [--json]` prepares
+everything and prints the statistics.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+MAX_ITEM_LIST_LENGTH = 50  # RecBole's default window for sequential models
+ML100K_WHEEL = "recbole==1.2.1"
+ML100K_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
+ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.kg", "ml-100k.link", "ml-100k.user")
+
+
+class DataError(Exception):
+    """Bad input. The message is one line naming the file (and line) and what is wrong."""
+
+
+# ----------------------------------------------------------------------------
+# 1. Atomic files
+
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def read_atomic(path, required=()):
+    """Read a RecBole atomic file into {column name: list of values}.
+
+    token -> str, token_seq -> list[str], float -> float, float_seq -> np.ndarray (float32).
+    `required` names columns that must be present.
+    """
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n")
+        if not header:
+            raise DataError(f"{path}: file is empty (expected a header line of name:type columns)")
+        names, types = [], []
+        for col in header.split("\t"):
+            name, sep, typ = col.partition(":")
+            if not sep or typ not in ATOMIC_TYPES:
+                raise DataError(f"{path}: line 1: header column {col!r} is not name:type with type in {ATOMIC_TYPES}")
+            names.append(name)
+            types.append(typ)
+        for name in required:
+            if name not in names:
+                raise DataError(f"{path}: line 1: missing column {name!r} (header has {names})")
+        cols = {n: [] for n in names}
+        vec_len = {}
+        for lineno, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split("\t")
+            if len(parts) != len(names):
+                raise DataError(f"{path}: line {lineno}: expected {len(names)} tab-separated columns, found {len(parts)}")
+            for name, typ, value in zip(names, types, parts):
+                if typ == "token":
+                    cols[name].append(value)
+                elif typ == "token_seq":
+                    cols[name].append(value.split())
+                else:
+                    try:
+                        if typ == "float":
+                            v = float(value)
+                        else:
+                            v = np.array(value.split(), dtype=np.float32)
+                    except ValueError:
+                        raise DataError(f"{path}: line {lineno}: column {name!r}: cannot parse {value!r} as {typ}") from None
+                    if typ == "float_seq":
+                        n = vec_len.setdefault(name, len(v))
+                        if len(v) != n:
+                            raise DataError(f"{path}: line {lineno}: column {name!r}: vector of length {len(v)}, earlier rows have {n}")
+                    cols[name].append(v)
+    if not cols[names[0]]:
+        raise DataError(f"{path}: file has a header but no rows")
+    return cols
+
+
+def write_atomic(path, header, rows):
+    """Write an atomic file through a temporary file and a rename: never half-written."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\t".join(header) + "\n")
+            for row in rows:
+                f.write("\t".join(row) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------
+# 2. ml-100k without a manual step
+
+def fetch_ml100k(data_path, log=print):
+    """Put RecBole's ml-100k atomic files in <data_path>/ml-100k/.
+
+    The only reachable host is the Python package index, and the recbole wheel carries
+    ml-100k as atomic files. We download the wheel (without installing it), check its
+    sha256, extract the five files into a temporary folder and rename it into place.
+    """
+    target = os.path.join(data_path, "ml-100k")
+    os.makedirs(data_path, exist_ok=True)
+    manual = (f"put {', '.join(ML100K_FILES)} (from recbole/dataset_example/ml-100k/ in the "
+              f"{ML100K_WHEEL} wheel or RecBole's repository) into {target}/ by hand")
+    with tempfile.TemporaryDirectory(dir=data_path, prefix=".fetch-") as tmp:
+        log(f"ml-100k: downloading the {ML100K_WHEEL} wheel (it carries ml-100k as atomic files)...")
+        cmd = [sys.executable, "-m", "pip", "download", ML100K_WHEEL, "--no-deps", "--quiet", "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+        if proc.returncode != 0 or len(wheels) != 1:
+            why = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise DataError(f"{target}: missing, and downloading {ML100K_WHEEL} failed ({why}); {manual}")
+        whl = os.path.join(tmp, wheels[0])
+        verify_sha256(whl, ML100K_WHEEL_SHA256, manual)
+        out = os.path.join(tmp, "ml-100k")
+        os.makedirs(out)
+        with zipfile.ZipFile(whl) as z:
+            for name in ML100K_FILES:
+                with z.open(f"recbole/dataset_example/ml-100k/{name}") as src, open(os.path.join(out, name), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        try:
+            os.rename(out, target)  # atomic: the folder appears complete or not at all
+        except OSError:
+            if not os.path.isdir(target):
+                raise
+    log(f"ml-100k: {len(ML100K_FILES)} files in {target}")
+    return target
+
+
+def verify_sha256(path, expected, manual=""):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != expected:
+        raise DataError(f"{path}: sha256 {h.hexdigest()} does not match the expected {expected}" + (f"; {manual}" if manual else ""))
+
+
+# ----------------------------------------------------------------------------
+# 3. A correct attribute KG for ml-100k
+
+def attribute_kg(item_cols):
+    """Triples item -> genre / release_year / decade built from ml-100k.item.
+
+    RecBole's ml-100k.link is KB4Rec's ML-20M link table cut at id 1682, but ml-100k
+    numbers its movies differently, so its Freebase facts belong to other films (see
+    link_check and the README). This KG is small but right. Returns (triples, links)
+    with entity tokens prefixed by their kind ("item:2", "genre:Action", "year:1995").
+    """
+    triples, links = [], []
+    genres = item_cols.get("class") or item_cols.get("genre")
+    years = item_cols.get("release_year")
+    for k, item in enumerate(item_cols["item_id"]):
+        head = f"item:{item}"
+        links.append((item, head))
+        for g in (genres[k] if genres else []):
+            triples.append((head, "genre", f"genre:{g}"))
+        if years is not None and years[k].isdigit():
+            y = int(years[k])
+            triples.append((head, "release_year", f"year:{y}"))
+            triples.append((head, "decade", f"decade:{y // 10 * 10}s"))
+    return triples, links
+
+
+# ----------------------------------------------------------------------------
+# 4. Sequences and RecBole's sequential split
+
+@dataclass
+class Split:
+    """Samples `item_seq[b, :lengths[b]] -> targets[b]`, padded with 0 on the right."""
+    users: np.ndarray    # (N,) user ids
+    item_seq: np.ndarray  # (N, L) item ids, 0 = padding
+    lengths: np.ndarray  # (N,)
+    targets: np.ndarray  # (N,)
+
+    def __len__(self):
+        return len(self.targets)
+
+
+def remap(tokens):
+    """Tokens -> contiguous ids from 1 in order of first appearance (0 is padding)."""
+    vocab = {}
+    ids = np.fromiter((vocab.setdefault(t, len(vocab) + 1) for t in tokens), dtype=np.int64, count=len(tokens))
+    return ids, ["[PAD]"] + list(vocab)
+
+
+def build_sequences(users, items, times, max_len=MAX_ITEM_LIST_LENGTH):
+    """RecBole's sequential protocol from interaction arrays (user id, item id, time).
+
+    Each user's interactions are sorted by time (stable, so ties keep file order). A user
+    with n interactions gives n-1 samples `items[:t] -> items[t]` (t = 1..n-1), the input
+    cut to its last `max_len` items. Leave-one-out as RecBole's
+    `_split_index_by_leave_one_out(.., 2)`: the last sample is test, the one before it
+    valid, the rest train. Short users, exactly as RecBole: n=1 gives no sample; n=2 one
+    train sample and no valid/test; n=3 one train and one test sample, no valid.
+    Returns (per-user sequences, {"train": Split, "valid": Split, "test": Split}).
+    """
+    order = np.lexsort((times, users))  # by user, then time; lexsort is stable
+    users, items = users[order], items[order]
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(users)]])
+    n_users = int(users.max()) if len(users) else 0
+    seqs = [np.zeros(0, dtype=np.int64) for _ in range(n_users + 1)]
+    parts = {"train": [], "valid": [], "test": []}
+    for s, e in zip(starts, ends):
+        u = int(users[s])
+        seqs[u] = items[s:e]
+        n_samples = e - s - 1
+        n_eval = min(2, max(n_samples - 1, 0))  # RecBole's legal_leave_one_num
+        n_train = n_samples - n_eval
+        for t in range(1, n_samples + 1):
+            k = t - 1  # sample index
+            if k < n_train:
+                name = "train"
+            elif n_eval == 2:
+                name = "valid" if k == n_train else "test"
+            else:
+                name = "test"
+            parts[name].append((u, s + max(0, t - max_len), s + t))
+    splits = {}
+    for name, rows in parts.items():
+        rows = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        lo, hi = rows[:, 1], rows[:, 2]
+        lengths = hi - lo
+        L = max_len
+        idx = lo[:, None] + np.arange(L)[None, :]
+        valid = np.arange(L)[None, :] < lengths[:, None]
+        seq = np.where(valid, items[np.minimum(idx, len(items) - 1)], 0) if len(items) else np.zeros((0, L), np.int64)
+        splits[name] = Split(rows[:, 0], seq.astype(np.int64), lengths, items[hi] if len(rows) else hi)
+    return seqs, splits
+
+
+# ----------------------------------------------------------------------------
+# 5. TransE
+
+def train_transe(triples, n_entities, n_relations, dim=64, epochs=60, batch_size=4096, margin=1.0,
+                 lr=0.01, holdout=0.05, seed=2020, log=print):
+    """TransE (Bordes et al. 2013): h + r ~ t, with a margin ranking loss against
+    triples whose head or tail is replaced by a random entity; entity vectors are kept
+    on the unit sphere. Returns (entity vectors, relation vectors, raw tail Hits@10 on
+    the held-out triples). The held-out triples are not trained on.
+    """
+    g = torch.Generator().manual_seed(seed)
+    triples = torch.as_tensor(np.asarray(triples), dtype=torch.long)
+    perm = torch.randperm(len(triples), generator=g)
+    n_test = int(round(holdout * len(triples))) if len(triples) >= 20 else 0
+    test, train = triples[perm[:n_test]], triples[perm[n_test:]]
+    bound = 6.0 / dim ** 0.5
+    ent = (torch.rand(n_entities, dim, generator=g) * 2 - 1) * bound
+    rel = (torch.rand(n_relations, dim, generator=g) * 2 - 1) * bound
+    rel = rel / rel.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    ent.requires_grad_()
+    rel.requires_grad_()
+    opt = torch.optim.Adam([ent, rel], lr=lr)
+    t0 = time.time()
+    for epoch in range(epochs):
+        order = torch.randperm(len(train), generator=g)
+        total = 0.0
+        for i in range(0, len(train), batch_size):
+            h, r, t = train[order[i:i + batch_size]].T
+            with torch.no_grad():  # entities on the unit sphere, as in the paper
+                ent.div_(ent.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            corrupt = torch.randint(n_entities, h.shape, generator=g)
+            head_side = torch.rand(h.shape, generator=g) < 0.5
+            h2 = torch.where(head_side, corrupt, h)
+            t2 = torch.where(head_side, t, corrupt)
+            d_pos = (ent[h] + rel[r] - ent[t]).norm(dim=1)
+            d_neg = (ent[h2] + rel[r] - ent[t2]).norm(dim=1)
+            loss = torch.relu(margin + d_pos - d_neg).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(h)
+        if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            log(f"TransE epoch {epoch + 1}/{epochs}: loss {total / max(len(train), 1):.4f} ({time.time() - t0:.0f}s)")
+    with torch.no_grad():
+        ent.div_(ent.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    ent, rel = ent.detach(), rel.detach()
+    return ent.numpy(), rel.numpy(), transe_hits_at_10(ent, rel, test)
+
+
+@torch.no_grad()
+def transe_hits_at_10(ent, rel, test):
+    """Raw tail Hits@10: rank the true tail among all entities by ||h + r - e||."""
+    if len(test) == 0:
+        return float("nan")
+    hits = 0
+    for i in range(0, len(test), 512):
+        h, r, t = test[i:i + 512].T
+        d = torch.cdist(ent[h] + rel[r], ent)  # (b, n_entities)
+        true = d.gather(1, t[:, None])
+        hits += int(((d < true).sum(1) < 10).sum())
+    return hits / len(test)
+
+
+def feature_paths(folder, dataset, kg):
+    stem = dataset if kg == "native" else f"{dataset}.{kg}"
+    return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
+
+
+# ----------------------------------------------------------------------------
+# 6. The dataset
+
+@dataclass
+class Dataset:
+    name: str
+    kg: str
+    user_tokens: list        # id -> token, [0] = "[PAD]"
+    item_tokens: list
+    seqs: list               # user id -> item ids sorted by time
+    train: Split
+    valid: Split
+    test: Split
+    entity_tokens: list
+    relation_tokens: list    # relation a <-> row a of relation_kg (R real relations, no padding row)
+    triples: np.ndarray      # (T, 3) entity, relation, entity ids
+    item_entity: np.ndarray  # (n_items + 1,) entity id of each item, -1 if unlinked
+    item_kg: np.ndarray      # (n_items + 1, K) pretrained entity vector of each item (0 if unlinked)
+    relation_kg: np.ndarray  # (R, K) pretrained relation vectors
+    item_titles: list = None
+    transe_hits10: float = None
+    fingerprint: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self):
+        return len(self.user_tokens) - 1
+
+    @property
+    def n_items(self):
+        return len(self.item_tokens) - 1
+
+
+def _fingerprint(paths, extra):
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for p in paths:
+        with open(p, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def load_kg(folder, dataset, kg_mode, item_cols=None):
+    """Token triples (head, relation, tail), (item, entity) links and the files read."""
+    p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
+    if kg_mode == "native":
+        kgc = read_atomic(p("kg"), required=("head_id", "relation_id", "tail_id"))
+        linkc = read_atomic(p("link"), required=("item_id", "entity_id"))
+        triples = list(zip(kgc["head_id"], kgc["relation_id"], kgc["tail_id"]))
+        return triples, list(zip(linkc["item_id"], linkc["entity_id"])), [p("kg"), p("link")]
+    if item_cols is None or not ("class" in item_cols or "genre" in item_cols or "release_year" in item_cols):
+        raise DataError(f"{p('item')}: --kg attributes needs an .item file with a class/genre or release_year column")
+    triples, links = attribute_kg(item_cols)
+    return triples, links, [p("item")]
+
+
+def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unlinked=False,
+                 kg_embedding_size=64, max_len=MAX_ITEM_LIST_LENGTH, seed=2020, log=print):
+    """Load <data_path>/<dataset>/ into a `Dataset`, preparing what is missing.
+
+    kg: "freebase" (or "native": the dataset's own .kg/.link; "freebase" is ml-100k's
+    name for them) or "attributes" (built from the .item file's genre and year columns).
+    """
+    folder = os.path.join(data_path, dataset)
+    if not os.path.isdir(folder):
+        if dataset == "ml-100k":
+            fetch_ml100k(data_path, log=log)
+        else:
+            raise DataError(f"{folder}: dataset folder not found (put the RecBole atomic files "
+                            f"{dataset}.inter, .kg, .link there)")
+    kg_mode = "native" if kg in ("freebase", "native") else kg
+    if kg_mode not in ("native", "attributes"):
+        raise DataError(f"--kg: unknown value {kg!r} (choose freebase or attributes)")
+    p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
+    used = [p("inter")]
+
+    inter = read_atomic(p("inter"), required=("user_id", "item_id"))
+    item_cols = read_atomic(p("item"), required=("item_id",)) if os.path.exists(p("item")) else None
+
+    # --- knowledge graph: triples and item -> entity links
+    triples_tok, links, kg_files = load_kg(folder, dataset, kg_mode, item_cols)
+    used += kg_files
+    ent_ids, entity_tokens = remap([x for h, _, t in triples_tok for x in (h, t)])
+    entity_tokens = entity_tokens[1:]  # entities are numbered from 0: no padding needed
+    ent_index = {tok: i for i, tok in enumerate(entity_tokens)}
+    rel_vocab = {}
+    rel_ids = np.array([rel_vocab.setdefault(r, len(rel_vocab)) for _, r, _ in triples_tok], dtype=np.int64)
+    relation_tokens = list(rel_vocab)
+    triples = np.stack([ent_ids[0::2] - 1, rel_ids, ent_ids[1::2] - 1], axis=1) if triples_tok else np.zeros((0, 3), np.int64)
+    item_link = {}
+    for k, (item, entity) in enumerate(links):
+        if entity not in ent_index:
+            raise DataError(f"{p('link')}: line {k + 2}: entity {entity!r} of item {item!r} does not appear in the KG")
+        item_link[item] = ent_index[entity]
+
+    # --- interactions: drop the ones whose item has no KG link (as RecBole's KG datasets)
+    users_tok, items_tok = inter["user_id"], inter["item_id"]
+    times = np.asarray(inter["timestamp"], dtype=np.float64) if "timestamp" in inter else np.arange(len(users_tok), dtype=np.float64)
+    n_raw = len(users_tok)
+    if not keep_unlinked:
+        keep = np.fromiter((i in item_link for i in items_tok), dtype=bool, count=n_raw)
+        users_tok = [u for u, k in zip(users_tok, keep) if k]
+        items_tok = [i for i, k in zip(items_tok, keep) if k]
+        times = times[keep]
+        if not users_tok:
+            raise DataError(f"{p('inter')}: no interaction has an item linked in {p('link')}")
+    users, user_tokens = remap(users_tok)
+    items, item_tokens = remap(items_tok)
+    seqs, splits = build_sequences(users, items, times, max_len)
+    if len(splits["test"]) == 0:
+        raise DataError(f"{p('inter')}: no user has the 3 interactions a train/valid/test split needs")
+    short = sum(1 for s in seqs[1:] if len(s) < 4)
+    item_entity = np.array([-1] + [item_link.get(t, -1) for t in item_tokens[1:]], dtype=np.int64)
+
+    # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached
+    ent_path, rel_path = feature_paths(folder, dataset, kg_mode)
+    hits = None
+    if os.path.exists(ent_path) and os.path.exists(rel_path):
+        ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
+        rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))
+        ent_vec = dict(zip(ef["ent_id"], ef["ent_vec"]))
+        rel_vec = dict(zip(rf["rel_id"], rf["rel_vec"]))
+        dims = {len(next(iter(ent_vec.values()))), len(next(iter(rel_vec.values())))}
+        if len(dims) != 1:
+            raise DataError(f"{ent_path}: entity vectors have length {sorted(dims)[0]}, relation vectors in {rel_path} {sorted(dims)[-1]}")
+        for r in relation_tokens:
+            if r not in rel_vec:
+                raise DataError(f"{rel_path}: no vector for relation {r!r}")
+        K = dims.pop()
+        relation_kg = np.stack([rel_vec[r] for r in relation_tokens]).astype(np.float32)
+        entity_kg = np.zeros((len(entity_tokens), K), np.float32)
+        for i, tok in enumerate(entity_tokens):
+            if tok in ent_vec:
+                entity_kg[i] = ent_vec[tok]
+        meta_path = ent_path + ".json"
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                hits = json.load(f).get("transe_hits@10")
+        log(f"KG vectors: read {ent_path} and {rel_path} (K={K})")
+    else:
+        log(f"KG vectors: {ent_path} not found; training TransE on {len(triples)} triples "
+            f"({len(entity_tokens)} entities, {len(relation_tokens)} relations, K={kg_embedding_size})")
+        entity_kg, relation_kg, hits = train_transe(triples, len(entity_tokens), len(relation_tokens),
+                                                    dim=kg_embedding_size, seed=seed, log=log)
+        fmt = lambda v: " ".join(f"{x:.6g}" for x in v)
+        write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
+        meta = {"transe_hits@10": hits, "triples": int(len(triples)), "dim": kg_embedding_size, "seed": seed}
+        write_atomic(ent_path + ".json", [json.dumps(meta)], [])
+        # the entity file last: its presence is what marks the cache as complete
+        write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
+        log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on held-out triples = {hits:.4f}")
+    item_kg = np.zeros((len(item_tokens), entity_kg.shape[1]), np.float32)
+    linked = item_entity >= 0
+    item_kg[linked] = entity_kg[item_entity[linked]]
+
+    titles = None
+    if item_cols is not None and "movie_title" in item_cols:
+        t = dict(zip(item_cols["item_id"], (" ".join(x) for x in item_cols["movie_title"])))
+        titles = ["[PAD]"] + [t.get(tok, tok) for tok in item_tokens[1:]]
+
+    ds = Dataset(dataset, kg, user_tokens, item_tokens, seqs, splits["train"], splits["valid"], splits["test"],
+                 entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits)
+    ds.fingerprint = _fingerprint(used, {"kg": kg_mode, "keep_unlinked": keep_unlinked, "max_len": max_len})
+    ds.stats = {
+        "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": len(users),
+        "dropped_unlinked_interactions": n_raw - len(users), "short_users": short,
+        "train_samples": len(ds.train), "valid_samples": len(ds.valid), "test_samples": len(ds.test),
+        "entities": len(entity_tokens), "relations": len(relation_tokens), "triples": int(len(triples)),
+        "linked_items": int(linked[1:].sum()), "unlinked_items": int((~linked[1:]).sum()),
+        "transe_hits@10": hits, "fingerprint": ds.fingerprint,
+    }
+    return ds
+
+
+# ----------------------------------------------------------------------------
+# 7. Are the links right? Genre agreement between the KG and the item labels
+
+def link_check(triples, links, item_cols, label_column="class", seed=0):
+    """How much do the KG's genre facts agree with the dataset's own genre labels?
+
+    Take pairs of items that share a genre entity in the KG (a relation whose name
+    contains "genre", from the item's entity to the genre). If the links are right, such
+    pairs share a label in `label_column` of the .item file far more often than random
+    pairs do; the ratio is the lift (1.0: the KG's genres say nothing about the labels).
+    `triples` and `links` are token tuples as load_kg returns them.
+    """
+    if item_cols is None or label_column not in item_cols:
+        return None
+    labels = dict(zip(item_cols["item_id"], (frozenset(x) for x in item_cols[label_column])))
+    item_of = {e: i for i, e in links if i in labels}
+    rels = sorted({r for _, r, _ in triples if "genre" in r.lower()})
+    members = {}  # genre entity -> items
+    for h, r, t in triples:
+        if r in rels and h in item_of:
+            members.setdefault(t, set()).add(item_of[h])
+    items = sorted(set(item_of.values()))
+    if not members or len(items) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(len(items), size=(2, 200_000))
+    keep = a != b
+    base = float(np.mean([bool(labels[items[x]] & labels[items[y]]) for x, y in zip(a[keep], b[keep])]))
+    share = total = 0
+    for group in members.values():
+        m = sorted(group)
+        if len(m) < 2:
+            continue
+        x, y = np.triu_indices(len(m), 1)
+        if len(x) > 20_000:  # sample the pairs of the big genres
+            k = rng.integers(len(x), size=20_000)
+            x, y = x[k], y[k]
+        share += sum(bool(labels[m[i]] & labels[m[j]]) for i, j in zip(x, y))
+        total += len(x)
+    given = share / max(total, 1)
+    return {"relations": rels, "pairs": int(total), "p_share_label_given_kg": given,
+            "p_share_label_random": base, "lift": given / base if base else float("nan")}
+
+
+# ----------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.")
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--data_path", default="dataset")
+    ap.add_argument("--kg", default="freebase", choices=["freebase", "native", "attributes"],
+                    help="freebase/native: the dataset's .kg/.link; attributes: a KG built from the .item file")
+    ap.add_argument("--keep_unlinked", action="store_true", help="keep interactions whose item has no KG link (zero KG vector)")
+    ap.add_argument("--kg_embedding_size", type=int, default=64)
+    ap.add_argument("--MAX_ITEM_LIST_LENGTH", type=int, default=MAX_ITEM_LIST_LENGTH)
+    ap.add_argument("--seed", type=int, default=2020)
+    ap.add_argument("--check_links", action="store_true", help="also print the KG/label genre agreement")
+    ap.add_argument("--json", action="store_true", help="print the statistics as one JSON object on the last line")
+    args = ap.parse_args(argv)
+    if args.kg_embedding_size < 1 or args.MAX_ITEM_LIST_LENGTH < 1:
+        ap.error("--kg_embedding_size and --MAX_ITEM_LIST_LENGTH must be positive")
+    log = lambda msg: print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
+    try:
+        ds = load_dataset(args.dataset, args.data_path, args.kg, args.keep_unlinked, args.kg_embedding_size,
+                          args.MAX_ITEM_LIST_LENGTH, args.seed, log=log)
+        stats = dict(ds.stats)
+        if args.check_links:
+            folder = os.path.join(args.data_path, args.dataset)
+            item_file = os.path.join(folder, f"{args.dataset}.item")
+            item_cols = read_atomic(item_file) if os.path.exists(item_file) else None
+            stats["link_check"] = {}
+            for mode in ("native", "attributes"):
+                try:
+                    triples, links, _ = load_kg(folder, args.dataset, mode, item_cols)
+                except DataError:
+                    continue
+                stats["link_check"][mode] = link_check(triples, links, item_cols)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for k, v in stats.items():
+        if k != "link_check":
+            log(f"{k:>30}: {v}")
+    for mode, lc in (stats.get("link_check") or {}).items():
+        name = "freebase" if mode == "native" and args.dataset == "ml-100k" else mode
+        if lc is None:
+            log(f"link check, {name} KG: needs an .item file with a 'class' column and a KG relation named *genre*")
+        else:
+            log(f"link check, {name} KG ({', '.join(lc['relations'])}): items that share a KG genre share a "
+                f".item genre label {lc['p_share_label_given_kg']:.3f} of the time, random pairs "
+                f"{lc['p_share_label_random']:.3f}: lift {lc['lift']:.2f} (1.0 = the KG's genres say nothing)")
+    if args.json:
+        print(json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

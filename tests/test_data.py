@@ -1,0 +1,248 @@
+"""data.py: atomic files, RecBole's sequential split, the KG and TransE."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import data
+from conftest import write_tiny_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- the split
+
+@st.composite
+def interaction_logs(draw):
+    n_users = draw(st.integers(1, 8))
+    lengths = draw(st.lists(st.integers(1, 70), min_size=n_users, max_size=n_users))
+    n_items = draw(st.integers(1, 30))
+    users, items, times = [], [], []
+    for u, n in enumerate(lengths, start=1):
+        users += [u] * n
+        items += draw(st.lists(st.integers(1, n_items), min_size=n, max_size=n))
+        times += draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))  # many ties
+    perm = draw(st.permutations(range(len(users))))
+    pick = lambda xs: np.array([xs[i] for i in perm], dtype=np.int64)
+    return pick(users), pick(items), pick(times).astype(float), lengths
+
+
+@given(interaction_logs(), st.sampled_from([1, 3, 50]))
+@settings(max_examples=150, deadline=None)
+def test_split_matches_recbole_protocol(log, max_len):
+    users, items, times, lengths = log
+    seqs, splits = data.build_sequences(users, items, times, max_len)
+    for u, n in enumerate(lengths, start=1):
+        # stable sort by time: ties keep file order
+        mask = users == u
+        order = np.argsort(times[mask], kind="stable")
+        expect = items[mask][order]
+        assert np.array_equal(seqs[u], expect)
+    # sample counts: n-1 per user, valid/test as RecBole's leave-one-out
+    n_train = sum(n - 3 if n >= 4 else (1 if n in (2, 3) else 0) for n in lengths)
+    assert len(splits["train"]) == n_train
+    assert len(splits["valid"]) == sum(n >= 4 for n in lengths)
+    assert len(splits["test"]) == sum(n >= 3 for n in lengths)
+    for name, sp in splits.items():
+        for b in range(len(sp)):
+            u, L = sp.users[b], sp.lengths[b]
+            seq = seqs[u]
+            assert 1 <= L <= max_len
+            assert np.all(sp.item_seq[b, L:] == 0)
+            row = sp.item_seq[b, :L]
+            # the input is the window of the `L` items just before the target
+            ends = [t for t in range(1, len(seq)) if np.array_equal(seq[max(0, t - max_len):t], row) and seq[t] == sp.targets[b]]
+            assert ends, (name, b)
+            if name == "test":
+                assert np.array_equal(row, seq[:-1][-max_len:]) and sp.targets[b] == seq[-1]
+            if name == "valid":
+                assert np.array_equal(row, seq[:-2][-max_len:]) and sp.targets[b] == seq[-2]
+    # every training sample is a strict earlier prefix: its target comes before valid's
+    for b in range(len(splits["train"])):
+        u = splits["train"].users[b]
+        n = len(seqs[u])
+        if n >= 4:
+            assert splits["train"].lengths[b] <= min(max_len, n - 3)
+
+
+@given(st.lists(st.text(min_size=1, max_size=3), max_size=40))
+def test_remap_is_a_bijection_from_one(tokens):
+    ids, vocab = data.remap(tokens)
+    assert vocab[0] == "[PAD]"
+    assert len(set(vocab)) == len(vocab)
+    assert [vocab[i] for i in ids] == tokens
+    assert set(ids.tolist()) == set(range(1, len(vocab)))
+
+
+# ---------------------------------------------------------------- TransE
+
+def test_transe_learns_planted_structure():
+    # 200 heads, 5 relations; relation a sends head h to tail 200 + a * 10 + h % 10
+    triples = [(h, a, 200 + a * 10 + h % 10) for h in range(200) for a in range(5)]
+    ent, rel, hits = data.train_transe(triples, 250, 5, dim=16, epochs=40, batch_size=256, seed=0, log=lambda m: None)
+    assert ent.shape == (250, 16) and rel.shape == (5, 16)
+    assert np.allclose(np.linalg.norm(ent, axis=1), 1, atol=1e-5)
+    assert hits > 0.5  # random ranking gives 10 / 250 = 0.04
+
+
+# ---------------------------------------------------------------- loading
+
+def test_load_tiny_dataset_and_cache(tiny_dataset):
+    msgs = []
+    ds = data.load_dataset("tiny", tiny_dataset, kg="native", kg_embedding_size=8, log=msgs.append)
+    assert any("training TransE" in m for m in msgs)
+    folder = os.path.join(tiny_dataset, "tiny")
+    assert os.path.exists(os.path.join(folder, "tiny.ent_feature"))
+    with open(os.path.join(folder, "tiny.ent_feature")) as f:
+        assert f.readline() == "ent_id:token\tent_vec:float_seq\n"
+        tok, vec = f.readline().rstrip("\n").split("\t")
+        assert len(vec.split()) == 8
+    assert ds.relation_kg.shape == (3, 8) and ds.item_kg.shape == (ds.n_items + 1, 8)
+    assert np.all(ds.item_kg[0] == 0)
+    # row i of item_kg is the vector of item i's linked entity
+    ent = data.read_atomic(os.path.join(folder, "tiny.ent_feature"))
+    vec = dict(zip(ent["ent_id"], ent["ent_vec"]))
+    for i in range(1, ds.n_items + 1):
+        np.testing.assert_allclose(ds.item_kg[i], vec["e" + ds.item_tokens[i]], atol=1e-5)
+    # a second load reads the cache and gives the same vectors
+    msgs.clear()
+    ds2 = data.load_dataset("tiny", tiny_dataset, kg="native", kg_embedding_size=8, log=msgs.append)
+    assert not any("training TransE" in m for m in msgs)
+    np.testing.assert_allclose(ds2.item_kg, ds.item_kg, atol=1e-5)
+    assert ds2.fingerprint == ds.fingerprint
+    assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+
+
+def test_unlinked_items_dropped_or_kept(tmp_path):
+    write_tiny_dataset(str(tmp_path), linked=range(1, 11))  # items 11..15 have no link
+    ds = data.load_dataset("tiny", str(tmp_path), kg="native", kg_embedding_size=4, log=lambda m: None)
+    assert all(int(t) <= 10 for t in ds.item_tokens[1:])
+    kept = data.load_dataset("tiny", str(tmp_path), kg="native", keep_unlinked=True, kg_embedding_size=4, log=lambda m: None)
+    assert kept.stats["interactions"] > ds.stats["interactions"]
+    unlinked = [i for i, t in enumerate(kept.item_tokens) if i and int(t) > 10]
+    assert unlinked and kept.stats["unlinked_items"] == len(unlinked)
+    assert np.all(kept.item_kg[unlinked] == 0) and np.all(kept.item_entity[unlinked] == -1)
+
+
+def test_attribute_kg(tiny_dataset):
+    ds = data.load_dataset("tiny", tiny_dataset, kg="attributes", kg_embedding_size=4, log=lambda m: None)
+    assert ds.relation_tokens == ["genre", "release_year", "decade"]
+    assert ds.stats["linked_items"] == ds.n_items
+    assert ds.item_titles[1].startswith("Movie ")
+
+
+def test_link_check_separates_right_and_wrong_links(tiny_dataset):
+    folder = os.path.join(tiny_dataset, "tiny")
+    item_cols = data.read_atomic(os.path.join(folder, "tiny.item"))
+    triples, links = data.attribute_kg(item_cols)
+    right = data.link_check(triples, links, item_cols)
+    assert right["p_share_label_given_kg"] == 1.0 and right["lift"] > 2
+    # links shuffled (as in ml-100k's Freebase table): the genres now belong to other films
+    perm = np.random.default_rng(1).permutation(len(links))
+    shuffled = [(links[p][0], e) for p, (_, e) in zip(perm, links)]
+    wrong = data.link_check(triples, shuffled, item_cols)
+    assert wrong["lift"] < 0.6 * right["lift"]
+
+
+# ---------------------------------------------------------------- bad input
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "empty"),
+    ("user_id\titem_id\n1\t2\n", "not name:type"),
+    ("user_id:token\titem_id:token\n1\t2\n3\n", "line 3: expected 2"),
+    ("user_id:token\tscore:float\n1\tabc\n", "line 2: column 'score': cannot parse 'abc'"),
+    ("ent_id:token\tent_vec:float_seq\na\t1 2 3\nb\t1 2\n", "line 3: column 'ent_vec': vector of length 2"),
+    ("user_id:token\titem_id:token\n", "no rows"),
+])
+def test_read_atomic_errors(tmp_path, text, needle):
+    path = _write(tmp_path / "x.inter", text)
+    with pytest.raises(data.DataError, match=needle) as e:
+        data.read_atomic(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_and_column(tmp_path):
+    with pytest.raises(data.DataError, match="file not found"):
+        data.read_atomic(str(tmp_path / "nope.inter"))
+    path = _write(tmp_path / "x.inter", "user_id:token\n1\n")
+    with pytest.raises(data.DataError, match="missing column 'item_id'"):
+        data.read_atomic(path, required=("user_id", "item_id"))
+
+
+def test_link_to_unknown_entity(tmp_path):
+    folder = write_tiny_dataset(str(tmp_path))
+    with open(os.path.join(folder, "tiny.link"), "a") as f:
+        f.write("3\tnot_an_entity\n")
+    with pytest.raises(data.DataError, match="tiny.link: line 17: entity 'not_an_entity'"):
+        data.load_dataset("tiny", str(tmp_path), kg="native", kg_embedding_size=4, log=lambda m: None)
+
+
+def test_checksum_mismatch(tmp_path):
+    path = _write(tmp_path / "fake.whl", "not a wheel")
+    with pytest.raises(data.DataError, match="sha256 .* does not match"):
+        data.verify_sha256(path, data.ML100K_WHEEL_SHA256)
+
+
+def test_write_atomic_leaves_nothing_half_written(tmp_path):
+    def rows():
+        yield ["a", "1"]
+        raise RuntimeError("disk full")
+    target = tmp_path / "x.ent_feature"
+    with pytest.raises(RuntimeError):
+        data.write_atomic(str(target), ["ent_id:token", "ent_vec:float_seq"], rows())
+    assert os.listdir(tmp_path) == []
+
+
+def test_users_with_one_or_two_interactions(tmp_path):
+    folder = os.path.join(tmp_path, "short")
+    os.makedirs(folder)
+    _write(os.path.join(folder, "short.inter"), "user_id:token\titem_id:token\ttimestamp:float\n"
+           "a\t1\t1\nb\t1\t1\nb\t2\t2\nc\t1\t1\nc\t2\t2\nc\t3\t3\nd\t1\t1\nd\t2\t2\nd\t3\t3\nd\t1\t4\n")
+    _write(os.path.join(folder, "short.link"), "item_id:token\tentity_id:token\n1\tx\n2\ty\n3\tz\n")
+    _write(os.path.join(folder, "short.kg"), "head_id:token\trelation_id:token\ttail_id:token\nx\tr\ty\ny\tr\tz\n")
+    ds = data.load_dataset("short", str(tmp_path), kg="native", kg_embedding_size=4, log=lambda m: None)
+    # a: no sample; b: 1 train; c: 1 train + 1 test; d: 1 train + valid + test (RecBole's rule)
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (3, 1, 2)
+    assert ds.stats["short_users"] == 3
+
+
+# ---------------------------------------------------------------- the command
+
+def test_command_json_and_errors(tiny_dataset):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--dataset", "tiny", "--data_path",
+                          tiny_dataset, "--kg_embedding_size", "8", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ["users", "items", "interactions", "train_samples", "valid_samples", "test_samples",
+                "entities", "relations", "triples", "linked_items", "transe_hits@10"]:
+        assert key in stats
+    assert stats["relations"] == 3
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--dataset", "nope", "--data_path",
+                          tiny_dataset], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
+
+
+def test_real_ml100k(tmp_path_factory):
+    """Downloads RecBole's wheel; skips cleanly where the package index is unreachable."""
+    root = str(tmp_path_factory.mktemp("data"))
+    try:
+        data.fetch_ml100k(root, log=lambda m: None)
+    except data.DataError as e:
+        pytest.skip(f"ml-100k download unavailable: {e}")
+    for kg, expect in [("freebase", (943, 1598, 97554, 94725, 943, 943)),
+                       ("attributes", (943, 1682, 100000, 97171, 943, 943))]:
+        ds = data.load_dataset("ml-100k", root, kg=kg, log=lambda m: None)
+        s = ds.stats
+        assert (s["users"], s["items"], s["interactions"], s["train_samples"], s["valid_samples"], s["test_samples"]) == expect
+    assert s["relations"] == 3
