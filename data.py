@@ -440,30 +440,7 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
 
     # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached
     ent_path, rel_path = feature_paths(folder, dataset, kg_mode)
-    hits = None
-    if os.path.exists(ent_path) and os.path.exists(rel_path):
-        ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
-        rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))
-        ent_vec = dict(zip(ef["ent_id"], ef["ent_vec"]))
-        rel_vec = dict(zip(rf["rel_id"], rf["rel_vec"]))
-        dims = {len(next(iter(ent_vec.values()))), len(next(iter(rel_vec.values())))}
-        if len(dims) != 1:
-            raise DataError(f"{ent_path}: entity vectors have length {sorted(dims)[0]}, relation vectors in {rel_path} {sorted(dims)[-1]}")
-        for r in relation_tokens:
-            if r not in rel_vec:
-                raise DataError(f"{rel_path}: no vector for relation {r!r}")
-        K = dims.pop()
-        relation_kg = np.stack([rel_vec[r] for r in relation_tokens]).astype(np.float32)
-        entity_kg = np.zeros((len(entity_tokens), K), np.float32)
-        for i, tok in enumerate(entity_tokens):
-            if tok in ent_vec:
-                entity_kg[i] = ent_vec[tok]
-        meta_path = ent_path + ".json"
-        if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                hits = json.load(f).get("transe_hits@10")
-        log(f"KG vectors: read {ent_path} and {rel_path} (K={K})")
-    else:
+    if not (os.path.exists(ent_path) and os.path.exists(rel_path)):
         log(f"KG vectors: {ent_path} not found; training TransE on {len(triples)} triples "
             f"({len(entity_tokens)} entities, {len(relation_tokens)} relations, K={kg_embedding_size})")
         entity_kg, relation_kg, hits = train_transe(triples, len(entity_tokens), len(relation_tokens),
@@ -475,6 +452,26 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
         # the entity file last: its presence is what marks the cache as complete
         write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
         log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on held-out triples = {hits:.4f}")
+    # always read the vectors back from the files, so a fresh run and a cached run see the same numbers
+    ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
+    rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))
+    ent_vec = dict(zip(ef["ent_id"], ef["ent_vec"]))
+    rel_vec = dict(zip(rf["rel_id"], rf["rel_vec"]))
+    K, K_rel = len(ef["ent_vec"][0]), len(rf["rel_vec"][0])
+    if K != K_rel:
+        raise DataError(f"{ent_path}: entity vectors have length {K}, but relation vectors in {rel_path} have {K_rel}")
+    for r in relation_tokens:
+        if r not in rel_vec:
+            raise DataError(f"{rel_path}: no vector for relation {r!r} of the KG")
+    relation_kg = np.stack([rel_vec[r] for r in relation_tokens]).astype(np.float32)
+    entity_kg = np.zeros((len(entity_tokens), K), np.float32)
+    for i, tok in enumerate(entity_tokens):
+        if tok in ent_vec:
+            entity_kg[i] = ent_vec[tok]
+    hits = None
+    if os.path.exists(ent_path + ".json"):
+        with open(ent_path + ".json") as f:
+            hits = json.loads(f.readline()).get("transe_hits@10")
     item_kg = np.zeros((len(item_tokens), entity_kg.shape[1]), np.float32)
     linked = item_entity >= 0
     item_kg[linked] = entity_kg[item_entity[linked]]

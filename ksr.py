@@ -7,7 +7,8 @@ differences are listed in the README.
 Reading order (parts first, the whole model last):
   1. memory_read      - attention over relations, m = sum_a w_a v_a            (paper eq. 5-6)
   2. kv_memory        - the key-value memory, step-by-step reference            (paper eq. 3-4)
-  3. memory_write     - the same write without autograd, only on active rows (frozen KG)
+  3. memory_write     - the same write without autograd, only on active rows (frozen KG),
+     MemoryWriteFunction - and with a hand-written backward (trainable KG)
   4. GRU              - the sequence encoder h_t; a packed fast path beside nn.GRU (paper eq. 1)
   5. KSR              - embeddings, p_u = W_u [h ; m], q_i = W_i [item ; e_i], scores, losses
 
@@ -87,6 +88,60 @@ def memory_write(item_kg, lengths, relations):
     out = torch.empty_like(V)
     out[order] = V
     return out
+
+
+class MemoryWriteFunction(torch.autograd.Function):
+    """memory_write with a hand-written backward, for a trainable KG (freeze_kg False).
+
+    Autograd through kv_memory records ~10 (B, R, K) tensors per step and masks every
+    row at every step. Here rows are sorted by length, only active rows are touched, and
+    the backward is written out. Per valid step t (s = V.E, all per relation a):
+        V' = V + z (E - V),  z = sigmoid(s),  E = e_t + r_a
+        dz = dV' . (E - V)            ds = dz z (1 - z)
+        dV = dV' (1 - z) + ds E       de_t = sum_a (dV' z + ds V)
+    Stores the memory before every valid step: sum(lengths) * R * K floats.
+    """
+
+    @staticmethod
+    def forward(ctx, item_kg, lengths, relations):
+        B, L, K = item_kg.shape
+        order = torch.argsort(lengths, descending=True)
+        x = item_kg[order].transpose(0, 1).contiguous()  # (L, B, K), rows sorted by length
+        active = (lengths[order][None, :] > torch.arange(L, device=lengths.device)[:, None]).sum(1).tolist()
+        V = item_kg.new_zeros(B, relations.shape[0], K)
+        history = []  # V before step t, active rows
+        for t in range(L):
+            n = active[t]
+            if n == 0:
+                break
+            Vn = V[:n]
+            history.append(Vn.clone())
+            E = x[t, :n, None, :] + relations  # (n, R, K)
+            z = torch.sigmoid((Vn * E).sum(-1, keepdim=True))  # (n, R, 1)
+            Vn.add_(z * (E - Vn))
+        ctx.save_for_backward(x, relations, order)
+        ctx.history = history
+        out = torch.empty_like(V)
+        out[order] = V
+        return out
+
+    @staticmethod
+    def backward(ctx, dV_out):
+        x, relations, order = ctx.saved_tensors
+        dV = dV_out[order].contiguous()  # (B, R, K), sorted rows
+        dx = torch.zeros_like(x)  # (L, B, K)
+        for t in reversed(range(len(ctx.history))):
+            Vp = ctx.history[t]  # (n, R, K) memory before step t
+            n = Vp.shape[0]
+            E = x[t, :n, None, :] + relations
+            z = torch.sigmoid((Vp * E).sum(-1, keepdim=True))
+            dVn = dV[:n]
+            ds = (dVn * (E - Vp)).sum(-1, keepdim=True) * z * (1 - z)
+            dx[t, :n] = (dVn * z + ds * Vp).sum(1)  # dE summed over relations: E = e_t + r_a
+            dVn.mul_(1 - z).add_(ds * E)  # in place: dV[:n] becomes dL/dV before step t
+        d_item_kg = torch.empty_like(dx.transpose(0, 1))
+        d_item_kg[order] = dx.transpose(0, 1)
+        return d_item_kg, None, None
 
 
 # ----------------------------------------------------------------------------
@@ -217,13 +272,23 @@ class KSR(nn.Module):
     item_kg      (n_items + 1, K) pretrained KG vector of each item (TransE), row 0 zero
     relation_kg  (R, K) pretrained relation vectors: the memory keys, kept constant
     no_memory    a plain GRU4Rec: p_u = W h, q_i = item embedding (the baseline)
+    memory_backend  "torch" (the code above) or "triton" (kernels/, the fused kernel)
     """
 
     def __init__(self, n_items, item_kg, relation_kg, embedding_size=64, hidden_size=128, num_layers=1,
-                 dropout_prob=0.1, gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, packed_gru=True):
+                 dropout_prob=0.1, gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, packed_gru=True,
+                 memory_backend="torch"):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
             raise ValueError(f"loss_type must be CE or BPR, not {loss_type!r}")
+        if memory_backend not in ("torch", "triton"):
+            raise ValueError(f"memory_backend must be torch or triton, not {memory_backend!r}")
+        self.fused_memory = None
+        if memory_backend == "triton" and not no_memory:
+            import kernels  # the optional fused kernel: kernels/kv_memory.py
+            if kernels.available():
+                raise RuntimeError(f"memory_backend triton: {kernels.available()}")
+            self.fused_memory = kernels.kv_memory
         item_kg = torch.as_tensor(item_kg, dtype=torch.float32)
         K = item_kg.shape[1]
         self.n_items, self.gamma, self.loss_type, self.no_memory = n_items, gamma, loss_type, no_memory
@@ -256,8 +321,13 @@ class KSR(nn.Module):
 
     def memory(self, item_seq, lengths, query, V=None):
         """m_t: the memory written with the sequence's items, read with `query`."""
-        if V is None and query.dim() == 2 and self.frozen_kg:  # the write has no gradient
-            V = self.write_memory(item_seq, lengths)
+        if V is None and self.fused_memory is not None:  # --memory_backend triton: write + read in one kernel
+            return self.fused_memory(self.entity_embedding(item_seq), lengths, self.relations, query, self.gamma)
+        if V is None and query.dim() == 2:
+            if self.frozen_kg:  # the write has no gradient
+                V = self.write_memory(item_seq, lengths)
+            else:  # trainable KG: the same write with a hand-written backward
+                V = MemoryWriteFunction.apply(self.entity_embedding(item_seq), lengths, self.relations)
         if V is not None:
             return memory_read(V, self.relations, query, self.gamma)
         return kv_memory(self.entity_embedding(item_seq), lengths, self.relations, query, self.gamma)

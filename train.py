@@ -98,7 +98,8 @@ def parse_args(argv=None):
     ap.add_argument("--valid_metric", default=d["valid_metric"])
     ap.add_argument("--seed", type=int, default=d["seed"])
     ap.add_argument("--device", default=d["device"], choices=["cpu", "cuda"])
-    ap.add_argument("--memory_backend", default=d["memory_backend"], choices=["torch"])
+    ap.add_argument("--memory_backend", default=d["memory_backend"], choices=["torch", "triton"],
+                    help="triton: the fused kernel in kernels/ (a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")
     ap.add_argument("--max_steps", type=int, default=d["max_steps"], help="stop each epoch after this many batches (0: all)")
     ap.add_argument("--out_dir", default=d["out_dir"], help="run folder (default runs/<dataset>-<kg>-<time>)")
     ap.add_argument("--eval_only", default=d["eval_only"], metavar="CHECKPOINT", help="re-evaluate a saved model.pt")
@@ -108,6 +109,10 @@ def parse_args(argv=None):
         ap.error(f"--valid_metric: {args.valid_metric!r} is not one of {METRICS} at a k in --topk {args.topk} (e.g. MRR@10)")
     if not 0 <= args.dropout_prob < 1:
         ap.error(f"--dropout_prob: must be in [0, 1), got {args.dropout_prob}")
+    if args.memory_backend == "triton":
+        import kernels
+        if kernels.available():
+            ap.error(f"--memory_backend triton: {kernels.available()}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available on this machine")
     return args
@@ -176,7 +181,8 @@ def evaluate(model, split, cfg, device):
 def build_model(cfg, ds):
     return KSR(ds.n_items, ds.item_kg, ds.relation_kg, embedding_size=cfg["embedding_size"],
                hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], dropout_prob=cfg["dropout_prob"],
-               gamma=cfg["gamma"], loss_type=cfg["loss_type"], freeze_kg=cfg["freeze_kg"], no_memory=cfg["no_memory"])
+               gamma=cfg["gamma"], loss_type=cfg["loss_type"], freeze_kg=cfg["freeze_kg"], no_memory=cfg["no_memory"],
+               memory_backend=cfg.get("memory_backend", "torch"))
 
 
 MEMORY_CACHE_BYTES = 2 * 2 ** 30
@@ -187,7 +193,7 @@ def memory_cache(model, split, cfg, device, log):
     """With a frozen KG the memory V of a training sample depends on no trained weight:
     write it once for every sample instead of once per sample per epoch. None when the
     model has no frozen memory or the cache would exceed MEMORY_CACHE_BYTES."""
-    if not model.frozen_kg:
+    if not model.frozen_kg or model.fused_memory is not None:
         return None
     R, K = model.relations.shape
     size = len(split) * R * K * 4

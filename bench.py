@@ -1,0 +1,132 @@
+"""Seconds per training epoch on ml-100k, with a breakdown, next to baselines timed in the same run.
+
+    python bench.py                      # frozen KG (the default)
+    python bench.py --freeze_kg False    # entity vectors trained: autograd through the memory write
+
+Prints
+  * our training epoch (train.py's own train_epoch): median of --epochs epochs;
+  * a breakdown of one step (data, GRU, memory, loss, optimizer), from --batches batches;
+  * baselines over the same batches: a GRU-only epoch with nn.GRU over all 50 padded steps
+    (what RecBole runs), and the plain padded computation of the whole model (nn.GRU +
+    the step-by-step kv_memory reference).
+Machines are shared and noisy: compare the ratios printed here, not absolute times.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import data
+import train
+from ksr import kv_memory, memory_read
+
+
+def timeit(fn, n):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--data_path", default="dataset")
+    ap.add_argument("--kg", default="freebase")
+    ap.add_argument("--freeze_kg", type=train.str2bool, default=True)
+    ap.add_argument("--epochs", type=int, default=3, help="full epochs to time (median)")
+    ap.add_argument("--batches", type=int, default=6, help="batches for the breakdown and the baselines")
+    args = ap.parse_args()
+    train.keep_freed_memory()
+    torch.manual_seed(0)
+    cfg = dict(train.DEFAULTS, dataset=args.dataset, data_path=args.data_path, kg=args.kg, freeze_kg=args.freeze_kg)
+    ds = train.load_data(cfg, log=lambda m: None)
+    split, bs = ds.train, cfg["train_batch_size"]
+    n_batches = -(-len(split) // bs)
+    model = train.build_model(cfg, ds)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"])
+    print(f"{args.dataset} ({args.kg}), freeze_kg={args.freeze_kg}: {len(split)} training samples, "
+          f"{n_batches} batches of {bs}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    # ---- our epoch, exactly as train.py runs it
+    t0 = time.perf_counter()
+    V_cache = train.memory_cache(model, split, cfg, "cpu", log=lambda m: None)
+    cache_s = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(0)
+    epoch_s = timeit(lambda: train.train_epoch(model, opt, split, cfg, "cpu", gen, lambda *a: None, V_cache), args.epochs)
+
+    # ---- breakdown of a step, on fixed batches
+    order = np.random.default_rng(0).permutation(len(split))
+    batches = [order[i * bs:(i + 1) * bs] for i in range(min(args.batches, n_batches))]
+
+    def get(idx):
+        seq = torch.as_tensor(split.item_seq[idx])
+        lengths = torch.as_tensor(split.lengths[idx])
+        V = V_cache[torch.as_tensor(idx)] if V_cache is not None else None
+        return seq, lengths, torch.as_tensor(split.targets[idx]), V
+
+    parts = {k: 0.0 for k in ("data", "GRU", "memory", "loss", "optimizer")}
+    base = {"nn.GRU, 50 padded steps": 0.0, "plain padded model": 0.0}
+    model.train()
+    for idx in batches:
+        t = time.perf_counter()
+        seq, lengths, targets, V = get(idx)
+        parts["data"] += time.perf_counter() - t
+
+        x = model.item_embedding(seq).detach().requires_grad_()
+        t = time.perf_counter()
+        h = model.gru(x, lengths, dropout=model.emb_dropout)
+        h.sum().backward()
+        parts["GRU"] += time.perf_counter() - t
+
+        h = h.detach().requires_grad_()
+        t = time.perf_counter()
+        m = model.memory(seq, lengths, model.dense(h), V)
+        m.sum().backward()
+        parts["memory"] += time.perf_counter() - t
+
+        p = torch.randn(len(idx), cfg["embedding_size"], requires_grad=True)
+        t = time.perf_counter()
+        model.loss(p, targets).backward()
+        parts["loss"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        opt.step()
+        parts["optimizer"] += time.perf_counter() - t
+        opt.zero_grad(set_to_none=True)
+
+        # baselines on the same batch
+        model.gru.packed = False
+        t = time.perf_counter()
+        out = model.gru.gru(model.emb_dropout(model.item_embedding(seq)))[0]
+        out[torch.arange(len(idx)), lengths - 1].sum().backward()
+        base["nn.GRU, 50 padded steps"] += time.perf_counter() - t
+        t = time.perf_counter()
+        hp = model.gru(model.item_embedding(seq), lengths, dropout=model.emb_dropout)
+        mp = kv_memory(model.entity_embedding(seq), lengths, model.relations, model.dense(hp), model.gamma)
+        model.loss(model.dense_layer_u(torch.cat([hp, mp], -1)), targets).backward()
+        opt.step()
+        base["plain padded model"] += time.perf_counter() - t
+        model.gru.packed = True
+        opt.zero_grad(set_to_none=True)
+
+    scale = n_batches / len(batches)  # per-batch seconds -> seconds per epoch
+    print(f"\n{'':34}{'s/epoch':>10}")
+    print(f"{'ours: training epoch (median of ' + str(args.epochs) + ')':34}{epoch_s:>10.1f}")
+    if V_cache is not None:
+        print(f"{'  + memory cache, once per run':34}{cache_s:>10.1f}")
+    print("breakdown (per-step timings x batches):")
+    for k, v in parts.items():
+        print(f"  {k:32}{v * scale:>10.1f}")
+    print(f"  {'sum':32}{sum(parts.values()) * scale:>10.1f}")
+    print("baselines, same batches:")
+    for k, v in base.items():
+        print(f"  {k:32}{v * scale:>10.1f}   ours is {v * scale / epoch_s:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The fused Triton kernel against the plain-torch reference (ksr.kv_memory) in float64.
+
+Runs under TRITON_INTERPRET=1 on the CPU (conftest.py sets it before triton is imported);
+skips where triton is missing.
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import ksr
+
+triton = pytest.importorskip("triton")
+import kernels  # noqa: E402
+
+kv_module = importlib.import_module("kernels.kv_memory")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tolerances: float32 kernel vs float64 reference, inputs of norm ~1.
+#   out:   each step is a convex update of O(1) values; error grows ~linearly with L (<= 12 here).
+#   grads: the backward walks the recurrence in reverse and multiplies through L gates and a
+#          softmax scaled by gamma <= 20, so it loses a few more bits than the forward.
+#   saturated: gamma = 50..200 makes the softmax one-hot; its gradient w (1 - w) is then a
+#          difference of numbers near 1 and float32 keeps only ~1e-7 of each, amplified by
+#          gamma: absolute tolerance scales with gamma (gamma * 1e-5).
+TOL = {
+    "out": dict(rtol=1e-4, atol=1e-5),
+    "grad": dict(rtol=1e-3, atol=1e-4),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def poison():
+    """NaN-fill every buffer the kernel allocates, so an element it never writes fails."""
+    kv_module.POISON_OUTPUTS = True
+    yield
+    kv_module.POISON_OUTPUTS = False
+
+
+@st.composite
+def cases(draw, per_step=None, gamma=st.floats(0, 20)):
+    B, L = draw(st.integers(1, 6)), draw(st.integers(1, 12))
+    R, K = draw(st.integers(1, 30)), draw(st.integers(1, 70))
+    kind = draw(st.sampled_from(["random", "all_1", "all_L"]))
+    if kind == "random":
+        lengths = draw(st.lists(st.integers(1, L), min_size=B, max_size=B))
+    else:
+        lengths = [1 if kind == "all_1" else L] * B
+    three_d = draw(st.booleans()) if per_step is None else per_step
+    seed = draw(st.integers(0, 2 ** 31))
+    need_dx = draw(st.booleans())
+    g = torch.Generator().manual_seed(seed)
+    # rows of norm about 1, the size trained TransE vectors and queries have
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g, dtype=torch.float64), dim=-1) \
+        * (0.8 + 0.4 * torch.rand(*s[:-1], 1, generator=g, dtype=torch.float64))
+    return dict(item_kg=unit(B, L, K), lengths=torch.tensor(lengths), relations=unit(R, K),
+                query=unit(B, L, K) if three_d else unit(B, K), gamma=draw(gamma), need_dx=need_dx, seed=seed)
+
+
+def check(case, out_tol=TOL["out"], grad_tol=TOL["grad"]):
+    x64, q64, r64 = case["item_kg"], case["query"], case["relations"]
+    lengths, gamma, need_dx = case["lengths"], case["gamma"], case["need_dx"]
+    # the kernel, float32
+    x = x64.float().requires_grad_(need_dx)
+    q = q64.float().requires_grad_()
+    out = kernels.kv_memory(x, lengths, r64.float(), q, gamma)
+    # the reference, float64
+    xr = x64.clone().requires_grad_(need_dx)
+    qr = q64.clone().requires_grad_()
+    ref = ksr.kv_memory(xr, lengths, r64, qr, gamma)
+    dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(case["seed"]), dtype=torch.float64)
+    inputs, ref_inputs = [q] + ([x] if need_dx else []), [qr] + ([xr] if need_dx else [])
+    grads = torch.autograd.grad((out * dout.float()).sum(), inputs)
+    ref_grads = torch.autograd.grad((ref * dout).sum(), ref_inputs)
+    print("max |out - ref|", float((out.detach().double() - ref.detach()).abs().max()),
+          "max |grad - ref|", [float((a.double() - b).abs().max()) for a, b in zip(grads, ref_grads)])
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out.double(), ref, **out_tol)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, **grad_tol)
+
+
+@given(cases(per_step=False))
+@settings(max_examples=110, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_final_read_matches_reference(case):
+    check(case)
+
+
+@given(cases(per_step=True))
+@settings(max_examples=110, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_per_step_read_matches_reference(case):
+    check(case)
+
+
+@given(cases(gamma=st.floats(50, 200)))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_saturated_softmax(case):
+    """gamma >> 1: w is one-hot up to float32 rounding; see TOL for why the gradient
+    tolerance grows with gamma."""
+    g = case["gamma"]
+    check(case, grad_tol=dict(rtol=1e-3, atol=g * 1e-5))
+
+
+def test_padding_steps_are_zero_and_written():
+    B, L, R, K = 3, 6, 5, 7
+    x = torch.randn(B, L, K)
+    lengths = torch.tensor([1, 6, 3])
+    q = torch.randn(B, L, K, requires_grad=True)
+    xg = x.clone().requires_grad_()
+    out = kernels.kv_memory(xg, lengths, torch.randn(R, K), q, 2.0)
+    mask = torch.arange(L)[None, :] >= lengths[:, None]
+    assert torch.all(out[mask] == 0) and torch.isfinite(out).all()
+    dq, dx = torch.autograd.grad(out.sum(), [q, xg])
+    assert torch.all(dq[mask] == 0) and torch.all(dx[mask] == 0) and torch.isfinite(dx).all()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(item_kg=torch.randn(2, 3)), "item_kg must be"),
+    (dict(relations=torch.randn(4, 5)), "relations must be"),
+    (dict(query=torch.randn(2, 4)), "query must be"),
+    (dict(lengths=torch.tensor([1, 4])), "lengths must be in 1..3"),
+    (dict(lengths=torch.tensor([0, 1])), "lengths must be in 1..3"),
+    (dict(lengths=torch.tensor([1.0, 2.0])), "integer tensor"),
+    (dict(item_kg=torch.randn(2, 3, 6, dtype=torch.float64)), "float32"),
+    (dict(relations=torch.randn(4, 6, requires_grad=True)), "relations are a constant"),
+])
+def test_bad_input_is_rejected(bad, match):
+    args = dict(item_kg=torch.randn(2, 3, 6), lengths=torch.tensor([1, 3]), relations=torch.randn(4, 6),
+                query=torch.randn(2, 6))
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        kernels.kv_memory(args["item_kg"], args["lengths"], args["relations"], args["query"], 1.0)
+
+
+def test_import_never_fails_without_triton():
+    code = ("import sys; sys.modules['triton'] = None; import kernels; "
+            "print(kernels.available()); import ksr")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert out.returncode == 0, out.stderr
+    assert "triton is not installed" in out.stdout
+
+
+def test_model_with_triton_backend_matches_torch_backend():
+    from test_ksr import random_batch, small_model
+    for freeze_kg in (True, False):
+        torch_model = small_model(freeze_kg=freeze_kg).float()
+        fused = small_model(freeze_kg=freeze_kg).float()
+        fused.load_state_dict(torch_model.state_dict())
+        import kernels as k
+        fused.fused_memory = k.kv_memory
+        seq, lengths, targets = random_batch()
+        l1 = torch_model.loss(torch_model(seq, lengths), targets)
+        l2 = fused.loss(fused(seq, lengths), targets)
+        torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
+        g1 = torch.autograd.grad(l1, [p for p in torch_model.parameters() if p.requires_grad])
+        g2 = torch.autograd.grad(l2, [p for p in fused.parameters() if p.requires_grad])
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_train_with_triton_backend_first_batch_loss(tiny_dataset, tmp_path):
+    """train.py end to end with --memory_backend triton (interpreter), first-batch loss == torch's."""
+    import train
+    losses = {}
+    for backend in ("torch", "triton"):
+        cfg = dict(train.DEFAULTS, dataset="tiny", data_path=tiny_dataset, kg="native", kg_embedding_size=8,
+                   embedding_size=8, hidden_size=12, epochs=1, train_batch_size=16, max_steps=1,
+                   out_dir=str(tmp_path / backend), memory_backend=backend)
+        losses[backend] = train.run(cfg, log=lambda m: None)["train_loss"][0]
+    assert abs(losses["torch"] - losses["triton"]) < 1e-4

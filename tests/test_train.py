@@ -1,0 +1,132 @@
+"""train.py: metrics against brute force, the CLI, an end-to-end run, checkpoints."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import data
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@given(st.integers(1, 5), st.integers(2, 12), st.integers(0, 2 ** 31), st.integers(1, 4))
+@settings(max_examples=100, deadline=None)
+def test_rank_and_metrics_match_brute_force(B, N, seed, n_levels):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, n_levels, (B, N + 1), generator=g).double()  # few levels: many ties
+    scores[:, 0] = float("-inf")
+    targets = torch.randint(1, N + 1, (B,), generator=g)
+    ranks = train.rank_of_target(scores, targets)
+    topk = [1, 3, 10]
+    got = train.metrics_from_ranks(ranks, topk)
+    for b in range(B):
+        # brute force: a stable sort by descending score, ties by ascending item id
+        order = sorted(range(1, N + 1), key=lambda i: (-scores[b, i].item(), i))
+        assert ranks[b].item() == order.index(targets[b].item()) + 1
+    for k in topk:
+        lists = [sorted(range(1, N + 1), key=lambda i: (-scores[b, i].item(), i))[:k] for b in range(B)]
+        hit = [targets[b].item() in lists[b] for b in range(B)]
+        pos = [lists[b].index(targets[b].item()) + 1 if hit[b] else None for b in range(B)]
+        assert math.isclose(got[f"hit@{k}"], np.mean(hit))
+        assert math.isclose(got[f"recall@{k}"], np.mean(hit))  # one relevant item
+        assert math.isclose(got[f"precision@{k}"], np.mean(hit) / k)
+        assert math.isclose(got[f"mrr@{k}"], np.mean([1 / p if p else 0 for p in pos]))
+        assert math.isclose(got[f"ndcg@{k}"], np.mean([1 / math.log2(p + 1) if p else 0 for p in pos]))
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--no_such_option", "1"], "unrecognized arguments: --no_such_option"),
+    (["--learning_rate", "abc"], "--learning_rate"),
+    (["--learning_rate", "-1"], "must be positive"),
+    (["--loss_type", "MSE"], "--loss_type"),
+    (["--freeze_kg", "maybe"], "expected True or False"),
+    (["--valid_metric", "AUC@10"], "--valid_metric"),
+    (["--topk", "[0]"], "--topk"),
+])
+def test_bad_options_exit_2_with_one_line(args, needle):
+    out = _run(*args)
+    assert out.returncode == 2
+    assert needle in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+
+
+def test_parse_recbole_names():
+    args = train.parse_args(["--freeze_kg", "False", "--topk", "[5,10]", "--valid_metric", "NDCG@5"])
+    assert args.freeze_kg is False and args.topk == [5, 10] and args.learning_rate == 0.001
+    assert args.train_batch_size == 2048 and args.stopping_step == 10 and args.MAX_ITEM_LIST_LENGTH == 50
+
+
+def tiny_cfg(root, out_dir, **kw):
+    cfg = dict(train.DEFAULTS, dataset="tiny", data_path=root, kg="native", kg_embedding_size=8,
+               embedding_size=8, hidden_size=12, epochs=2, train_batch_size=16, eval_batch_size=7,
+               out_dir=out_dir, topk=[5, 10])
+    cfg.update(kw)
+    return cfg
+
+
+def test_end_to_end_results_and_checkpoint(tiny_dataset, tmp_path):
+    out = str(tmp_path / "run")
+    res = train.run(tiny_cfg(tiny_dataset, out), log=lambda m: None)
+    with open(os.path.join(out, "results.json")) as f:
+        saved = json.load(f)
+    for key in ["config", "epoch_seconds", "valid", "best_epoch", "test", "total_seconds", "dataset", "versions"]:
+        assert key in saved
+    assert len(saved["epoch_seconds"]) == 2 and len(saved["valid"]) == 2
+    for key in ["ndcg@10", "hit@10", "mrr@10", "recall@10", "precision@10", "ndcg@5"]:
+        assert 0 <= saved["test"][key] <= 1
+    # the best epoch is chosen on valid MRR@10, never on test
+    assert saved["best_epoch"] == int(np.argmax([v["mrr@10"] for v in saved["valid"]]))
+    # the checkpoint reloads to the same test metrics
+    again = train.eval_only(os.path.join(out, "model.pt"), {}, log=lambda m: None)
+    assert again["test"] == res["test"]
+    assert not [f for f in os.listdir(out) if f.startswith("tmp-")]
+
+
+def test_deterministic_for_a_seed(tiny_dataset, tmp_path):
+    a = train.run(tiny_cfg(tiny_dataset, str(tmp_path / "a"), loss_type="BPR"), log=lambda m: None)
+    b = train.run(tiny_cfg(tiny_dataset, str(tmp_path / "b"), loss_type="BPR"), log=lambda m: None)
+    assert a["train_loss"] == b["train_loss"] and a["test"] == b["test"]
+
+
+@pytest.mark.parametrize("kw", [dict(no_memory=True), dict(freeze_kg=False), dict(kg="attributes", num_layers=2)])
+def test_variants_run(tiny_dataset, tmp_path, kw):
+    res = train.run(tiny_cfg(tiny_dataset, str(tmp_path / "r"), epochs=1, **kw), log=lambda m: None)
+    assert np.isfinite(res["train_loss"][0])
+
+
+def test_memory_cache_matches_per_batch_write(tiny_dataset):
+    cfg = tiny_cfg(tiny_dataset, None)
+    ds = train.load_data(cfg, log=lambda m: None)
+    model = train.build_model(cfg, ds)
+    V = train.memory_cache(model, ds.train, cfg, "cpu", log=lambda m: None)
+    seq, lengths = torch.as_tensor(ds.train.item_seq[:9]), torch.as_tensor(ds.train.lengths[:9])
+    torch.testing.assert_close(V[:9], model.write_memory(seq, lengths))
+
+
+def test_eval_only_command(tiny_dataset, tmp_path):
+    out = str(tmp_path / "run")
+    train.run(tiny_cfg(tiny_dataset, out, epochs=1), log=lambda m: None)
+    ok = _run("--eval_only", os.path.join(out, "model.pt"), "--data_path", tiny_dataset)
+    assert ok.returncode == 0, ok.stderr
+    assert "ndcg" in ok.stdout
+    missing = _run("--eval_only", str(tmp_path / "nope.pt"))
+    assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def test_changed_data_is_refused(tiny_dataset, tmp_path):
+    out = str(tmp_path / "run")
+    train.run(tiny_cfg(tiny_dataset, out, epochs=1), log=lambda m: None)
+    with open(os.path.join(tiny_dataset, "tiny", "tiny.inter"), "a") as f:
+        f.write("u1\t3\t4\t9999999\n")
+    with pytest.raises(data.DataError, match="fingerprint"):
+        train.eval_only(os.path.join(out, "model.pt"), {}, log=lambda m: None)
