@@ -5,7 +5,8 @@ Reading order:
   1. read_atomic         - one RecBole atomic file (tab-separated, `name:type` header)
   2. fetch_ml100k        - ml-100k from the recbole wheel on the package index
   3. attribute_kg        - a small, correct KG built from ml-100k.item (genre, year, decade)
-  4. build_sequences     - sort by time, remap ids, RecBole's prefix samples and leave-one-out
+  4. build_sequences     - sort by time, remap ids, RecBole's prefix samples and leave-one-out;
+     sequence_windows    - whole windows of a user's training items (--train_mode sequence)
   5. train_transe        - TransE in plain torch, for datasets without .ent_feature/.rel_feature
   6. load_dataset        - all of the above, cached, into one `Dataset`
   7. link_check          - do the KG's genres agree with the dataset's own genre labels?
@@ -257,6 +258,42 @@ def build_sequences(users, items, times, max_len=MAX_ITEM_LIST_LENGTH):
     return seqs, splits
 
 
+def sequence_windows(seqs, train, max_len=MAX_ITEM_LIST_LENGTH, stride=None):
+    """Training windows for --train_mode sequence: each user's training items, cut in
+    windows of at most `max_len` inputs; the model predicts the next item at every step.
+
+    A user's training items are those before the valid item (exactly the items the prefix
+    samples of `train` use: inputs and targets). Window k reads items[s : s + max_len] with
+    s = k * stride and is trained on the next item at each step, except at steps whose
+    target an earlier window already covered (they only give context). stride = max_len
+    (the default): windows do not overlap and every step has a target. A smaller stride
+    overlaps windows so that later targets see at least max_len - stride items of context.
+    Every training target is covered exactly once.
+    Returns Split(users, item_seq (N, L), lengths (N,), targets (N, L): 0 = no loss).
+    """
+    stride = stride or max_len
+    if not 1 <= stride <= max_len:
+        raise DataError(f"--window_stride: must be in 1..{max_len}, got {stride}")
+    n_train = np.bincount(train.users, minlength=len(seqs))
+    rows = []
+    for u, seq in enumerate(seqs):
+        M = int(n_train[u]) + 1 if n_train[u] else 0  # the training items: n_train targets + the first item
+        covered, s = 0, 0  # targets items[1..covered] are covered
+        while covered < M - 1:
+            e = min(s + max_len, M - 1)  # inputs items[s:e], targets items[s+1:e+1]
+            tgt = seq[s + 1:e + 1].copy()
+            tgt[:max(covered - s, 0)] = 0  # covered by an earlier window: context only
+            rows.append((u, seq[s:e], tgt))
+            covered, s = e, s + stride
+    L = max_len
+    N = len(rows)
+    item_seq, targets = np.zeros((N, L), np.int64), np.zeros((N, L), np.int64)
+    lengths = np.zeros(N, np.int64)
+    for k, (u, inp, tgt) in enumerate(rows):
+        item_seq[k, :len(inp)], targets[k, :len(tgt)], lengths[k] = inp, tgt, len(inp)
+    return Split(np.array([r[0] for r in rows], dtype=np.int64), item_seq, lengths, targets)
+
+
 # ----------------------------------------------------------------------------
 # 5. TransE
 
@@ -436,6 +473,9 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
     if len(splits["test"]) == 0:
         raise DataError(f"{p('inter')}: no user has the 3 interactions a train/valid/test split needs")
     short = sum(1 for s in seqs[1:] if len(s) < 4)
+    if short:
+        log(f"warning: {p('inter')}: {short} users have fewer than 4 interactions; as in RecBole, 1 gives no "
+            f"sample, 2 a training sample only, 3 a training and a test sample but no valid sample")
     item_entity = np.array([-1] + [item_link.get(t, -1) for t in item_tokens[1:]], dtype=np.int64)
 
     # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached

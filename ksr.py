@@ -27,10 +27,10 @@ import torch.nn.functional as F
 def memory_read(V, relations, query, gamma):
     """Read: w = softmax(gamma * q . r_a) over relations a, m = sum_a w_a V_a.
 
-    V (B, R, K), relations (R, K), query (B, K) -> m (B, K).
+    V (..., R, K), relations (R, K), query (..., K) -> m (..., K).
     """
-    w = torch.softmax(gamma * query @ relations.T, dim=-1)  # (B, R) attention over relations
-    return torch.einsum("br,brk->bk", w, V)
+    w = torch.softmax(gamma * query @ relations.T, dim=-1)  # (..., R) attention over relations
+    return (w.unsqueeze(-2) @ V).squeeze(-2)  # (..., 1, R) @ (..., R, K)
 
 
 def kv_memory(item_kg, lengths, relations, query, gamma):
@@ -65,8 +65,9 @@ def kv_memory(item_kg, lengths, relations, query, gamma):
 
 
 @torch.no_grad()
-def memory_write(item_kg, lengths, relations):
-    """The final memory V (B, R, K) of kv_memory's write, without autograd.
+def memory_write(item_kg, lengths, relations, all_steps=False):
+    """The final memory V (B, R, K) of kv_memory's write, without autograd; with
+    all_steps=True the memory after every step, (B, L, R, K) (0 at padding steps).
 
     With a frozen KG (the default) nothing in the write is trained, so there is nothing
     to differentiate: we sort rows by length and update only the rows still active at
@@ -77,6 +78,7 @@ def memory_write(item_kg, lengths, relations):
     x = item_kg[order].transpose(0, 1)  # (L, B, K), rows sorted by length
     active = (lengths[order][None, :] > torch.arange(L, device=lengths.device)[:, None]).sum(1).tolist()
     V = item_kg.new_zeros(B, relations.shape[0], K)
+    states = item_kg.new_zeros(B, L, relations.shape[0], K) if all_steps else None
     for t in range(L):
         n = active[t]
         if n == 0:
@@ -85,6 +87,10 @@ def memory_write(item_kg, lengths, relations):
         E = x[t, :n, None, :] + relations  # (n, R, K)
         z = torch.sigmoid((Vn * E).sum(-1, keepdim=True))  # (n, R, 1)
         Vn.add_(z * (E - Vn))  # (1 - z) V + z E
+        if all_steps:
+            states[order[:n], t] = Vn
+    if all_steps:
+        return states
     out = torch.empty_like(V)
     out[order] = V
     return out
@@ -315,35 +321,37 @@ class KSR(nn.Module):
     def frozen_kg(self):
         return not self.no_memory and not self.entity_embedding.weight.requires_grad
 
-    def write_memory(self, item_seq, lengths):
-        """The memory V (B, R, K) after writing item_seq; frozen KG only (no autograd)."""
-        return memory_write(self.entity_embedding(item_seq), lengths, self.relations)
+    def write_memory(self, item_seq, lengths, all_steps=False):
+        """The memory V (B, R, K) after writing item_seq, or (B, L, R, K) after every
+        step; frozen KG only (no autograd)."""
+        return memory_write(self.entity_embedding(item_seq), lengths, self.relations, all_steps)
 
     def memory(self, item_seq, lengths, query, V=None):
-        """m_t: the memory written with the sequence's items, read with `query`."""
+        """m_t: the memory written with the sequence's items, read with `query` (B, K),
+        or after every step with `query` (B, L, K)."""
         if V is None and self.fused_memory is not None:  # --memory_backend triton: write + read in one kernel
             return self.fused_memory(self.entity_embedding(item_seq), lengths, self.relations, query, self.gamma)
-        if V is None and query.dim() == 2:
-            if self.frozen_kg:  # the write has no gradient
-                V = self.write_memory(item_seq, lengths)
-            else:  # trainable KG: the same write with a hand-written backward
-                V = MemoryWriteFunction.apply(self.entity_embedding(item_seq), lengths, self.relations)
+        if V is None and self.frozen_kg:  # the write has no gradient
+            V = self.write_memory(item_seq, lengths, all_steps=query.dim() == 3)
+        if V is None and query.dim() == 2:  # trainable KG: the same write with a hand-written backward
+            V = MemoryWriteFunction.apply(self.entity_embedding(item_seq), lengths, self.relations)
         if V is not None:
             return memory_read(V, self.relations, query, self.gamma)
         return kv_memory(self.entity_embedding(item_seq), lengths, self.relations, query, self.gamma)
 
-    def forward(self, item_seq, lengths, V=None):
-        """User representations p_u (B, E) for item_seq (B, L) with `lengths` valid steps.
+    def forward(self, item_seq, lengths, V=None, all_steps=False):
+        """User representations p_u (B, E) for item_seq (B, L) with `lengths` valid steps,
+        or with all_steps=True p_u after every step (B, L, E) (--train_mode sequence).
 
-        V: the memory after writing item_seq, when already known. With a frozen KG it
-        depends on no trained weight, so train.py writes it once per sample, not once
-        per epoch (write_memory).
+        V: the memory after writing item_seq ((B, L, R, K) with all_steps), when already
+        known. With a frozen KG it depends on no trained weight, so train.py writes it once
+        per sample, not once per epoch (write_memory).
         """
         x = self.item_embedding(item_seq)  # (B, L, E)
-        h = self.gru(x, lengths, dropout=self.emb_dropout)  # (B, H) at the last valid step
+        h = self.gru(x, lengths, all_steps, dropout=self.emb_dropout)  # (B, H) at the last valid step, or (B, L, H)
         if self.no_memory:
             return self.dense_layer_u(h)
-        m = self.memory(item_seq, lengths, self.dense(h), V)  # (B, K)
+        m = self.memory(item_seq, lengths, self.dense(h), V)  # (B, K) or (B, L, K)
         return self.dense_layer_u(torch.cat([h, m], dim=-1))  # p_u = W_u [h ; m]
 
     def item_representations(self, items=None):
@@ -361,7 +369,14 @@ class KSR(nn.Module):
         return scores
 
     def loss(self, p, targets, negatives=None):
-        """CE: softmax over all items (padding excluded). BPR: -log sigmoid(s_pos - s_neg)."""
+        """CE: softmax over all items (padding excluded). BPR: -log sigmoid(s_pos - s_neg).
+
+        p (B, E) with targets (B,), or p (B, L, E) with targets (B, L) where 0 marks steps
+        without a target: the loss is the mean over the steps that have one."""
+        if targets.dim() == 2:
+            keep = targets > 0
+            p, targets = p[keep], targets[keep]
+            negatives = negatives[keep] if negatives is not None else None
         if self.loss_type == "CE":
             return F.cross_entropy(self.full_scores(p), targets)
         pos = (p * self.item_representations(targets)).sum(-1)

@@ -35,7 +35,10 @@ DEFAULTS = dict(
     learning_rate=0.001, train_batch_size=2048, eval_batch_size=4096, epochs=300, stopping_step=10,
     MAX_ITEM_LIST_LENGTH=50, topk=[10], valid_metric="MRR@10", seed=2020, device="cpu",
     memory_backend="torch", max_steps=0, out_dir=None, eval_only=None,
+    train_mode="prefix", window_stride=None,
 )
+# --train_mode sequence: a batch counts windows (~2,000 per epoch on ml-100k), not prefixes
+SEQUENCE_DEFAULTS = dict(train_batch_size=64, learning_rate=0.001)
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision")
 # -----------------------------------------------------------------------------
 
@@ -88,8 +91,14 @@ def parse_args(argv=None):
     ap.add_argument("--loss_type", default=d["loss_type"], choices=["CE", "BPR"])
     ap.add_argument("--freeze_kg", type=str2bool, default=d["freeze_kg"])
     ap.add_argument("--no_memory", action="store_true", help="plain GRU4Rec: no knowledge memory")
-    ap.add_argument("--learning_rate", type=positive(float), default=d["learning_rate"])
-    ap.add_argument("--train_batch_size", type=positive(int), default=d["train_batch_size"])
+    ap.add_argument("--learning_rate", type=positive(float), default=None,
+                    help=f"default {d['learning_rate']} (sequence mode: {SEQUENCE_DEFAULTS['learning_rate']})")
+    ap.add_argument("--train_batch_size", type=positive(int), default=None,
+                    help=f"default {d['train_batch_size']} prefixes (sequence mode: {SEQUENCE_DEFAULTS['train_batch_size']} windows)")
+    ap.add_argument("--train_mode", default=d["train_mode"], choices=["prefix", "sequence"],
+                    help="prefix: RecBole's samples, one per prefix; sequence: whole windows, a target at every step")
+    ap.add_argument("--window_stride", type=positive(int), default=None,
+                    help="sequence mode: start a window every this many steps (default MAX_ITEM_LIST_LENGTH: no overlap)")
     ap.add_argument("--eval_batch_size", type=positive(int), default=d["eval_batch_size"])
     ap.add_argument("--epochs", type=positive(int), default=d["epochs"])
     ap.add_argument("--stopping_step", type=positive(int), default=d["stopping_step"])
@@ -104,6 +113,12 @@ def parse_args(argv=None):
     ap.add_argument("--out_dir", default=d["out_dir"], help="run folder (default runs/<dataset>-<kg>-<time>)")
     ap.add_argument("--eval_only", default=d["eval_only"], metavar="CHECKPOINT", help="re-evaluate a saved model.pt")
     args = ap.parse_args(argv)
+    mode_defaults = SEQUENCE_DEFAULTS if args.train_mode == "sequence" else d
+    for key in ("learning_rate", "train_batch_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, mode_defaults[key])
+    if args.window_stride and args.window_stride > args.MAX_ITEM_LIST_LENGTH:
+        ap.error(f"--window_stride: must be at most MAX_ITEM_LIST_LENGTH ({args.MAX_ITEM_LIST_LENGTH}), got {args.window_stride}")
     name, _, k = args.valid_metric.partition("@")
     if name.lower() not in METRICS or not k.isdigit() or int(k) not in args.topk:
         ap.error(f"--valid_metric: {args.valid_metric!r} is not one of {METRICS} at a k in --topk {args.topk} (e.g. MRR@10)")
@@ -196,16 +211,17 @@ def memory_cache(model, split, cfg, device, log):
     if not model.frozen_kg or model.fused_memory is not None:
         return None
     R, K = model.relations.shape
-    size = len(split) * R * K * 4
+    all_steps = split.targets.ndim == 2  # sequence-mode windows: the memory after every step
+    size = len(split) * R * K * 4 * (split.item_seq.shape[1] if all_steps else 1)
     if size > MEMORY_CACHE_BYTES:
         log(f"memory cache: {size / 2 ** 30:.1f} GiB is over the {MEMORY_CACHE_BYTES / 2 ** 30:.0f} GiB budget; writing the memory every batch")
         return None
     t0 = time.time()
-    V = torch.empty(len(split), R, K, device=device)
-    for i in range(0, len(split), 4096):
-        seq = torch.as_tensor(split.item_seq[i:i + 4096], device=device)
-        lengths = torch.as_tensor(split.lengths[i:i + 4096], device=device)
-        V[i:i + 4096] = model.write_memory(seq, lengths)
+    V = torch.empty((len(split),) + ((split.item_seq.shape[1],) if all_steps else ()) + (R, K), device=device)
+    for i in range(0, len(split), 1024):
+        seq = torch.as_tensor(split.item_seq[i:i + 1024], device=device)
+        lengths = torch.as_tensor(split.lengths[i:i + 1024], device=device)
+        V[i:i + 1024] = model.write_memory(seq, lengths, all_steps)
     log(f"memory cache: wrote the memory of {len(split)} training samples once ({size / 2 ** 20:.0f} MiB, {time.time() - t0:.1f}s)")
     return V
 
@@ -225,12 +241,13 @@ def train_epoch(model, opt, split, cfg, device, gen, progress, V_cache=None):
         targets = torch.as_tensor(split.targets[idx], device=device)
         negatives = sample_negatives(targets.cpu(), model.n_items, gen).to(device) if cfg["loss_type"] == "BPR" else None
         V = V_cache[torch.as_tensor(idx, device=device)] if V_cache is not None else None
-        loss = model.loss(model(seq, lengths, V), targets, negatives)
+        loss = model.loss(model(seq, lengths, V, all_steps=targets.dim() == 2), targets, negatives)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += loss.item() * len(idx)
-        count += len(idx)
+        weight = int((targets > 0).sum())  # prefixes, or the steps with a target in sequence mode
+        total += loss.item() * weight
+        count += weight
         progress(b + 1, n_batches, total / count)
     return total / count
 
@@ -284,19 +301,24 @@ def run(cfg, log=print):
     model = build_model(cfg, ds).to(device)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"])
     gen = torch.Generator().manual_seed(cfg["seed"])
-    V_cache = memory_cache(model, ds.train, cfg, device, log)
+    train_split = ds.train
+    if cfg["train_mode"] == "sequence":
+        train_split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
+        log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
+            f"{int((train_split.targets > 0).sum())} targets, stride {cfg['window_stride'] or cfg['MAX_ITEM_LIST_LENGTH']}")
+    V_cache = memory_cache(model, train_split, cfg, device, log)
     valid_key = cfg["valid_metric"].lower()
     progress = make_progress(sys.stderr.isatty())
     epoch_seconds, valid_hist, losses = [], [], []
-    best, best_epoch, bad = -1.0, -1, 0
+    best, best_epoch, bad = float("-inf"), -1, 0
     for epoch in range(cfg["epochs"]):
         t0 = time.time()
-        loss = train_epoch(model, opt, ds.train, cfg, device, gen, progress, V_cache)
+        loss = train_epoch(model, opt, train_split, cfg, device, gen, progress, V_cache)
         epoch_seconds.append(time.time() - t0)
         losses.append(loss)
         valid = evaluate(model, ds.valid, cfg, device)
         valid_hist.append(valid)
-        improved = valid[valid_key] > best
+        improved = valid[valid_key] >= best  # RecBole's early_stopping: a tie also counts as better
         if improved:
             best, best_epoch, bad = valid[valid_key], epoch, 0
             save_atomic({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,

@@ -246,3 +246,30 @@ def test_real_ml100k(tmp_path_factory):
         s = ds.stats
         assert (s["users"], s["items"], s["interactions"], s["train_samples"], s["valid_samples"], s["test_samples"]) == expect
     assert s["relations"] == 3
+
+
+# ---------------------------------------------------------------- sequence-mode windows
+
+@given(interaction_logs(), st.integers(1, 12), st.data())
+@settings(max_examples=150, deadline=None)
+def test_windows_cover_every_training_target_once(log, max_len, draw):
+    users, items, times, lengths = log
+    stride = draw.draw(st.integers(1, max_len))
+    seqs, splits = data.build_sequences(users, items, times, max_len)
+    w = data.sequence_windows(seqs, splits["train"], max_len, stride)
+    for u, seq in enumerate(seqs):
+        n_train = int((splits["train"].users == u).sum())
+        rows = np.flatnonzero(w.users == u)
+        # rebuild each window's position in the user's sequence: windows start at 0, stride, 2*stride...
+        covered = []
+        for k, r in enumerate(rows):
+            s, L = k * stride, w.lengths[r]
+            assert np.array_equal(w.item_seq[r, :L], seq[s:s + L]) and np.all(w.item_seq[r, L:] == 0)
+            for j in range(max_len):
+                if w.targets[r, j]:
+                    assert j < L and w.targets[r, j] == seq[s + j + 1]
+                    covered.append(s + j + 1)
+            # nothing at or after the valid item is read or predicted
+            assert s + L <= n_train
+        assert sorted(covered) == list(range(1, n_train + 1))  # every training target exactly once
+        assert covered == sorted(covered)

@@ -163,13 +163,16 @@ def test_model_with_triton_backend_matches_torch_backend():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_train_with_triton_backend_first_batch_loss(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("train_mode", ["prefix", "sequence"])
+@pytest.mark.parametrize("freeze_kg", [True, False])
+def test_train_with_triton_backend_first_batch_loss(tiny_dataset, tmp_path, train_mode, freeze_kg):
     """train.py end to end with --memory_backend triton (interpreter), first-batch loss == torch's."""
     import train
     losses = {}
     for backend in ("torch", "triton"):
         cfg = dict(train.DEFAULTS, dataset="tiny", data_path=tiny_dataset, kg="native", kg_embedding_size=8,
                    embedding_size=8, hidden_size=12, epochs=1, train_batch_size=16, max_steps=1,
-                   out_dir=str(tmp_path / backend), memory_backend=backend)
+                   out_dir=str(tmp_path / backend), memory_backend=backend, train_mode=train_mode,
+                   freeze_kg=freeze_kg)
         losses[backend] = train.run(cfg, log=lambda m: None)["train_loss"][0]
     assert abs(losses["torch"] - losses["triton"]) < 1e-4

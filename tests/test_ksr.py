@@ -238,3 +238,22 @@ def test_memory_write_function_gradients_match_reference(inputs):
     gb = torch.autograd.grad((want * dm).sum(), [b, qb])
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("loss_type", ["CE", "BPR"])
+@pytest.mark.parametrize("freeze_kg", [True, False])
+def test_sequence_loss_equals_mean_of_prefix_losses(loss_type, freeze_kg):
+    """One window from the user's first item, dropout off: the sequence-mode loss is the mean
+    of the prefix-mode losses of its prefixes (the exact equivalence of the two modes)."""
+    model = small_model(loss_type=loss_type, freeze_kg=freeze_kg)
+    g = torch.Generator().manual_seed(3)
+    L = 9
+    window = torch.randint(1, 14, (1, L + 1), generator=g)  # items; the window reads L, predicts L
+    inputs, targets = window[:, :L], window[:, 1:]
+    negatives = ksr.sample_negatives(targets, model.n_items, g)
+    seq_loss = model.loss(model(inputs, torch.tensor([L]), all_steps=True), targets, negatives)
+    prefix = []
+    for t in range(1, L + 1):
+        p = model(inputs[:, :t], torch.tensor([t]))
+        prefix.append(model.loss(p, targets[:, t - 1], negatives[:, t - 1]))
+    torch.testing.assert_close(seq_loss, torch.stack(prefix).mean())
