@@ -15,6 +15,7 @@ Reading order:
 everything and prints the statistics.
 """
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -99,20 +100,27 @@ def read_atomic(path, required=()):
     return cols
 
 
-def write_atomic(path, header, rows):
-    """Write an atomic file through a temporary file and a rename: never half-written."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+@contextlib.contextmanager
+def replaced_atomically(path):
+    """Yield a temporary path beside `path`; on success rename it to `path`, on any error
+    remove it. A reader never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="tmp-", suffix="-" + os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\t".join(header) + "\n")
-            for row in rows:
-                f.write("\t".join(row) + "\n")
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_atomic(path, header, rows):
+    """Write an atomic file (a header of name:type columns, then tab-separated rows)."""
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("\t".join(header) + "\n")
+        for row in rows:
+            f.write("\t".join(row) + "\n")
 
 
 # ----------------------------------------------------------------------------

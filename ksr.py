@@ -5,11 +5,11 @@ Memory Networks." SIGIR 2018. Follows RecBole 1.2.1's KSR (what RecBole users ru
 differences are listed in the README.
 
 Reading order (parts first, the whole model last):
-  1. memory_read      - attention over relations, m = sum_a w_a v_a            (paper eq. 5-6)
-  2. kv_memory        - the key-value memory, step-by-step reference            (paper eq. 3-4)
+  1. memory_read      - the read: attention over relations, m = sum_a w_a v_a
+  2. kv_memory        - the key-value memory (erase/add write + read), step by step: the reference
   3. memory_write     - the same write without autograd, only on active rows (frozen KG),
      MemoryWriteFunction - and with a hand-written backward (trainable KG)
-  4. GRU              - the sequence encoder h_t; a packed fast path beside nn.GRU (paper eq. 1)
+  4. GRU              - the sequence encoder h_t; a packed fast path beside nn.GRU
   5. KSR              - embeddings, p_u = W_u [h ; m], q_i = W_i [item ; e_i], scores, losses
 
 Shapes: B batch, L steps, E embedding_size, K kg_embedding_size, H hidden_size,
@@ -43,7 +43,7 @@ def kv_memory(item_kg, lengths, relations, query, gamma):
               (B, L, K)  -> m (B, L, K), read after every step (zeros at padding steps)
     gamma     float      attention sharpness
 
-    Write, for each valid step t and every relation a (paper eq. 3-4):
+    Write, for each valid step t and every relation a (the paper's erase/add write):
         E_a = e_t + r_a                    the item's attribute vector for relation a
         z_a = sigmoid(V_a . E_a)           how much to overwrite
         V_a <- (1 - z_a) V_a + z_a E_a     erase, then add

@@ -17,7 +17,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -253,19 +252,13 @@ def train_epoch(model, opt, split, cfg, device, gen, progress, V_cache=None):
 
 
 def save_atomic(obj, path):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="tmp-", suffix="-" + os.path.basename(path))
-    os.close(fd)
-    try:
+    """results.json or a checkpoint, written to a temporary file and renamed into place."""
+    with data.replaced_atomically(path) as tmp:
         if path.endswith(".json"):
             with open(tmp, "w") as f:
                 json.dump(obj, f, indent=1)
         else:
             torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def fmt_metrics(m, keys=None):

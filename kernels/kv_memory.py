@@ -33,6 +33,16 @@ def _new(shape, like):
 if triton is not None:
 
     @triton.jit
+    def _row_setup(p_rel, R, K, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Offsets and masks of one (R, K) memory padded to (BLOCK_R, BLOCK_K), and the keys."""
+        o_r, o_k = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_K)
+        m_r, m_k = o_r < R, o_k < K
+        m_rk = m_r[:, None] & m_k[None, :]
+        o_rk = o_r[:, None] * K + o_k[None, :]
+        b_rel = tl.load(p_rel + o_rk, mask=m_rk, other=0.0)  # (BLOCK_R, BLOCK_K), the keys r_a
+        return o_k, m_r, m_k, m_rk, o_rk, b_rel
+
+    @triton.jit
     def _read(b_V, b_rel, b_q, gamma, m_r):
         """w = softmax(gamma q.r_a) over the R real relations, m = sum_a w_a V_a."""
         b_logit = gamma * tl.sum(b_rel * b_q[None, :], axis=1)
@@ -63,11 +73,7 @@ if triton is not None:
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         i_b = tl.program_id(0)
-        o_r, o_k = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_K)
-        m_r, m_k = o_r < R, o_k < K
-        m_rk = m_r[:, None] & m_k[None, :]
-        o_rk = o_r[:, None] * K + o_k[None, :]
-        b_rel = tl.load(p_rel + o_rk, mask=m_rk, other=0.0)  # (BLOCK_R, BLOCK_K), the keys
+        o_k, m_r, m_k, m_rk, o_rk, b_rel = _row_setup(p_rel, R, K, BLOCK_R, BLOCK_K)
         n = tl.load(p_len + i_b).to(tl.int32)
         b_V = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
         for t in range(0, n):
@@ -115,11 +121,7 @@ if triton is not None:
         PER_STEP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         i_b = tl.program_id(0)
-        o_r, o_k = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_K)
-        m_r, m_k = o_r < R, o_k < K
-        m_rk = m_r[:, None] & m_k[None, :]
-        o_rk = o_r[:, None] * K + o_k[None, :]
-        b_rel = tl.load(p_rel + o_rk, mask=m_rk, other=0.0)
+        o_k, m_r, m_k, m_rk, o_rk, b_rel = _row_setup(p_rel, R, K, BLOCK_R, BLOCK_K)
         if PER_STEP:
             n = tl.load(p_len + i_b).to(tl.int32)
             b_V = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
@@ -149,11 +151,7 @@ if triton is not None:
         PER_STEP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         i_b = tl.program_id(0)
-        o_r, o_k = tl.arange(0, BLOCK_R), tl.arange(0, BLOCK_K)
-        m_r, m_k = o_r < R, o_k < K
-        m_rk = m_r[:, None] & m_k[None, :]
-        o_rk = o_r[:, None] * K + o_k[None, :]
-        b_rel = tl.load(p_rel + o_rk, mask=m_rk, other=0.0)
+        o_k, m_r, m_k, m_rk, o_rk, b_rel = _row_setup(p_rel, R, K, BLOCK_R, BLOCK_K)
         n = tl.load(p_len + i_b).to(tl.int32)
         p_state = p_states + i_b * L * R * K
         b_dV = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)

@@ -114,7 +114,7 @@ def test_load_tiny_dataset_and_cache(tiny_dataset):
     assert not any("training TransE" in m for m in msgs)
     np.testing.assert_allclose(ds2.item_kg, ds.item_kg, atol=1e-5)
     assert ds2.fingerprint == ds.fingerprint
-    assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+    assert not [f for f in os.listdir(folder) if f.startswith("tmp-")]
 
 
 def test_unlinked_items_dropped_or_kept(tmp_path):
