@@ -96,7 +96,7 @@ def main():
     if args.epoch:
         import train
         for backend in ["torch"] + (["triton"] if fused_ok else []):
-            cfg = dict(train.DEFAULTS, device=device, memory_backend=backend)
+            cfg = dict(train.DEFAULTS, device=device, memory_backend=backend, train_mode="prefix")
             ds = train.load_data(cfg, log=lambda m: None)
             model = train.build_model(cfg, ds).to(device)
             opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -61,15 +61,18 @@ def test_bad_options_exit_2_with_one_line(args, needle):
 
 
 def test_parse_recbole_names():
-    args = train.parse_args(["--freeze_kg", "False", "--topk", "[5,10]", "--valid_metric", "NDCG@5"])
+    args = train.parse_args(["--freeze_kg", "False", "--topk", "[5,10]", "--valid_metric", "NDCG@5", "--train_mode", "prefix"])
     assert args.freeze_kg is False and args.topk == [5, 10] and args.learning_rate == 0.001
     assert args.train_batch_size == 2048 and args.stopping_step == 10 and args.MAX_ITEM_LIST_LENGTH == 50
+    seq = train.parse_args([])  # sequence mode is the default; its batch counts windows
+    assert seq.train_mode == "sequence" and seq.train_batch_size == train.SEQUENCE_DEFAULTS["train_batch_size"]
+    assert train.parse_args(["--train_batch_size", "7"]).train_batch_size == 7
 
 
 def tiny_cfg(root, out_dir, **kw):
     cfg = dict(train.DEFAULTS, dataset="tiny", data_path=root, kg="native", kg_embedding_size=8,
                embedding_size=8, hidden_size=12, epochs=2, train_batch_size=16, eval_batch_size=7,
-               out_dir=out_dir, topk=[5, 10])
+               out_dir=out_dir, topk=[5, 10], train_mode="prefix")
     cfg.update(kw)
     return cfg
 
