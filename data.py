@@ -516,6 +516,9 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
     for i, tok in enumerate(entity_tokens):
         if tok in ent_vec:
             entity_kg[i] = ent_vec[tok]
+    missing = sum(1 for e in set(item_entity[item_entity >= 0].tolist()) if entity_tokens[e] not in ent_vec)
+    if missing:
+        log(f"warning: {ent_path}: no vector for {missing} linked item entities; their items get a zero KG vector")
     hits = None
     if os.path.exists(ent_path + ".json"):
         with open(ent_path + ".json") as f:

@@ -7,6 +7,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Shared, noisy machines: no per-example deadline (a slow example is not a wrong one).
+settings.register_profile("ksr", deadline=None)
+settings.load_profile("ksr")
 
 
 def write_tiny_dataset(root, name="tiny", n_users=12, n_items=15, n_inter=(4, 9), n_relations=3,
