@@ -3,18 +3,21 @@
     python train.py --dataset ml-100k                      # train, early-stop on valid MRR@10, test
     python train.py --dataset ml-100k --kg attributes      # the correct attribute KG
     python train.py --dataset ml-100k --no_memory          # plain GRU4Rec baseline
+    python train.py --dataset ml-100k --train_mode prefix  # train on RecBole's prefix samples
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
 
-Protocol (RecBole's sequential full ranking): every prefix of a user's training items is a
-sample; leave-one-out by time; every item is scored for each valid/test sequence, only the
-padding item is excluded; early stopping on valid MRR@10; test metrics from the best
-valid checkpoint.
+Protocol (RecBole's sequential full ranking): leave-one-out by time; every item is scored
+for each valid/test sequence, only the padding item is excluded; early stopping on valid
+MRR@10; test metrics from the best valid checkpoint. Training: --train_mode sequence (the
+default) predicts the next item at every step of windows of a user's training items;
+--train_mode prefix makes every prefix a sample, as RecBole does. Both see the same targets.
 """
 import argparse
 import ctypes
 import json
 import math
 import os
+import pickle
 import platform
 import sys
 import time
@@ -324,7 +327,7 @@ def run(cfg, log=print):
             log(f"early stop: no better valid {cfg['valid_metric']} for {bad} epochs")
             break
 
-    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
     model.load_state_dict(ckpt["model"])
     test = evaluate(model, ds.test, cfg, device)
     results = {
@@ -348,8 +351,11 @@ def metrics_table(m, topk):
 
 
 def eval_only(path, cfg_overrides, log=print):
-    ckpt = torch.load(path, weights_only=False)
-    cfg = dict(ckpt["config"])
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = dict(ckpt["config"])
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
+        raise data.DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
     cfg.update(cfg_overrides)
     ds = load_data(cfg, log)
     if ds.fingerprint != ckpt["fingerprint"]:

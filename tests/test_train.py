@@ -127,6 +127,9 @@ def test_eval_only_command(tiny_dataset, tmp_path):
     assert "ndcg" in ok.stdout
     missing = _run("--eval_only", str(tmp_path / "nope.pt"))
     assert missing.returncode == 2 and "file not found" in missing.stderr
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    junk = _run("--eval_only", str(tmp_path / "junk.pt"))
+    assert junk.returncode == 1 and "not a checkpoint" in junk.stderr and junk.stderr.strip().count("\n") == 0
 
 
 def test_changed_data_is_refused(tiny_dataset, tmp_path):
