@@ -64,6 +64,16 @@ def kv_memory(item_kg, lengths, relations, query, gamma):
     return memory_read(V, relations, query, gamma)
 
 
+def _by_length(item_kg, lengths):
+    """Rows sorted by length (longest first), time-major, and how many are active per step:
+    the rows still active at step t are then the first active[t] rows."""
+    L = item_kg.shape[1]
+    order = torch.argsort(lengths, descending=True)
+    x = item_kg[order].transpose(0, 1)  # (L, B, K)
+    active = (lengths[order][None, :] > torch.arange(L, device=lengths.device)[:, None]).sum(1).tolist()
+    return order, x, active
+
+
 @torch.no_grad()
 def memory_write(item_kg, lengths, relations, all_steps=False):
     """The final memory V (B, R, K) of kv_memory's write, without autograd; with
@@ -74,9 +84,7 @@ def memory_write(item_kg, lengths, relations, all_steps=False):
     step t, in place. Same numbers as the reference, a fraction of the work.
     """
     B, L, K = item_kg.shape
-    order = torch.argsort(lengths, descending=True)
-    x = item_kg[order].transpose(0, 1)  # (L, B, K), rows sorted by length
-    active = (lengths[order][None, :] > torch.arange(L, device=lengths.device)[:, None]).sum(1).tolist()
+    order, x, active = _by_length(item_kg, lengths)
     V = item_kg.new_zeros(B, relations.shape[0], K)
     states = item_kg.new_zeros(B, L, relations.shape[0], K) if all_steps else None
     for t in range(L):
@@ -111,9 +119,8 @@ class MemoryWriteFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, item_kg, lengths, relations):
         B, L, K = item_kg.shape
-        order = torch.argsort(lengths, descending=True)
-        x = item_kg[order].transpose(0, 1).contiguous()  # (L, B, K), rows sorted by length
-        active = (lengths[order][None, :] > torch.arange(L, device=lengths.device)[:, None]).sum(1).tolist()
+        order, x, active = _by_length(item_kg, lengths)
+        x = x.contiguous()  # kept for backward
         V = item_kg.new_zeros(B, relations.shape[0], K)
         history = []  # V before step t, active rows
         for t in range(L):
