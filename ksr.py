@@ -286,11 +286,14 @@ class KSR(nn.Module):
     relation_kg  (R, K) pretrained relation vectors: the memory keys, kept constant
     no_memory    a plain GRU4Rec: p_u = W h, q_i = item embedding (the baseline)
     memory_backend  "torch" (the code above) or "triton" (kernels/, the fused kernel)
+    pad_slot     one more memory slot whose key is the zero vector, as RecBole's memory has
+                 (its padding relation keeps a zero vector); it holds e_i itself, and its
+                 attention logit is always 0
     """
 
     def __init__(self, n_items, item_kg, relation_kg, embedding_size=64, hidden_size=128, num_layers=1,
                  dropout_prob=0.1, gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, packed_gru=True,
-                 memory_backend="torch"):
+                 memory_backend="torch", pad_slot=True):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
             raise ValueError(f"loss_type must be CE or BPR, not {loss_type!r}")
@@ -312,7 +315,10 @@ class KSR(nn.Module):
             self.dense_layer_u = nn.Linear(hidden_size, embedding_size)
         else:
             self.entity_embedding = nn.Embedding(n_items + 1, K, padding_idx=0)
-            self.register_buffer("relations", torch.as_tensor(relation_kg, dtype=torch.float32))  # (R, K), constant
+            relations = torch.as_tensor(relation_kg, dtype=torch.float32)
+            if pad_slot:  # RecBole keeps its padding relation, whose vector is zero: one more slot, key 0
+                relations = torch.cat([relations.new_zeros(1, K), relations])
+            self.register_buffer("relations", relations)  # (R, K), constant
             self.dense = nn.Linear(hidden_size, K)  # h -> read query
             self.dense_layer_u = nn.Linear(hidden_size + K, embedding_size)
             self.dense_layer_i = nn.Linear(embedding_size + K, embedding_size)
@@ -360,6 +366,28 @@ class KSR(nn.Module):
             return self.dense_layer_u(h)
         m = self.memory(item_seq, lengths, self.dense(h), V)  # (B, K) or (B, L, K)
         return self.dense_layer_u(torch.cat([h, m], dim=-1))  # p_u = W_u [h ; m]
+
+    @torch.no_grad()
+    def explain(self, item_seq, lengths):
+        """Split p_u into a sequence term and one term per memory slot (call in eval mode).
+
+        p_u = W_u [h ; m] + b = (W_h h + b) + sum_a w_a (W_m V_a), with W_u = [W_h | W_m], so
+        every item's score p_u . q_i is the sequence term's score plus one score per relation.
+        Returns p_seq (B, E), p_rel (B, R, E) (their sum over a plus p_seq is p_u), the read
+        attention w (B, R) after the last step, and w after every step (B, L, R), 0 at padding.
+        """
+        x = self.item_embedding(item_seq)
+        h_all = self.gru(x, lengths, all_steps=True)  # (B, L, H)
+        w_steps = torch.softmax(self.gamma * self.dense(h_all) @ self.relations.T, dim=-1)  # the attention of each step's read
+        steps = torch.arange(item_seq.shape[1], device=item_seq.device)
+        w_steps = w_steps * (steps[None, :] < lengths[:, None])[..., None]
+        rows = torch.arange(item_seq.shape[0], device=item_seq.device)
+        h, w = h_all[rows, lengths - 1], w_steps[rows, lengths - 1]  # (B, H), (B, R)
+        V = memory_write(self.entity_embedding(item_seq), lengths, self.relations)  # (B, R, K)
+        W_h, W_m = self.dense_layer_u.weight.split([h.shape[1], V.shape[2]], dim=1)
+        p_seq = h @ W_h.T + self.dense_layer_u.bias
+        p_rel = w[..., None] * (V @ W_m.T)  # (B, R, E): w_a W_m V_a
+        return p_seq, p_rel, w, w_steps
 
     def item_representations(self, items=None):
         """q_i = W_i [item_emb_i ; e_i] for `items` (any shape), or all items (N + 1, E)."""

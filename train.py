@@ -13,12 +13,15 @@ default) predicts the next item at every step of windows of a user's training it
 --train_mode prefix makes every prefix a sample, as RecBole does. Both see the same targets.
 """
 import argparse
+import ast
 import ctypes
+import itertools
 import json
 import math
 import os
 import pickle
 import platform
+import random
 import sys
 import time
 
@@ -37,7 +40,7 @@ DEFAULTS = dict(
     learning_rate=0.001, train_batch_size=2048, eval_batch_size=4096, epochs=300, stopping_step=10,
     MAX_ITEM_LIST_LENGTH=50, topk=[10], valid_metric="MRR@10", seed=2020, device="cpu",
     memory_backend="torch", max_steps=0, out_dir=None, eval_only=None,
-    train_mode="sequence", window_stride=None,
+    train_mode="sequence", window_stride=None, pad_slot=True,
 )
 # --train_mode sequence: a batch counts windows (~2,000 per epoch on ml-100k), not prefixes
 SEQUENCE_DEFAULTS = dict(train_batch_size=16, learning_rate=0.001)  # chosen on valid MRR@10 (README)
@@ -59,6 +62,7 @@ def positive(cast):
         if not x > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {v!r}")
         return x
+    parse.__name__ = cast.__name__  # argparse names it in errors: "invalid int value"
     return parse
 
 
@@ -72,9 +76,13 @@ def topk_list(v):
     return ks
 
 
+class UsageError(Exception):
+    """A bad option or value: main() prints it on one line and exits 2."""
+
+
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message):  # one line, exit 2 (main() catches it)
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def parse_args(argv=None):
@@ -92,6 +100,8 @@ def parse_args(argv=None):
     ap.add_argument("--gamma", type=float, default=d["gamma"])
     ap.add_argument("--loss_type", default=d["loss_type"], choices=["CE", "BPR"])
     ap.add_argument("--freeze_kg", type=str2bool, default=d["freeze_kg"])
+    ap.add_argument("--pad_slot", type=str2bool, default=d["pad_slot"],
+                    help="one more memory slot with a zero key, as RecBole's padding relation gives")
     ap.add_argument("--no_memory", action="store_true", help="plain GRU4Rec: no knowledge memory")
     ap.add_argument("--learning_rate", type=positive(float), default=None,
                     help=f"default {d['learning_rate']} (sequence mode: {SEQUENCE_DEFAULTS['learning_rate']})")
@@ -199,7 +209,7 @@ def build_model(cfg, ds):
     return KSR(ds.n_items, ds.item_kg, ds.relation_kg, embedding_size=cfg["embedding_size"],
                hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], dropout_prob=cfg["dropout_prob"],
                gamma=cfg["gamma"], loss_type=cfg["loss_type"], freeze_kg=cfg["freeze_kg"], no_memory=cfg["no_memory"],
-               memory_backend=cfg.get("memory_backend", "torch"))
+               memory_backend=cfg.get("memory_backend", "torch"), pad_slot=cfg.get("pad_slot", False))
 
 
 MEMORY_CACHE_BYTES = 2 * 2 ** 30
@@ -350,41 +360,418 @@ def metrics_table(m, topk):
     return "\n".join(lines)
 
 
-def eval_only(path, cfg_overrides, log=print):
+def load_checkpoint(path, cfg_overrides, log=print):
+    """(cfg, ds, model) of a saved model.pt, refusing data that changed since it was trained."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         cfg = dict(ckpt["config"])
     except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
         raise data.DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
     cfg.update(cfg_overrides)
+    cfg.setdefault("pad_slot", False)  # checkpoints from before the option had no pad slot
     ds = load_data(cfg, log)
     if ds.fingerprint != ckpt["fingerprint"]:
         raise data.DataError(f"{path}: the checkpoint was trained on data with fingerprint {ckpt['fingerprint']}, "
                              f"but {cfg['data_path']}/{cfg['dataset']} (kg={cfg['kg']}) now has {ds.fingerprint}")
     model = build_model(cfg, ds).to(cfg["device"])
     model.load_state_dict(ckpt["model"])
+    return cfg, ds, model, ckpt["epoch"]
+
+
+def eval_only(path, cfg_overrides, log=print):
+    cfg, ds, model, epoch = load_checkpoint(path, cfg_overrides, log)
     out = {"valid": evaluate(model, ds.valid, cfg, cfg["device"]), "test": evaluate(model, ds.test, cfg, cfg["device"])}
-    log(f"{path} (epoch {ckpt['epoch']}): test metrics")
+    log(f"{path} (epoch {epoch}): test metrics")
     log(metrics_table(out["test"], cfg["topk"]))
     return out
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    cfg = vars(args)
-    try:
-        if args.eval_only:
-            if not os.path.exists(args.eval_only):
-                print(f"train.py: error: --eval_only: {args.eval_only}: file not found", file=sys.stderr)
-                return 2
-            eval_only(args.eval_only, {"device": args.device, "eval_batch_size": args.eval_batch_size, "data_path": args.data_path})
+# -----------------------------------------------------------------------------
+# python train.py tune: hyper-parameter search over RecBole's hyper.test format
+
+SEARCH_KINDS = ("choice", "uniform", "loguniform", "quniform")
+NOT_TUNABLE = ("dataset", "data_path", "out_dir", "eval_only")
+
+
+def _cli_value(v):
+    """A hyper.test value as train.py's command line spells it."""
+    return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+
+def read_params_file(path, fixed_argv=()):
+    """RecBole's hyper.test: one parameter per line, `name kind values`.
+
+        learning_rate choice [0.01, 0.001]   values are Python literals (numbers, True, 'CE', lists)
+        dropout_prob uniform 0.0 0.5          a float in [a, b]
+        learning_rate loguniform -9.2 -4.6    exp of a uniform in [a, b]: bounds are natural logs
+        hidden_size quniform 64 256 64        round(uniform(a, b) / q) * q
+    Bounds may be separated by spaces or commas (RecBole writes `0.0,0.5`). Blank lines and
+    lines starting with # are skipped. Returns [(name, kind, values)]; every value is checked
+    with train.py's own option parser, so a bad one fails here, before any training.
+    """
+    space, seen = [], {}
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for no, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}: line {no}"
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            raise UsageError(f"{where}: expected `name kind values` (e.g. learning_rate choice [0.01,0.001]), got {line.strip()!r}")
+        name, kind, rest = parts
+        if name not in DEFAULTS or name in NOT_TUNABLE:
+            raise UsageError(f"{where}: unknown parameter {name!r} (tunable: train.py's options, e.g. learning_rate, dropout_prob)")
+        if name in seen:
+            raise UsageError(f"{where}: {name} is already searched on line {seen[name]}")
+        if "--" + name in fixed_argv:
+            raise UsageError(f"{where}: {name} is searched here and also fixed on the command line")
+        if kind not in SEARCH_KINDS:
+            raise UsageError(f"{where}: unknown search kind {kind!r} (expected one of {', '.join(SEARCH_KINDS)})")
+        if kind == "choice":
+            try:
+                values = ast.literal_eval(rest.strip())
+            except (ValueError, SyntaxError):
+                raise UsageError(f"{where}: {name} choice: {rest.strip()!r} is not a Python list literal") from None
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"{where}: {name} choice: expected a non-empty list such as [1, 2], got {rest.strip()!r}")
+            checked = values
         else:
-            run(cfg)
+            try:
+                bounds = [float(x) for x in rest.replace(",", " ").split()]
+            except ValueError:
+                raise UsageError(f"{where}: {name} {kind}: bounds must be numbers, got {rest.strip()!r}") from None
+            want = 3 if kind == "quniform" else 2
+            if len(bounds) != want or not bounds[0] <= bounds[1] or (kind == "quniform" and not bounds[2] > 0):
+                form = "low high q (q > 0)" if kind == "quniform" else "low high"
+                raise UsageError(f"{where}: {name} {kind}: expected {form} with low <= high, got {rest.strip()!r}")
+            values = bounds
+            checked = [math.exp(b) for b in bounds] if kind == "loguniform" else [_quantize(b, bounds) for b in bounds[:2]] if kind == "quniform" else bounds
+        for v in checked:  # the same parser as a normal run: same types, same limits
+            try:
+                parse_args(list(fixed_argv) + ["--" + name, _cli_value(v)])
+            except UsageError as e:
+                raise UsageError(f"{where}: {name} = {v!r}: {str(e).split('error: ', 1)[-1]}") from None
+        seen[name] = no
+        space.append((name, kind, values))
+    if not space:
+        raise UsageError(f"{path}: no parameters to search")
+    return space
+
+
+def _quantize(x, bounds):
+    q = bounds[2]
+    v = round(x / q) * q
+    return int(v) if all(float(b).is_integer() for b in bounds) else v  # 64 256 64 -> ints, for int options
+
+
+def grid_settings(space, max_evals=None):
+    """Every combination of the `choice` values, in file order, the last line varying fastest."""
+    for name, kind, _ in space:
+        if kind != "choice":
+            raise UsageError(f"--algo grid: {name} is searched with {kind}; grid search needs choice lines (use --algo random)")
+    combos = [dict(zip([s[0] for s in space], vals)) for vals in itertools.product(*[s[2] for s in space])]
+    return combos[:max_evals] if max_evals else combos
+
+
+def random_settings(space, max_evals, seed):
+    """max_evals distinct settings drawn with a fixed seed (fewer if the space is smaller)."""
+    rng = random.Random(seed)
+    out, keys = [], set()
+    for _ in range(100 * max_evals):
+        if len(out) == max_evals:
+            break
+        s = {}
+        for name, kind, v in space:
+            if kind == "choice":
+                s[name] = rng.choice(v)
+            elif kind == "uniform":
+                s[name] = rng.uniform(v[0], v[1])
+            elif kind == "loguniform":
+                s[name] = math.exp(rng.uniform(v[0], v[1]))
+            else:
+                s[name] = _quantize(rng.uniform(v[0], v[1]), v)
+        key = repr(sorted(s.items()))
+        if key not in keys:
+            keys.add(key)
+            out.append(s)
+    return out
+
+
+def best_trial(trials, valid_key):
+    """The trial with the highest best-valid metric (the earlier one on a tie). Reads only
+    trial["valid"]: selection never looks at test metrics."""
+    return max(enumerate(trials), key=lambda it: (it[1]["valid"][valid_key], -it[0]))[1]
+
+
+def _params_str(params):
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def tune(argv):
+    """python train.py tune --params_file hyper.test [--algo grid|random] [--max_evals N]
+    [--out_dir DIR] [any training option, fixed for every trial]."""
+    ap = Parser(prog="train.py tune", description="Hyper-parameter search; every other option is a fixed training setting.")
+    ap.add_argument("--params_file", required=True, help="RecBole's hyper.test format")
+    ap.add_argument("--algo", default="grid", choices=["grid", "random"])
+    ap.add_argument("--max_evals", type=positive(int), default=None, help="number of trials (random: default 10; grid: all)")
+    ap.add_argument("--out_dir", default=None, help="default runs/tune-<dataset>-<kg>-<params file>")
+    args, fixed_argv = ap.parse_known_args(argv)
+    if not os.path.exists(args.params_file):
+        raise UsageError(f"train.py tune: error: --params_file: {args.params_file}: file not found")
+    base = vars(parse_args(fixed_argv))  # fixed settings, checked before the file
+    space = read_params_file(args.params_file, fixed_argv)
+    if args.algo == "grid":
+        settings = grid_settings(space, args.max_evals)
+    else:
+        settings = random_settings(space, args.max_evals or 10, base["seed"])
+    stem = os.path.splitext(os.path.basename(args.params_file))[0]
+    out_dir = args.out_dir or os.path.join("runs", f"tune-{base['dataset']}-{base['kg']}-{stem}")
+    os.makedirs(out_dir, exist_ok=True)
+    valid_key = base["valid_metric"].lower()
+    head = {"params_file": args.params_file, "algo": args.algo, "seed": base["seed"], "valid_metric": base["valid_metric"],
+            "fixed": fixed_argv, "space": [list(s) for s in space]}
+    print(f"tune: {len(settings)} trials ({args.algo}) over {', '.join(s[0] for s in space)}; selecting on valid "
+          f"{base['valid_metric']}; results in {out_dir}/tune.json")
+    trials = []
+    try:
+        for i, params in enumerate(settings):
+            cfg = vars(parse_args(fixed_argv + [a for k, v in params.items() for a in ("--" + k, _cli_value(v))]))
+            cfg["out_dir"] = os.path.join(out_dir, f"trial-{i:03d}")
+            res_path = os.path.join(cfg["out_dir"], "results.json")
+            res, resumed = None, False
+            if os.path.exists(res_path):  # finished in an earlier invocation: keep it
+                with open(res_path) as f:
+                    res = json.load(f)
+                if {k: v for k, v in res["config"].items() if k in cfg} != cfg:
+                    raise UsageError(f"train.py tune: error: {cfg['out_dir']} holds a trial with other settings; "
+                                     f"use a new --out_dir for a different search")
+                resumed = True
+            else:
+                print(f"trial {i + 1}/{len(settings)}: {_params_str(params)} ...", flush=True)
+                os.makedirs(cfg["out_dir"], exist_ok=True)
+                with open(os.path.join(cfg["out_dir"], "train.log"), "w") as logf:
+                    res = run(cfg, log=lambda m: print(m, file=logf, flush=True))
+            trials.append({"trial": i, "params": params, "valid": res["best_valid"], "test": res["test"],
+                           "best_epoch": res["best_epoch"], "epochs": len(res["valid"]),
+                           "seconds": res["total_seconds"], "run_dir": cfg["out_dir"]})
+            save_atomic(dict(head, trials=trials, best=best_trial(trials, valid_key)), os.path.join(out_dir, "tune.json"))
+            print(f"trial {i + 1}/{len(settings)}{' (finished earlier)' if resumed else ''}: {_params_str(params)}  "
+                  f"valid {valid_key} {res['best_valid'][valid_key]:.4f}  test ndcg@10 {res['test'].get('ndcg@10', float('nan')):.4f}  "
+                  f"epochs {len(res['valid'])} (best {res['best_epoch']})  {res['total_seconds']:.0f}s", flush=True)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(trials)} finished trials are kept in {out_dir}/tune.json; "
+              f"run the same command again to continue", file=sys.stderr)
+        return 130
+    print(tune_table(trials, valid_key))
+    best = best_trial(trials, valid_key)
+    print(f"best (on valid {base['valid_metric']}): trial {best['trial']}: {_params_str(best['params'])}  "
+          f"valid {best['valid'][valid_key]:.4f}  test ndcg@10 {best['test'].get('ndcg@10', float('nan')):.4f}")
+    return 0
+
+
+def tune_table(trials, valid_key):
+    """All trials, best valid metric first."""
+    names = list(trials[0]["params"]) if trials else []
+    cols = names + [f"valid {valid_key}", "test ndcg@10", "test hit@10", "epochs", "seconds"]
+    rows = []
+    for t in sorted(trials, key=lambda t: -t["valid"][valid_key]):
+        rows.append([f"{t['params'][n]:.4g}" if isinstance(t["params"][n], float) else str(t["params"][n]) for n in names]
+                    + [f"{t['valid'][valid_key]:.4f}", f"{t['test'].get('ndcg@10', float('nan')):.4f}",
+                       f"{t['test'].get('hit@10', float('nan')):.4f}", str(t["epochs"]), f"{t['seconds']:.0f}"])
+    w = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(cols)]
+    return "\n".join("  ".join(x.rjust(w[j]) for j, x in enumerate(r)) for r in [cols] + rows)
+
+
+# -----------------------------------------------------------------------------
+# python train.py explain: which knowledge-graph relations drive a recommendation
+
+def slot_names(model, ds):
+    """One name per memory slot: the KG's relation names, after RecBole's zero-key slot."""
+    return (["[PAD] (zero key)"] if model.relations.shape[0] > len(ds.relation_tokens) else []) + list(ds.relation_tokens)
+
+
+def item_name(ds, i):
+    return ds.item_titles[i] if ds.item_titles else f"item {ds.item_tokens[i]}"
+
+
+def explain_user(model, ds, uid, topk):
+    """Everything `explain --user` shows, for user id `uid`'s test sequence, as a dict."""
+    rows = np.flatnonzero(ds.test.users == uid)
+    if not len(rows):
+        raise data.DataError(f"user {ds.user_tokens[uid]} has no test sample (fewer than 3 interactions); "
+                             "explain needs one")
+    split = ds.test
+    seq = torch.as_tensor(split.item_seq[rows[:1]])
+    lengths = torch.as_tensor(split.lengths[rows[:1]])
+    model.eval()
+    p_seq, p_rel, w, w_steps = model.explain(seq, lengths)
+    q = model.item_representations().detach()  # (N + 1, E)
+    scores = model.full_scores(model(seq, lengths)).detach()[0]
+    top = torch.topk(scores, topk).indices
+    seq_term = (p_seq[0] @ q[top].T)  # (k,)
+    rel_terms = (p_rel[0] @ q[top].T).T  # (k, R)
+    target = int(split.targets[rows[0]])
+    n = int(lengths[0])
+    return {"user": ds.user_tokens[uid], "history": seq[0, :n].tolist(), "target": target,
+            "target_rank": int(rank_of_target(scores[None], torch.tensor([target]))[0]),
+            "attention": w[0].tolist(), "attention_steps": w_steps[0, :n].tolist(),
+            "top": top.tolist(), "scores": scores[top].tolist(),
+            "sequence_term": seq_term.tolist(), "relation_terms": rel_terms.tolist()}
+
+
+def explain_summary(model, ds, cfg):
+    """Mean read attention per memory slot over all test users, and how often it is the top slot."""
+    model.eval()
+    ws = []
+    for i in range(0, len(ds.test), cfg["eval_batch_size"]):
+        seq = torch.as_tensor(ds.test.item_seq[i:i + cfg["eval_batch_size"]])
+        lengths = torch.as_tensor(ds.test.lengths[i:i + cfg["eval_batch_size"]])
+        ws.append(model.explain(seq, lengths)[2])
+    w = torch.cat(ws)  # (users, R)
+    top_share = torch.bincount(w.argmax(1), minlength=w.shape[1]).double() / len(w)
+    return w.mean(0).tolist(), top_share.tolist()
+
+
+def print_explanation(ex, ds, names, recent, shown):
+    hist = ex["history"]
+    print(f"user {ex['user']}: {len(hist)} items before the held-out test item; the last {min(recent, len(hist))} (oldest first):")
+    for i in hist[-recent:]:
+        print(f"    {item_name(ds, i)}")
+    print(f"held-out next item: {item_name(ds, ex['target'])} (rank {ex['target_rank']} of {ds.n_items})")
+    print("read attention over relations after the last item (w_a = softmax(gamma q . r_a)):")
+    for a in sorted(range(len(names)), key=lambda a: -ex["attention"][a])[:shown]:
+        print(f"  {ex['attention'][a]:7.3f}  {names[a]}")
+    print(f"top-{len(ex['top'])} recommendations; score = sequence term + one term per relation "
+          f"(w_a (W_m V_a) . q_i), largest relation terms shown:")
+    for r, (i, s, st, terms) in enumerate(zip(ex["top"], ex["scores"], ex["sequence_term"], ex["relation_terms"]), 1):
+        big = sorted(range(len(names)), key=lambda a: -abs(terms[a]))[:3]
+        parts = ", ".join(f"{names[a]} {terms[a]:+.2f}" for a in big)
+        mark = "  <- the held-out item" if i == ex["target"] else ""
+        print(f"  {r:2d}. {item_name(ds, i)[:40]:40s} {s:7.2f} = {st:+.2f} + memory {sum(terms):+.2f} ({parts}){mark}")
+
+
+def plot_explanation(ex, ds, names, path, recent):
+    plt = _pyplot()
+    steps = ex["attention_steps"][-recent:]
+    labels = [item_name(ds, i)[:28] for i in ex["history"][-recent:]]
+    terms = np.array(ex["relation_terms"])  # (k, R)
+    keep = sorted(np.argsort(-np.abs(terms).sum(0))[:8])  # the slots with the largest terms
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.32 * max(len(steps), len(ex["top"])) + 2.5),
+                                   gridspec_kw={"width_ratios": [len(names) + 2, len(keep) + 2]})
+    im = ax1.imshow(np.array(steps), aspect="auto", cmap="Blues", vmin=0, vmax=1)
+    ax1.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax1.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)
+    ax1.set_title(f"user {ex['user']}: read attention after each item", fontsize=9)
+    fig.colorbar(im, ax=ax1, fraction=0.04)
+    cols = terms[:, keep]
+    lim = max(np.abs(cols).max(), 1e-6)
+    im2 = ax2.imshow(cols, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)  # own scale: the sequence term is larger
+    ax2.set_yticks(range(len(ex["top"])), [f"{item_name(ds, i)[:24]} (seq {s:+.1f})" for i, s in zip(ex["top"], ex["sequence_term"])],
+                   fontsize=7)
+    ax2.set_xticks(range(len(keep)), [names[a] for a in keep], rotation=70, ha="right", fontsize=7)
+    ax2.set_title("per-relation score terms of the top items", fontsize=9)
+    fig.colorbar(im2, ax=ax2, fraction=0.04)
+    _save_figure(fig, path)
+
+
+def plot_summary(names, mean_w, path, title):
+    plt = _pyplot()
+    order = np.argsort(mean_w)
+    fig, ax = plt.subplots(figsize=(7, 0.25 * len(names) + 1.5))
+    ax.barh(range(len(names)), np.array(mean_w)[order])
+    ax.set_yticks(range(len(names)), [names[a] for a in order], fontsize=7)
+    ax.set_xlabel("mean read attention over test users")
+    ax.set_title(title, fontsize=9)
+    _save_figure(fig, path)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("train.py explain: error: --plot needs matplotlib, an optional dependency: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path):
+    fig.tight_layout()
+    with data.replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    _pyplot().close(fig)
+    print(f"wrote {path}")
+
+
+def explain(argv):
+    """python train.py explain --run RUN_DIR (--user TOKEN [--topk K] | --summary) [--plot FILE.png]"""
+    ap = Parser(prog="train.py explain", description="Explain a trained run's recommendations with its knowledge memory.")
+    ap.add_argument("--run", required=True, help="a training run's folder (its --out_dir)")
+    who = ap.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user token (the user_id column of the .inter file)")
+    who.add_argument("--summary", action="store_true", help="mean read attention per relation over all test users")
+    ap.add_argument("--topk", type=positive(int), default=10)
+    ap.add_argument("--recent", type=positive(int), default=10, help="how many of the user's last items to show")
+    ap.add_argument("--plot", metavar="FILE.png", help="also draw a PNG (needs matplotlib)")
+    ap.add_argument("--data_path", default=None, help="where the dataset lives, if not where the run read it")
+    args = ap.parse_args(argv)
+    if args.plot:
+        _pyplot()  # fail before the work if matplotlib is missing
+    ckpt = os.path.join(args.run, "model.pt")
+    if not os.path.exists(ckpt):
+        raise UsageError(f"train.py explain: error: --run: {ckpt}: not found (give the --out_dir of a finished training run)")
+    cfg, ds, model, _ = load_checkpoint(ckpt, {"device": "cpu"} | ({"data_path": args.data_path} if args.data_path else {}),
+                                        log=lambda m: None)
+    if cfg["no_memory"]:
+        raise UsageError(f"train.py explain: error: {args.run} was trained with --no_memory: it has no knowledge memory to explain")
+    names = slot_names(model, ds)
+    print(f"run {args.run}: {cfg['dataset']}, kg={cfg['kg']}, {len(names)} memory slots, train_mode {cfg['train_mode']}")
+    if args.summary:
+        mean_w, top_share = explain_summary(model, ds, cfg)
+        print(f"read attention over {len(ds.test)} test users (after each user's last item), by mean:")
+        print(f"  {'mean w':>7}  {'top for':>8}  relation")
+        for a in sorted(range(len(names)), key=lambda a: -mean_w[a]):
+            print(f"  {mean_w[a]:7.3f}  {100 * top_share[a]:7.1f}%  {names[a]}")
+        if args.plot:
+            plot_summary(names, mean_w, args.plot, f"{cfg['dataset']}, kg={cfg['kg']}: where the read looks")
+        return 0
+    if args.user not in ds.user_tokens[1:]:
+        inter = os.path.join(cfg["data_path"], cfg["dataset"], cfg["dataset"] + ".inter")
+        raise UsageError(f"train.py explain: error: --user {args.user!r}: no such user in {inter} (valid tokens are its "
+                         f"user_id column, e.g. {', '.join(ds.user_tokens[1:4])}; --summary needs none)")
+    ex = explain_user(model, ds, ds.user_tokens.index(args.user), min(args.topk, ds.n_items))
+    print_explanation(ex, ds, names, args.recent, shown=min(len(names), 8))
+    if args.plot:
+        plot_explanation(ex, ds, names, args.plot, args.recent)
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["tune"]:
+            return tune(argv[1:])
+        if argv[:1] == ["explain"]:
+            return explain(argv[1:])
+        return train_main(argv)
+    except UsageError as e:
+        print(str(e).splitlines()[0], file=sys.stderr)
+        return 2
     except data.DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
+
+def train_main(argv):
+    args = parse_args(argv)
+    if args.eval_only:
+        if not os.path.exists(args.eval_only):
+            raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
+        eval_only(args.eval_only, {"device": args.device, "eval_batch_size": args.eval_batch_size, "data_path": args.data_path})
+    else:
+        run(vars(args))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())
