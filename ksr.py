@@ -293,7 +293,7 @@ class KSR(nn.Module):
 
     def __init__(self, n_items, item_kg, relation_kg, embedding_size=64, hidden_size=128, num_layers=1,
                  dropout_prob=0.1, gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, packed_gru=True,
-                 memory_backend="torch", pad_slot=True):
+                 memory_backend="torch", pad_slot=False):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
             raise ValueError(f"loss_type must be CE or BPR, not {loss_type!r}")

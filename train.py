@@ -40,7 +40,7 @@ DEFAULTS = dict(
     learning_rate=0.001, train_batch_size=2048, eval_batch_size=4096, epochs=300, stopping_step=10,
     MAX_ITEM_LIST_LENGTH=50, topk=[10], valid_metric="MRR@10", seed=2020, device="cpu",
     memory_backend="torch", max_steps=0, out_dir=None, eval_only=None,
-    train_mode="sequence", window_stride=None, pad_slot=True,
+    train_mode="sequence", window_stride=None, pad_slot=False,
 )
 # --train_mode sequence: a batch counts windows (~2,000 per epoch on ml-100k), not prefixes
 SEQUENCE_DEFAULTS = dict(train_batch_size=16, learning_rate=0.001)  # chosen on valid MRR@10 (README)
@@ -620,17 +620,25 @@ def explain_user(model, ds, uid, topk):
             "sequence_term": seq_term.tolist(), "relation_terms": rel_terms.tolist()}
 
 
+@torch.no_grad()
 def explain_summary(model, ds, cfg):
-    """Mean read attention per memory slot over all test users, and how often it is the top slot."""
+    """Over all test users: the mean read attention per memory slot, how often each slot is
+    the top one, and how far each part of the score moves items apart: the spread (standard
+    deviation over all items) of the sequence term and of the memory term, averaged over users.
+    A term that is the same for every item changes no ranking, however large it is."""
     model.eval()
-    ws = []
+    ws, seq_spread, mem_spread = [], [], []
+    q = model.item_representations()[1:]  # real items
     for i in range(0, len(ds.test), cfg["eval_batch_size"]):
         seq = torch.as_tensor(ds.test.item_seq[i:i + cfg["eval_batch_size"]])
         lengths = torch.as_tensor(ds.test.lengths[i:i + cfg["eval_batch_size"]])
-        ws.append(model.explain(seq, lengths)[2])
+        p_seq, p_rel, w, _ = model.explain(seq, lengths)
+        seq_spread.append((p_seq @ q.T).std(1))
+        mem_spread.append((p_rel.sum(1) @ q.T).std(1))
+        ws.append(w)
     w = torch.cat(ws)  # (users, R)
     top_share = torch.bincount(w.argmax(1), minlength=w.shape[1]).double() / len(w)
-    return w.mean(0).tolist(), top_share.tolist()
+    return w.mean(0).tolist(), top_share.tolist(), torch.cat(seq_spread).mean().item(), torch.cat(mem_spread).mean().item()
 
 
 def print_explanation(ex, ds, names, recent, shown):
@@ -728,11 +736,13 @@ def explain(argv):
     names = slot_names(model, ds)
     print(f"run {args.run}: {cfg['dataset']}, kg={cfg['kg']}, {len(names)} memory slots, train_mode {cfg['train_mode']}")
     if args.summary:
-        mean_w, top_share = explain_summary(model, ds, cfg)
+        mean_w, top_share, seq_spread, mem_spread = explain_summary(model, ds, cfg)
         print(f"read attention over {len(ds.test)} test users (after each user's last item), by mean:")
         print(f"  {'mean w':>7}  {'top for':>8}  relation")
         for a in sorted(range(len(names)), key=lambda a: -mean_w[a]):
             print(f"  {mean_w[a]:7.3f}  {100 * top_share[a]:7.1f}%  {names[a]}")
+        print(f"how far each part of the score moves items apart (std over all items, mean over users): "
+              f"sequence term {seq_spread:.2f}, memory term {mem_spread:.2f}")
         if args.plot:
             plot_summary(names, mean_w, args.plot, f"{cfg['dataset']}, kg={cfg['kg']}: where the read looks")
         return 0
