@@ -38,7 +38,7 @@ def test_relation_terms_sum_to_the_score(B, L, R, E, num_layers, pad_slot, seed)
 @pytest.fixture
 def tiny_run(tiny_dataset, tmp_path):
     out = str(tmp_path / "run")
-    train.run(tiny_cfg(tiny_dataset, out, epochs=1, train_mode="sequence"), log=lambda m: None)
+    train.run(tiny_cfg(tiny_dataset, out, epochs=1, train_mode="sequence", pad_slot=True), log=lambda m: None)
     return out
 
 
