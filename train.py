@@ -5,6 +5,8 @@
     python train.py --dataset ml-100k --no_memory          # plain GRU4Rec baseline
     python train.py --dataset ml-100k --train_mode prefix  # train on RecBole's prefix samples
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
+    python train.py explain --run runs/X --user 196        # which KG relations drive a user's top items
+    python train.py tune --params_file hyper.test          # hyper-parameter search, RecBole's hyper.test format
 
 Protocol (RecBole's sequential full ranking): leave-one-out by time; every item is scored
 for each valid/test sequence, only the padding item is excluded; early stopping on valid
@@ -87,7 +89,9 @@ class Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None):
     d = DEFAULTS
-    ap = Parser(prog="train.py", description="Train KSR (RecBole's protocol) and report test metrics.")
+    ap = Parser(prog="train.py", description="Train KSR (RecBole's protocol) and report test metrics.",
+                epilog="More commands: `train.py tune --params_file hyper.test ...` (hyper-parameter search) and "
+                       "`train.py explain --run RUN_DIR --user TOKEN | --summary` (see --help of each).")
     ap.add_argument("--dataset", default=d["dataset"])
     ap.add_argument("--data_path", default=d["data_path"])
     ap.add_argument("--kg", default=d["kg"], choices=["freebase", "native", "attributes"])
@@ -520,6 +524,8 @@ def tune(argv):
     if not os.path.exists(args.params_file):
         raise UsageError(f"train.py tune: error: --params_file: {args.params_file}: file not found")
     base = vars(parse_args(fixed_argv))  # fixed settings, checked before the file
+    if base["eval_only"]:
+        raise UsageError("train.py tune: error: --eval_only: tune trains; re-evaluate a trial with train.py --eval_only")
     space = read_params_file(args.params_file, fixed_argv)
     if args.algo == "grid":
         settings = grid_settings(space, args.max_evals)
