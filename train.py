@@ -571,7 +571,7 @@ def tune(argv):
         return 130
     print(tune_table(trials, valid_key))
     best = best_trial(trials, valid_key)
-    print(f"best (on valid {base['valid_metric']}): trial {best['trial']}: {_params_str(best['params'])}  "
+    print(f"best (on valid {base['valid_metric']}): trial {best['trial'] + 1} ({best['run_dir']}): {_params_str(best['params'])}  "
           f"valid {best['valid'][valid_key]:.4f}  test ndcg@10 {best['test'].get('ndcg@10', float('nan')):.4f}")
     return 0
 
@@ -579,10 +579,10 @@ def tune(argv):
 def tune_table(trials, valid_key):
     """All trials, best valid metric first."""
     names = list(trials[0]["params"]) if trials else []
-    cols = names + [f"valid {valid_key}", "test ndcg@10", "test hit@10", "epochs", "seconds"]
+    cols = ["trial"] + names + [f"valid {valid_key}", "test ndcg@10", "test hit@10", "epochs", "seconds"]
     rows = []
     for t in sorted(trials, key=lambda t: -t["valid"][valid_key]):
-        rows.append([f"{t['params'][n]:.4g}" if isinstance(t["params"][n], float) else str(t["params"][n]) for n in names]
+        rows.append([str(t["trial"] + 1)] + [f"{t['params'][n]:.4g}" if isinstance(t["params"][n], float) else str(t["params"][n]) for n in names]
                     + [f"{t['valid'][valid_key]:.4f}", f"{t['test'].get('ndcg@10', float('nan')):.4f}",
                        f"{t['test'].get('hit@10', float('nan')):.4f}", str(t["epochs"]), f"{t['seconds']:.0f}"])
     w = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(cols)]
