@@ -368,11 +368,11 @@ def load_checkpoint(path, cfg_overrides, log=print):
     """(cfg, ds, model) of a saved model.pt, refusing data that changed since it was trained."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = dict(ckpt["config"])
+        # options newer than the checkpoint: the value that matches how it was trained
+        cfg = {**DEFAULTS, "train_mode": "prefix", "pad_slot": False, **ckpt["config"]}
     except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
         raise data.DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
     cfg.update(cfg_overrides)
-    cfg.setdefault("pad_slot", False)  # checkpoints from before the option had no pad slot
     ds = load_data(cfg, log)
     if ds.fingerprint != ckpt["fingerprint"]:
         raise data.DataError(f"{path}: the checkpoint was trained on data with fingerprint {ckpt['fingerprint']}, "

@@ -74,3 +74,17 @@ def test_explain_plot_writes_png(tiny_run, tmp_path):
         assert train.main(["explain", "--run", tiny_run, *args, "--plot", str(path)]) == 0
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [f for f in os.listdir(tmp_path) if f.startswith("tmp-")]
+
+
+def test_checkpoint_from_before_newer_options(tiny_dataset, tmp_path, capsys):
+    out = str(tmp_path / "old")
+    train.run(tiny_cfg(tiny_dataset, out, epochs=1, train_mode="prefix"), log=lambda m: None)
+    path = os.path.join(out, "model.pt")
+    ckpt = torch.load(path, weights_only=False)
+    for key in ("train_mode", "pad_slot", "window_stride"):  # options added after early runs
+        del ckpt["config"][key]
+    torch.save(ckpt, path)
+    cfg, _, model, _ = train.load_checkpoint(path, {}, log=lambda m: None)
+    assert cfg["train_mode"] == "prefix" and cfg["pad_slot"] is False
+    assert train.main(["explain", "--run", out, "--summary"]) == 0
+    assert "train_mode prefix" in capsys.readouterr().out
