@@ -138,3 +138,26 @@ def test_tune_resumes_and_skips_finished_trials(tiny_dataset, tmp_path, capsys):
     # other fixed settings in the same folder: refused, nothing overwritten
     assert train.main(argv + ["--dropout_prob", "0.3"]) == 2
     assert os.path.getmtime(os.path.join(first["trials"][0]["run_dir"], "results.json")) == stamp
+
+
+def test_ctrl_c_keeps_finished_trials(tiny_dataset, tmp_path, monkeypatch):
+    path = write(tmp_path, "num_layers choice [1, 2, 3]\n")
+    out = str(tmp_path / "tune")
+    real_run, calls = train.run, []
+
+    def run_then_interrupt(cfg, log=print):
+        calls.append(cfg["num_layers"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run(cfg, log)
+
+    monkeypatch.setattr(train, "run", run_then_interrupt)
+    argv = ["tune", "--params_file", path, "--out_dir", out, "--dataset", "tiny", "--data_path", tiny_dataset,
+            "--kg", "native", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1"]
+    assert train.main(argv) == 130
+    with open(os.path.join(out, "tune.json")) as f:
+        assert [t["params"] for t in json.load(f)["trials"]] == [{"num_layers": 1}]
+    monkeypatch.setattr(train, "run", real_run)
+    assert train.main(argv) == 0
+    with open(os.path.join(out, "tune.json")) as f:
+        assert [t["params"]["num_layers"] for t in json.load(f)["trials"]] == [1, 2, 3]
