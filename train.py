@@ -428,7 +428,7 @@ def read_params_file(path, fixed_argv=()):
             raise UsageError(f"{where}: unknown parameter {name!r} (tunable: train.py's options, e.g. learning_rate, dropout_prob)")
         if name in seen:
             raise UsageError(f"{where}: {name} is already searched on line {seen[name]}")
-        if "--" + name in fixed_argv:
+        if any(a == "--" + name or a.startswith(f"--{name}=") for a in fixed_argv):
             raise UsageError(f"{where}: {name} is searched here and also fixed on the command line")
         if kind not in SEARCH_KINDS:
             raise UsageError(f"{where}: unknown search kind {kind!r} (expected one of {', '.join(SEARCH_KINDS)})")
@@ -515,7 +515,8 @@ def _params_str(params):
 def tune(argv):
     """python train.py tune --params_file hyper.test [--algo grid|random] [--max_evals N]
     [--out_dir DIR] [any training option, fixed for every trial]."""
-    ap = Parser(prog="train.py tune", description="Hyper-parameter search; every other option is a fixed training setting.")
+    ap = Parser(prog="train.py tune", description="Hyper-parameter search; every other option is a fixed training setting.",
+                allow_abbrev=False)  # an abbreviation must not swallow a training option
     ap.add_argument("--params_file", required=True, help="RecBole's hyper.test format")
     ap.add_argument("--algo", default="grid", choices=["grid", "random"])
     ap.add_argument("--max_evals", type=positive(int), default=None, help="number of trials (random: default 10; grid: all)")

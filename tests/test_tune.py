@@ -71,6 +71,7 @@ def test_cli_rejects_before_training(tmp_path):
     assert rc == 2 and not out.exists()
     fixed = write(tmp_path, "learning_rate choice [0.01]\n", "fixed.test")
     assert train.main(["tune", "--params_file", fixed, "--learning_rate", "0.1", "--out_dir", str(out)]) == 2
+    assert train.main(["tune", "--params_file", fixed, "--learning_rate=0.1", "--out_dir", str(out)]) == 2
     assert train.main(["tune", "--params_file", str(tmp_path / "missing.test")]) == 2
     assert train.main(["tune", "--params_file", path, "--algo", "annealing"]) == 2
 
