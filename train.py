@@ -602,6 +602,7 @@ def item_name(ds, i):
     return ds.item_titles[i] if ds.item_titles else f"item {ds.item_tokens[i]}"
 
 
+@torch.no_grad()
 def explain_user(model, ds, uid, topk):
     """Everything `explain --user` shows, for user id `uid`'s test sequence, as a dict."""
     rows = np.flatnonzero(ds.test.users == uid)
@@ -613,8 +614,8 @@ def explain_user(model, ds, uid, topk):
     lengths = torch.as_tensor(split.lengths[rows[:1]])
     model.eval()
     p_seq, p_rel, w, w_steps = model.explain(seq, lengths)
-    q = model.item_representations().detach()  # (N + 1, E)
-    scores = model.full_scores(model(seq, lengths)).detach()[0]
+    q = model.item_representations()  # (N + 1, E)
+    scores = model.full_scores(model(seq, lengths))[0]
     top = torch.topk(scores, topk).indices
     seq_term = (p_seq[0] @ q[top].T)  # (k,)
     rel_terms = (p_rel[0] @ q[top].T).T  # (k, R)
@@ -736,8 +737,8 @@ def explain(argv):
     ckpt = os.path.join(args.run, "model.pt")
     if not os.path.exists(ckpt):
         raise UsageError(f"train.py explain: error: --run: {ckpt}: not found (give the --out_dir of a finished training run)")
-    cfg, ds, model, _ = load_checkpoint(ckpt, {"device": "cpu"} | ({"data_path": args.data_path} if args.data_path else {}),
-                                        log=lambda m: None)
+    overrides = {"device": "cpu", "memory_backend": "torch"} | ({"data_path": args.data_path} if args.data_path else {})
+    cfg, ds, model, _ = load_checkpoint(ckpt, overrides, log=lambda m: print(m, file=sys.stderr))  # data messages off stdout
     if cfg["no_memory"]:
         raise UsageError(f"train.py explain: error: {args.run} was trained with --no_memory: it has no knowledge memory to explain")
     names = slot_names(model, ds)
@@ -785,7 +786,8 @@ def train_main(argv):
     if args.eval_only:
         if not os.path.exists(args.eval_only):
             raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
-        eval_only(args.eval_only, {"device": args.device, "eval_batch_size": args.eval_batch_size, "data_path": args.data_path})
+        eval_only(args.eval_only, {"device": args.device, "eval_batch_size": args.eval_batch_size, "data_path": args.data_path,
+                                   "memory_backend": args.memory_backend})
     else:
         run(vars(args))
     return 0
