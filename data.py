@@ -314,7 +314,20 @@ def train_transe(triples, n_entities, n_relations, dim=64, epochs=60, batch_size
     triples whose head or tail is replaced by a random entity; entity vectors are kept
     on the unit sphere. Returns (entity vectors, relation vectors, raw tail Hits@10 on
     the held-out triples). The held-out triples are not trained on.
+
+    Runs on one CPU thread: with more, the gradient of `ent[h]` adds rows in whatever order
+    the threads finish, and the vectors (and every model trained on them) would differ from
+    run to run and machine to machine. One thread gives the same vectors everywhere.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, log):
     g = torch.Generator().manual_seed(seed)
     triples = torch.as_tensor(np.asarray(triples), dtype=torch.long)
     perm = torch.randperm(len(triples), generator=g)

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 
 import data
@@ -87,6 +88,22 @@ def test_transe_learns_planted_structure():
     assert ent.shape == (250, 16) and rel.shape == (5, 16)
     assert np.allclose(np.linalg.norm(ent, axis=1), 1, atol=1e-5)
     assert hits > 0.5  # random ranking gives 10 / 250 = 0.04
+
+
+def test_transe_is_the_same_on_any_number_of_threads():
+    # many repeated entities per batch: with several threads the gradient of ent[h] would be
+    # summed in a different order each run (it was, before TransE was pinned to one thread)
+    rng = np.random.default_rng(0)
+    triples = np.stack([rng.integers(0, 300, 30000), rng.integers(0, 4, 30000), rng.integers(0, 300, 30000)], 1)
+    threads = torch.get_num_threads()
+    runs = []
+    for n in (2, 2, 1):
+        torch.set_num_threads(n)
+        runs.append(data.train_transe(triples, 300, 4, epochs=2, seed=0, log=lambda m: None)[0])
+        assert torch.get_num_threads() == n  # restored afterwards
+    torch.set_num_threads(threads)
+    for ent in runs[1:]:
+        assert np.array_equal(ent, runs[0])
 
 
 # ---------------------------------------------------------------- loading
