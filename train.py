@@ -193,14 +193,17 @@ def metrics_from_ranks(ranks, topk):
     return out
 
 
+def batches(split, size, device="cpu"):
+    """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order."""
+    for i in range(0, len(split), size):
+        yield (i,) + tuple(torch.as_tensor(a[i:i + size], device=device) for a in (split.item_seq, split.lengths, split.targets))
+
+
 @torch.no_grad()
 def evaluate(model, split, cfg, device):
     model.eval()
     ranks = []
-    for i in range(0, len(split), cfg["eval_batch_size"]):
-        seq = torch.as_tensor(split.item_seq[i:i + cfg["eval_batch_size"]], device=device)
-        lengths = torch.as_tensor(split.lengths[i:i + cfg["eval_batch_size"]], device=device)
-        targets = torch.as_tensor(split.targets[i:i + cfg["eval_batch_size"]], device=device)
+    for _, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device):
         scores = model.full_scores(model(seq, lengths))
         ranks.append(rank_of_target(scores, targets))
     return metrics_from_ranks(torch.cat(ranks).cpu(), cfg["topk"])
@@ -213,7 +216,7 @@ def build_model(cfg, ds):
     return KSR(ds.n_items, ds.item_kg, ds.relation_kg, embedding_size=cfg["embedding_size"],
                hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"], dropout_prob=cfg["dropout_prob"],
                gamma=cfg["gamma"], loss_type=cfg["loss_type"], freeze_kg=cfg["freeze_kg"], no_memory=cfg["no_memory"],
-               memory_backend=cfg.get("memory_backend", "torch"), pad_slot=cfg.get("pad_slot", False))
+               memory_backend=cfg["memory_backend"], pad_slot=cfg["pad_slot"])
 
 
 MEMORY_CACHE_BYTES = 2 * 2 ** 30
@@ -234,10 +237,8 @@ def memory_cache(model, split, cfg, device, log):
         return None
     t0 = time.time()
     V = torch.empty((len(split),) + ((split.item_seq.shape[1],) if all_steps else ()) + (R, K), device=device)
-    for i in range(0, len(split), 1024):
-        seq = torch.as_tensor(split.item_seq[i:i + 1024], device=device)
-        lengths = torch.as_tensor(split.lengths[i:i + 1024], device=device)
-        V[i:i + 1024] = model.write_memory(seq, lengths, all_steps)
+    for i, seq, lengths, _ in batches(split, 1024, device):
+        V[i:i + len(seq)] = model.write_memory(seq, lengths, all_steps)
     log(f"memory cache: wrote the memory of {len(split)} training samples once ({size / 2 ** 20:.0f} MiB, {time.time() - t0:.1f}s)")
     return V
 
@@ -637,9 +638,7 @@ def explain_summary(model, ds, cfg):
     model.eval()
     ws, seq_spread, mem_spread = [], [], []
     q = model.item_representations()[1:]  # real items
-    for i in range(0, len(ds.test), cfg["eval_batch_size"]):
-        seq = torch.as_tensor(ds.test.item_seq[i:i + cfg["eval_batch_size"]])
-        lengths = torch.as_tensor(ds.test.lengths[i:i + cfg["eval_batch_size"]])
+    for _, seq, lengths, _ in batches(ds.test, cfg["eval_batch_size"]):
         p_seq, p_rel, w, _ = model.explain(seq, lengths)
         seq_spread.append((p_seq @ q.T).std(1))
         mem_spread.append((p_rel.sum(1) @ q.T).std(1))
