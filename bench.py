@@ -1,15 +1,15 @@
 """Seconds per training epoch on ml-100k, with a breakdown, next to baselines timed in the same run.
 
-    python bench.py                      # frozen KG (the default)
-    python bench.py --freeze_kg False    # entity vectors trained: autograd through the memory write
+    python bench.py                                 # ml-100k, frozen KG (the default)
+    python bench.py --kg freebase --freeze_kg False # any train.py option: here a trained KG
 
 Prints
   * our training epoch (train.py's own train_epoch) on RecBole's prefix samples, and a
     --train_mode sequence epoch: medians of --epochs epochs;
   * a breakdown of one step (data, GRU, memory, loss, optimizer), from --batches batches;
   * baselines over the same batches: a GRU-only epoch with nn.GRU over all 50 padded steps
-    (what RecBole runs), and the plain padded computation of the whole model (nn.GRU +
-    the step-by-step kv_memory reference).
+    (what RecBole runs), and the plain padded computation of the whole model (the same
+    weights with packed_gru=False and memory_impl="reference": ksr.py's reference alone).
 Machines are shared and noisy: compare the ratios printed here, not absolute times.
 """
 import argparse
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 import data
+import kernels
+import ksr
 import train
-from ksr import kv_memory, memory_read
 
 
 def timeit(fn, n):
@@ -34,43 +35,46 @@ def timeit(fn, n):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="ml-100k")
-    ap.add_argument("--data_path", default="dataset")
-    ap.add_argument("--kg", default="freebase")
-    ap.add_argument("--freeze_kg", type=train.str2bool, default=True)
-    ap.add_argument("--epochs", type=int, default=3, help="full epochs to time (median)")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    ap.add_argument("--time_epochs", type=int, default=3, help="full epochs to time (median)")
     ap.add_argument("--batches", type=int, default=6, help="batches for the breakdown and the baselines")
-    args = ap.parse_args()
-    train.keep_freed_memory()
+    args, train_argv = ap.parse_known_args()
+    # RecBole's prefix samples: the protocol the breakdown and baselines are about
+    cfg = vars(train.parse_args(["--train_mode", "prefix"] + train_argv))
+    kernels.keep_freed_memory()
     torch.manual_seed(0)
-    cfg = dict(train.DEFAULTS, dataset=args.dataset, data_path=args.data_path, kg=args.kg, freeze_kg=args.freeze_kg,
-               train_mode="prefix")  # RecBole's samples: the protocol the breakdown and baselines are about
     ds = train.load_data(cfg, log=lambda m: None)
     split, bs = ds.train, cfg["train_batch_size"]
     n_batches = -(-len(split) // bs)
     model = train.build_model(cfg, ds)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"])
-    print(f"{args.dataset} ({args.kg}), freeze_kg={args.freeze_kg}: {len(split)} training samples, "
+    opt = train.make_optimizer(model, cfg)
+    print(f"{cfg['dataset']} (kg {cfg['kg']}), freeze_kg={cfg['freeze_kg']}: {len(split)} training samples, "
           f"{n_batches} batches of {bs}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     # ---- our epoch, exactly as train.py runs it
     t0 = time.perf_counter()
-    V_cache = train.memory_cache(model, split, cfg, "cpu", log=lambda m: None)
+    V_cache = train.memory_cache(model, split, False, "cpu", log=lambda m: None)
     cache_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
-    epoch_s = timeit(lambda: train.train_epoch(model, opt, split, cfg, "cpu", gen, lambda *a: None, V_cache), args.epochs)
+    epoch_s = timeit(lambda: train.train_epoch(model, opt, split, cfg, "cpu", gen, lambda *a: None, V_cache), args.time_epochs)
 
     # ---- a --train_mode sequence epoch (windows, its own batch size), for comparison
-    seq_cfg = dict(cfg, train_mode="sequence", **train.SEQUENCE_DEFAULTS)
+    seq_cfg = vars(train.parse_args(train_argv + ["--train_mode", "sequence"]))
     windows = data.sequence_windows(ds.seqs, split, cfg["MAX_ITEM_LIST_LENGTH"])
     seq_model = train.build_model(seq_cfg, ds)
-    seq_opt = torch.optim.Adam([p for p in seq_model.parameters() if p.requires_grad], lr=seq_cfg["learning_rate"])
+    seq_opt = train.make_optimizer(seq_model, seq_cfg)
     t0 = time.perf_counter()
-    seq_cache = train.memory_cache(seq_model, windows, seq_cfg, "cpu", log=lambda m: None)
+    seq_cache = train.memory_cache(seq_model, windows, True, "cpu", log=lambda m: None)
     seq_cache_s = time.perf_counter() - t0
-    seq_epoch_s = timeit(lambda: train.train_epoch(seq_model, seq_opt, windows, seq_cfg, "cpu", gen, lambda *a: None, seq_cache), args.epochs)
+    seq_epoch_s = timeit(lambda: train.train_epoch(seq_model, seq_opt, windows, seq_cfg, "cpu", gen, lambda *a: None, seq_cache),
+                         args.time_epochs)
     del seq_cache, seq_model
+
+    # ---- the same weights through ksr.py's reference alone: nn.GRU over padding, kv_memory
+    plain = train.build_model(dict(cfg, memory_impl="reference"), ds)
+    plain.load_state_dict(model.state_dict())
+    plain.gru.packed = False
+    plain_opt = train.make_optimizer(plain, cfg)
 
     # ---- breakdown of a step, on fixed batches
     order = np.random.default_rng(0).permutation(len(split))
@@ -96,11 +100,14 @@ def main():
         h.sum().backward()
         parts["GRU"].append(time.perf_counter() - t)
 
-        h = h.detach().requires_grad_()
-        t = time.perf_counter()
-        m = model.memory(seq, lengths, model.dense(h), V)
-        m.sum().backward()
-        parts["memory"].append(time.perf_counter() - t)
+        if not model.no_memory:
+            s = model.read_query(h.detach())
+            t = time.perf_counter()
+            e = model.entity_embedding(seq)  # the memory as KSR.forward computes it
+            m = ksr.memory_read(V, model.relations, s, model.gamma) if V is not None else \
+                model.kv_memory(e, lengths, model.relations, s, model.gamma)
+            m.sum().backward()
+            parts["memory"].append(time.perf_counter() - t)
 
         p = torch.randn(len(idx), cfg["embedding_size"], requires_grad=True)
         t = time.perf_counter()
@@ -113,25 +120,20 @@ def main():
         opt.zero_grad(set_to_none=True)
 
         # baselines on the same batch
-        model.gru.packed = False
         t = time.perf_counter()
-        out = model.gru.gru(model.emb_dropout(model.item_embedding(seq)))[0]
-        out[torch.arange(len(idx)), lengths - 1].sum().backward()
+        plain.gru(plain.item_embedding(seq), lengths, dropout=plain.emb_dropout).sum().backward()
         base["nn.GRU, 50 padded steps"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        hp = model.gru(model.item_embedding(seq), lengths, dropout=model.emb_dropout)
-        mp = kv_memory(model.entity_embedding(seq), lengths, model.relations, model.dense(hp), model.gamma)
-        model.loss(model.dense_layer_u(torch.cat([hp, mp], -1)), targets).backward()
-        opt.step()
+        plain.loss(plain(seq, lengths), targets).backward()
+        plain_opt.step()
         base["plain padded model"].append(time.perf_counter() - t)
-        model.gru.packed = True
-        opt.zero_grad(set_to_none=True)
+        plain_opt.zero_grad(set_to_none=True)
 
     # median seconds per batch (warm-up dropped) x batches per epoch
-    parts = {k: statistics.median(v[1:]) * n_batches for k, v in parts.items()}
+    parts = {k: statistics.median(v[1:]) * n_batches for k, v in parts.items() if v}
     base = {k: statistics.median(v[1:]) * n_batches for k, v in base.items()}
     print(f"\n{'':34}{'s/epoch':>10}")
-    print(f"{'ours: prefix epoch (median of ' + str(args.epochs) + ')':34}{epoch_s:>10.1f}   (RecBole's samples)")
+    print(f"{'ours: prefix epoch (median of ' + str(args.time_epochs) + ')':34}{epoch_s:>10.1f}   (RecBole's samples)")
     if V_cache is not None:
         print(f"{'  + memory cache, once per run':34}{cache_s:>10.1f}")
     print(f"{'ours: --train_mode sequence epoch':34}{seq_epoch_s:>10.1f}   ({len(windows)} windows, batch "

@@ -7,14 +7,13 @@ Reading order:
   3. attribute_kg        - a small, correct KG built from ml-100k.item (genre, year, decade)
   4. build_sequences     - sort by time, remap ids, RecBole's prefix samples and leave-one-out;
      sequence_windows    - whole windows of a user's training items (--train_mode sequence)
-  5. train_transe        - TransE in plain torch, for datasets without .ent_feature/.rel_feature
-  6. load_dataset        - all of the above, cached, into one `Dataset`
+  5. KG vectors          - the dataset's .ent_feature/.rel_feature, or TransE (transe.py), cached
+  6. load_dataset        - all of the above into one `Dataset`
   7. link_check          - do the KG's genres agree with the dataset's own genre labels?
 
 `python data.py --dataset ml-100k [--kg freebase|attributes] [--json]` prepares
-everything and prints the statistics.
+everything and prints the statistics (options and defaults: train.py's).
 """
-import argparse
 import contextlib
 import hashlib
 import json
@@ -28,9 +27,9 @@ import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-MAX_ITEM_LIST_LENGTH = 50  # RecBole's default window for sequential models
+import transe
+
 ML100K_WHEEL = "recbole==1.2.1"
 ML100K_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.kg", "ml-100k.link", "ml-100k.user")
@@ -205,11 +204,13 @@ def attribute_kg(item_cols):
 
 @dataclass
 class Split:
-    """Samples `item_seq[b, :lengths[b]] -> targets[b]`, padded with 0 on the right."""
-    users: np.ndarray    # (N,) user ids
+    """Samples `item_seq[b, :lengths[b]]`, padded with 0 on the right, and what to predict:
+    targets (N,), the next item after each sample (build_sequences: prefix samples, valid,
+    test), or targets (N, L), the next item after every step, 0 = none (sequence_windows)."""
+    users: np.ndarray     # (N,) user ids
     item_seq: np.ndarray  # (N, L) item ids, 0 = padding
-    lengths: np.ndarray  # (N,)
-    targets: np.ndarray  # (N,)
+    lengths: np.ndarray   # (N,)
+    targets: np.ndarray   # (N,) or (N, L)
 
     def __len__(self):
         return len(self.targets)
@@ -222,7 +223,7 @@ def remap(tokens):
     return ids, ["[PAD]"] + list(vocab)
 
 
-def build_sequences(users, items, times, max_len=MAX_ITEM_LIST_LENGTH):
+def build_sequences(users, items, times, max_len):
     """RecBole's sequential protocol from interaction arrays (user id, item id, time).
 
     Each user's interactions are sorted by time (stable, so ties keep file order). A user
@@ -269,7 +270,7 @@ def build_sequences(users, items, times, max_len=MAX_ITEM_LIST_LENGTH):
     return seqs, splits
 
 
-def sequence_windows(seqs, train, max_len=MAX_ITEM_LIST_LENGTH, stride=None):
+def sequence_windows(seqs, train, max_len, stride=None):
     """Training windows for --train_mode sequence: each user's training items, cut in
     windows of at most `max_len` inputs; the model predicts the next item at every step.
 
@@ -306,83 +307,13 @@ def sequence_windows(seqs, train, max_len=MAX_ITEM_LIST_LENGTH, stride=None):
 
 
 # ----------------------------------------------------------------------------
-# 5. TransE
+# 5. Knowledge-graph vectors: the dataset's own, or TransE (transe.py), cached
 
-def train_transe(triples, n_entities, n_relations, dim=64, epochs=60, batch_size=4096, margin=1.0,
-                 lr=0.01, holdout=0.05, seed=2020, log=print):
-    """TransE (Bordes et al. 2013): h + r ~ t, with a margin ranking loss against
-    triples whose head or tail is replaced by a random entity; entity vectors are kept
-    on the unit sphere. Returns (entity vectors, relation vectors, raw tail Hits@10 on
-    the held-out triples). The held-out triples are not trained on.
-
-    Runs on one CPU thread: with more, the gradient of `ent[h]` adds rows in whatever order
-    the threads finish, and the vectors (and every model trained on them) would differ from
-    run to run and machine to machine. One thread gives the same vectors everywhere.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, log)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, log):
-    g = torch.Generator().manual_seed(seed)
-    triples = torch.as_tensor(np.asarray(triples), dtype=torch.long)
-    perm = torch.randperm(len(triples), generator=g)
-    n_test = int(round(holdout * len(triples))) if len(triples) >= 20 else 0
-    test, train = triples[perm[:n_test]], triples[perm[n_test:]]
-    bound = 6.0 / dim ** 0.5
-    ent = (torch.rand(n_entities, dim, generator=g) * 2 - 1) * bound
-    rel = (torch.rand(n_relations, dim, generator=g) * 2 - 1) * bound
-    rel = rel / rel.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    ent.requires_grad_()
-    rel.requires_grad_()
-    opt = torch.optim.Adam([ent, rel], lr=lr)
-    t0 = time.time()
-    for epoch in range(epochs):
-        order = torch.randperm(len(train), generator=g)
-        total = 0.0
-        for i in range(0, len(train), batch_size):
-            h, r, t = train[order[i:i + batch_size]].T
-            with torch.no_grad():  # entities on the unit sphere, as in the paper
-                ent.div_(ent.norm(dim=1, keepdim=True).clamp_min(1e-12))
-            corrupt = torch.randint(n_entities, h.shape, generator=g)
-            head_side = torch.rand(h.shape, generator=g) < 0.5
-            h2 = torch.where(head_side, corrupt, h)
-            t2 = torch.where(head_side, t, corrupt)
-            d_pos = (ent[h] + rel[r] - ent[t]).norm(dim=1)
-            d_neg = (ent[h2] + rel[r] - ent[t2]).norm(dim=1)
-            loss = torch.relu(margin + d_pos - d_neg).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(h)
-        if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-            log(f"TransE epoch {epoch + 1}/{epochs}: loss {total / max(len(train), 1):.4f} ({time.time() - t0:.0f}s)")
-    with torch.no_grad():
-        ent.div_(ent.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    ent, rel = ent.detach(), rel.detach()
-    return ent.numpy(), rel.numpy(), transe_hits_at_10(ent, rel, test)
-
-
-@torch.no_grad()
-def transe_hits_at_10(ent, rel, test):
-    """Raw tail Hits@10: rank the true tail among all entities by ||h + r - e||."""
-    if len(test) == 0:
-        return float("nan")
-    hits = 0
-    for i in range(0, len(test), 512):
-        h, r, t = test[i:i + 512].T
-        d = torch.cdist(ent[h] + rel[r], ent)  # (b, n_entities)
-        true = d.gather(1, t[:, None])
-        hits += int(((d < true).sum(1) < 10).sum())
-    return hits / len(test)
+TRANSE_SEED = 2020  # the vectors are a property of the dataset, not of a training run's seed
 
 
 def feature_paths(folder, dataset, kg):
-    stem = dataset if kg == "native" else f"{dataset}.{kg}"
+    stem = dataset if kg == "freebase" else f"{dataset}.{kg}"
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
 
@@ -427,10 +358,16 @@ def _fingerprint(paths, extra):
     return h.hexdigest()[:16]
 
 
-def load_kg(folder, dataset, kg_mode, item_cols=None):
+def default_kg(dataset):
+    """ml-100k: the attribute KG (RecBole's Freebase links for it point at other films, see
+    link_check); any other dataset: its own .kg/.link files."""
+    return "attributes" if dataset == "ml-100k" else "freebase"
+
+
+def load_kg(folder, dataset, kg, item_cols=None):
     """Token triples (head, relation, tail), (item, entity) links and the files read."""
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
-    if kg_mode == "native":
+    if kg == "freebase":
         kgc = read_atomic(p("kg"), required=("head_id", "relation_id", "tail_id"))
         linkc = read_atomic(p("link"), required=("item_id", "entity_id"))
         triples = list(zip(kgc["head_id"], kgc["relation_id"], kgc["tail_id"]))
@@ -441,12 +378,11 @@ def load_kg(folder, dataset, kg_mode, item_cols=None):
     return triples, links, [p("item")]
 
 
-def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unlinked=False,
-                 kg_embedding_size=64, max_len=MAX_ITEM_LIST_LENGTH, seed=2020, log=print):
+def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, log=print):
     """Load <data_path>/<dataset>/ into a `Dataset`, preparing what is missing.
 
-    kg: "freebase" (or "native": the dataset's own .kg/.link; "freebase" is ml-100k's
-    name for them) or "attributes" (built from the .item file's genre and year columns).
+    kg: "freebase" (the dataset's own .kg/.link files: RecBole's KG datasets link items to
+    Freebase) or "attributes" (built from the .item file's genre and year columns).
     """
     folder = os.path.join(data_path, dataset)
     if not os.path.isdir(folder):
@@ -455,8 +391,7 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
         else:
             raise DataError(f"{folder}: dataset folder not found (put the RecBole atomic files "
                             f"{dataset}.inter, .kg, .link there)")
-    kg_mode = "native" if kg in ("freebase", "native") else kg
-    if kg_mode not in ("native", "attributes"):
+    if kg not in ("freebase", "attributes"):
         raise DataError(f"--kg: unknown value {kg!r} (choose freebase or attributes)")
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     used = [p("inter")]
@@ -465,7 +400,7 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
     item_cols = read_atomic(p("item"), required=("item_id",)) if os.path.exists(p("item")) else None
 
     # --- knowledge graph: triples and item -> entity links
-    triples_tok, links, kg_files = load_kg(folder, dataset, kg_mode, item_cols)
+    triples_tok, links, kg_files = load_kg(folder, dataset, kg, item_cols)
     used += kg_files
     ent_ids, entity_tokens = remap([x for h, _, t in triples_tok for x in (h, t)])
     entity_tokens = entity_tokens[1:]  # entities are numbered from 0: no padding needed
@@ -503,15 +438,15 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
     item_entity = np.array([-1] + [item_link.get(t, -1) for t in item_tokens[1:]], dtype=np.int64)
 
     # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached
-    ent_path, rel_path = feature_paths(folder, dataset, kg_mode)
+    ent_path, rel_path = feature_paths(folder, dataset, kg)
     if not (os.path.exists(ent_path) and os.path.exists(rel_path)):
         log(f"KG vectors: {ent_path} not found; training TransE on {len(triples)} triples "
             f"({len(entity_tokens)} entities, {len(relation_tokens)} relations, K={kg_embedding_size})")
-        entity_kg, relation_kg, hits = train_transe(triples, len(entity_tokens), len(relation_tokens),
-                                                    dim=kg_embedding_size, seed=seed, log=log)
+        entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens),
+                                                           dim=kg_embedding_size, seed=TRANSE_SEED, log=log)
         fmt = lambda v: " ".join(f"{x:.6g}" for x in v)
         write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
-        meta = {"transe_hits@10": hits, "triples": int(len(triples)), "dim": kg_embedding_size, "seed": seed}
+        meta = {"transe_hits@10": hits, "triples": int(len(triples)), "dim": kg_embedding_size, "seed": TRANSE_SEED}
         write_atomic(ent_path + ".json", [json.dumps(meta)], [])
         # the entity file last: its presence is what marks the cache as complete
         write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
@@ -550,7 +485,7 @@ def load_dataset(dataset="ml-100k", data_path="dataset", kg="freebase", keep_unl
 
     ds = Dataset(dataset, kg, user_tokens, item_tokens, seqs, splits["train"], splits["valid"], splits["test"],
                  entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits)
-    ds.fingerprint = _fingerprint(used, {"kg": kg_mode, "keep_unlinked": keep_unlinked, "max_len": max_len})
+    ds.fingerprint = _fingerprint(used, {"kg": kg, "keep_unlinked": keep_unlinked, "max_len": max_len})
     ds.stats = {
         "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": len(users),
         "dropped_unlinked_interactions": n_raw - len(users), "short_users": short,
@@ -609,48 +544,39 @@ def link_check(triples, links, item_cols, label_column="class", seed=0):
 # ----------------------------------------------------------------------------
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.")
-    ap.add_argument("--dataset", default="ml-100k")
-    ap.add_argument("--data_path", default="dataset")
-    ap.add_argument("--kg", default="freebase", choices=["freebase", "native", "attributes"],
-                    help="freebase/native: the dataset's .kg/.link; attributes: a KG built from the .item file")
-    ap.add_argument("--keep_unlinked", action="store_true", help="keep interactions whose item has no KG link (zero KG vector)")
-    ap.add_argument("--kg_embedding_size", type=int, default=64)
-    ap.add_argument("--MAX_ITEM_LIST_LENGTH", type=int, default=MAX_ITEM_LIST_LENGTH)
-    ap.add_argument("--seed", type=int, default=2020)
+    import train  # the shared options and defaults (train.py imports this module, not the reverse)
+    ap = train.option_parser("data.py", "Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.",
+                             names=("dataset", "data_path", "kg", "keep_unlinked", "kg_embedding_size", "MAX_ITEM_LIST_LENGTH"))
     ap.add_argument("--check_links", action="store_true", help="also print the KG/label genre agreement")
     ap.add_argument("--json", action="store_true", help="print the statistics as one JSON object on the last line")
-    args = ap.parse_args(argv)
-    if args.kg_embedding_size < 1 or args.MAX_ITEM_LIST_LENGTH < 1:
-        ap.error("--kg_embedding_size and --MAX_ITEM_LIST_LENGTH must be positive")
+    return train.cli(lambda argv: prepare(ap.parse_args(argv)), sys.argv[1:] if argv is None else list(argv))
+
+
+def prepare(args):
+    args.kg = args.kg or default_kg(args.dataset)
     log = lambda msg: print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
-    try:
-        ds = load_dataset(args.dataset, args.data_path, args.kg, args.keep_unlinked, args.kg_embedding_size,
-                          args.MAX_ITEM_LIST_LENGTH, args.seed, log=log)
-        stats = dict(ds.stats)
-        if args.check_links:
-            folder = os.path.join(args.data_path, args.dataset)
-            item_file = os.path.join(folder, f"{args.dataset}.item")
-            item_cols = read_atomic(item_file) if os.path.exists(item_file) else None
-            stats["link_check"] = {}
-            for mode in ("native", "attributes"):
-                try:
-                    triples, links, _ = load_kg(folder, args.dataset, mode, item_cols)
-                except DataError:
-                    continue
-                stats["link_check"][mode] = link_check(triples, links, item_cols)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    ds = load_dataset(args.dataset, args.data_path, args.kg, args.keep_unlinked, args.kg_embedding_size,
+                      args.MAX_ITEM_LIST_LENGTH, log=log)
+    stats = dict(ds.stats)
+    if args.check_links:
+        folder = os.path.join(args.data_path, args.dataset)
+        item_file = os.path.join(folder, f"{args.dataset}.item")
+        item_cols = read_atomic(item_file) if os.path.exists(item_file) else None
+        stats["link_check"] = {}
+        for kg in ("freebase", "attributes"):
+            try:
+                triples, links, _ = load_kg(folder, args.dataset, kg, item_cols)
+            except DataError:
+                continue
+            stats["link_check"][kg] = link_check(triples, links, item_cols)
     for k, v in stats.items():
         if k != "link_check":
             log(f"{k:>30}: {v}")
-    for mode, lc in (stats.get("link_check") or {}).items():
-        name = "freebase" if mode == "native" and args.dataset == "ml-100k" else mode
+    for kg, lc in (stats.get("link_check") or {}).items():
         if lc is None:
-            log(f"link check, {name} KG: needs an .item file with a 'class' column and a KG relation named *genre*")
+            log(f"link check, {kg} KG: needs an .item file with a 'class' column and a KG relation named *genre*")
         else:
-            log(f"link check, {name} KG ({', '.join(lc['relations'])}): items that share a KG genre share a "
+            log(f"link check, {kg} KG ({', '.join(lc['relations'])}): items that share a KG genre share a "
                 f".item genre label {lc['p_share_label_given_kg']:.3f} of the time, random pairs "
                 f"{lc['p_share_label_random']:.3f}: lift {lc['lift']:.2f} (1.0 = the KG's genres say nothing)")
     if args.json:
@@ -659,4 +585,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import data  # run as the module train.py imports, so that one DataError class is raised and caught
+    sys.exit(data.main())

@@ -1,7 +1,7 @@
 """Benchmark the memory: torch reference (eager), the reference under torch.compile, the fused kernel.
 
     python kernels/bench.py                    # a GPU if there is one; else the torch rows on the CPU
-    python kernels/bench.py --epoch            # also one ml-100k training epoch per backend
+    python kernels/bench.py --epoch            # also one ml-100k training epoch per memory_impl
 
 For B in {256, 2048, 8192}, L=50, R=24, K=64, float32, query (B, K), trainable item_kg: forward
 and forward+backward times (median of --reps, after warm-up), the speed-up of the kernel over
@@ -51,15 +51,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256,2048,8192")
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--epoch", action="store_true", help="also time one ml-100k training epoch per backend")
+    ap.add_argument("--epoch", action="store_true", help="also time one ml-100k training epoch per memory_impl")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    fused_ok = kernels.available() is None and device == "cuda"
+    fused_ok = kernels.unavailable_reason() is None and device == "cuda"
     L, R, K, gamma = 50, 24, 64, 10.0
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, L={L} R={R} K={K} float32, query (B, K), trainable item_kg")
     if not fused_ok:
-        print("fused kernel: not measured here (" + (kernels.available() or "needs a CUDA GPU") + ")")
+        print("fused kernel: not measured here (" + (kernels.unavailable_reason() or "needs a CUDA GPU") + ")")
     compiled = torch.compile(ksr.kv_memory) if device == "cuda" else None
     print(f"{'B':>6} {'row':<16} {'fwd ms':>9} {'fwd+bwd ms':>11} {'kernel x faster (fwd+bwd)':>26}")
     for B in [int(b) for b in args.sizes.split(",")]:
@@ -72,7 +72,7 @@ def main():
         if compiled is not None:
             rows["torch.compile"] = compiled
         if fused_ok:
-            rows["fused kernel"] = kernels.kv_memory
+            rows["fused kernel"] = kernels.fused_kv_memory
         res = {}
         for row, fn in rows.items():
             xr, qr = x.clone().requires_grad_(), q.clone().requires_grad_()
@@ -95,18 +95,18 @@ def main():
             print(f"{B:>6} {row:<16} {f * 1e3:>9.2f} {fb * 1e3:>11.2f} {extra:>26}")
     if args.epoch:
         import train
-        for backend in ["torch"] + (["triton"] if fused_ok else []):
-            cfg = dict(train.DEFAULTS, device=device, memory_backend=backend, train_mode="prefix")
+        for impl in ["sorted"] + (["fused"] if fused_ok else []):
+            cfg = vars(train.parse_args(["--kg", "freebase", "--train_mode", "prefix", "--device", device, "--memory_impl", impl]))
             ds = train.load_data(cfg, log=lambda m: None)
             model = train.build_model(cfg, ds).to(device)
-            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-            V = train.memory_cache(model, ds.train, cfg, device, log=lambda m: None)
+            opt = train.make_optimizer(model, cfg)
+            V = train.memory_cache(model, ds.train, False, device, log=lambda m: None)
             gen = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
             train.train_epoch(model, opt, ds.train, cfg, device, gen, lambda *a: None, V)
             if device == "cuda":
                 torch.cuda.synchronize()
-            print(f"ml-100k training epoch, memory_backend={backend}: {time.perf_counter() - t0:.1f}s")
+            print(f"ml-100k (freebase) prefix training epoch, memory_impl={impl}: {time.perf_counter() - t0:.1f}s")
 
 
 if __name__ == "__main__":

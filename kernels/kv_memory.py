@@ -1,6 +1,7 @@
 """KSR's key-value memory (write + read) as one fused Triton kernel, forward and backward.
 
-Computes exactly ksr.kv_memory (the plain-torch reference, tests/test_kernels.py proves it):
+Computes exactly ksr.kv_memory (the plain-torch reference, tests/test_kernels.py proves it),
+with the same signature; KSR runs it with memory_impl="fused":
 for each valid step t and relation a,
     E_a = e_t + r_a,   z_a = sigmoid(<V_a, E_a>),   V_a <- V_a + z_a (E_a - V_a)     (write)
     w = softmax(gamma * <q, r_a>) over a,   m = sum_a w_a V_a                           (read)
@@ -17,7 +18,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # macOS, Windows, or simply not installed: kv_memory raises a clear error
+except ImportError:  # macOS, Windows, or simply not installed: fused_kv_memory raises a clear error
     triton = None
 
 POISON_OUTPUTS = False  # tests set this: fresh outputs are NaN-filled, so an element never written fails
@@ -188,10 +189,9 @@ def _blocks(R, K):
     return triton.next_power_of_2(R), triton.next_power_of_2(K)
 
 
-def _forward(item_kg, lengths, relations, query, gamma, store_states, store_final):
+def _forward(item_kg, lengths, relations, query, gamma, per_step, store_states, store_final):
     B, L, K = item_kg.shape
     R = relations.shape[0]
-    per_step = query.dim() == 3
     out = _new(query.shape, item_kg)
     states = _new((B, L, R, K), item_kg) if store_states else out  # unused pointer otherwise
     final = _new((B, R, K), item_kg) if store_final else out
@@ -208,10 +208,9 @@ def _forward(item_kg, lengths, relations, query, gamma, store_states, store_fina
     return out, (states if store_states else None), (final if store_final else None)
 
 
-def _backward(item_kg, lengths, relations, query, gamma, dm, states, final, need_dx):
+def _backward(item_kg, lengths, relations, query, gamma, per_step, dm, states, final, need_dx):
     B, L, K = item_kg.shape
     R = relations.shape[0]
-    per_step = query.dim() == 3
     dm = dm.contiguous().float()
     dq = _new(query.shape, item_kg)
     BLOCK_R, BLOCK_K = _blocks(R, K)
@@ -230,44 +229,43 @@ def _backward(item_kg, lengths, relations, query, gamma, dm, states, final, need
 
 class KVMemoryFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, item_kg, lengths, relations, query, gamma):
+    def forward(ctx, item_kg, lengths, relations, query, gamma, per_step):
         need_dx = ctx.needs_input_grad[0]
         need_dq = ctx.needs_input_grad[3]
-        per_step = query.dim() == 3
-        out, states, final = _forward(item_kg, lengths, relations, query, gamma,
+        out, states, final = _forward(item_kg, lengths, relations, query, gamma, per_step,
                                       store_states=need_dx, store_final=need_dq and not need_dx and not per_step)
         ctx.save_for_backward(item_kg, lengths, relations, query, states, final)
-        ctx.gamma, ctx.need_dx = gamma, need_dx
+        ctx.gamma, ctx.per_step, ctx.need_dx = gamma, per_step, need_dx
         return out
 
     @staticmethod
     def backward(ctx, dm):
         item_kg, lengths, relations, query, states, final = ctx.saved_tensors
-        dq, dx = _backward(item_kg, lengths, relations, query, ctx.gamma, dm, states, final, ctx.need_dx)
-        return dx, None, None, dq, None
+        dq, dx = _backward(item_kg, lengths, relations, query, ctx.gamma, ctx.per_step, dm, states, final, ctx.need_dx)
+        return dx, None, None, dq, None, None
 
 
-def kv_memory(item_kg, lengths, relations, query, gamma):
+def fused_kv_memory(item_kg, lengths, relations, query, gamma, all_steps=False):
     """KSR's memory write and read, fused; the same function as ksr.kv_memory.
 
     item_kg   (B, L, K) float32  KG vector of the item at each step
     lengths   (B,) integer        valid steps per row, 1..L (steps >= length are padding)
     relations (R, K) float32      relation vectors, the memory keys (a constant: no gradient)
-    query     (B, K)    -> m (B, K), the read after each row's last valid step
-              (B, L, K) -> m (B, L, K), the read after every step (zeros at padding steps)
+    query     (B, K)    all_steps=False -> m (B, K), the read after each row's last valid step
+              (B, L, K) all_steps=True  -> m (B, L, K), the read after every step (0 at padding)
     gamma     float               attention sharpness
     Differentiable with respect to query and item_kg. All tensors on one CUDA device (or
     on the CPU under TRITON_INTERPRET=1, slowly).
 
-    >>> m = kv_memory(item_kg, lengths, relations, query, 10.0)   # doctest: +SKIP
+    >>> m = fused_kv_memory(item_kg, lengths, relations, query, 10.0)   # doctest: +SKIP
     """
-    _check(item_kg, lengths, relations, query, gamma)
+    _check(item_kg, lengths, relations, query, gamma, all_steps)
     return KVMemoryFunction.apply(item_kg.contiguous(), lengths.contiguous(), relations.contiguous(),
-                                  query.contiguous(), float(gamma))
+                                  query.contiguous(), float(gamma), bool(all_steps))
 
 
-def available():
-    """None if the kernel can run here, else the reason it cannot."""
+def unavailable_reason():
+    """Why the kernel cannot run here, or None when it can."""
     import os
     if triton is None:
         return "triton is not installed (pip install triton; Linux only)"
@@ -278,17 +276,18 @@ def available():
     return None
 
 
-def _check(item_kg, lengths, relations, query, gamma):
-    why = available()
+def _check(item_kg, lengths, relations, query, gamma, all_steps):
+    why = unavailable_reason()
     if why:
-        raise RuntimeError(f"kernels.kv_memory: {why}")
+        raise RuntimeError(f"kernels.fused_kv_memory: {why}")
     if item_kg.dim() != 3:
         raise ValueError(f"kv_memory: item_kg must be (B, L, K), got shape {tuple(item_kg.shape)}")
     B, L, K = item_kg.shape
     if relations.dim() != 2 or relations.shape[1] != K:
         raise ValueError(f"kv_memory: relations must be (R, {K}), got shape {tuple(relations.shape)}")
-    if query.shape not in ((B, K), (B, L, K)):
-        raise ValueError(f"kv_memory: query must be ({B}, {K}) or ({B}, {L}, {K}), got shape {tuple(query.shape)}")
+    want = (B, L, K) if all_steps else (B, K)
+    if query.shape != want:
+        raise ValueError(f"kv_memory: with all_steps={bool(all_steps)} query must be {want}, got shape {tuple(query.shape)}")
     if lengths.shape != (B,) or lengths.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"kv_memory: lengths must be an integer tensor of shape ({B},), got {lengths.dtype} {tuple(lengths.shape)}")
     for name, t in (("item_kg", item_kg), ("relations", relations), ("query", query)):

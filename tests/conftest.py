@@ -7,7 +7,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import pytest
-from hypothesis import settings
+import torch
+from hypothesis import settings, strategies as st
+
+import ksr
 
 # Shared, noisy machines: no per-example deadline (a slow example is not a wrong one).
 settings.register_profile("ksr", deadline=None)
@@ -54,3 +57,46 @@ def write_tiny_dataset(root, name="tiny", n_users=12, n_items=15, n_inter=(4, 9)
 def tiny_dataset(tmp_path):
     write_tiny_dataset(str(tmp_path))
     return str(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def float64():
+    """Reference checks in float64, for the modules that ask for it."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@st.composite
+def memory_inputs(draw, max_len=7, all_steps=None):
+    """Random memory inputs (item_kg, lengths, relations, query, gamma, all_steps); all_steps
+    None draws the query shape (a read after every step or only the last), True/False fixes it."""
+    B, L = draw(st.integers(1, 4)), draw(st.integers(1, max_len))
+    R, K = draw(st.integers(1, 5)), draw(st.integers(1, 9))
+    seed = draw(st.integers(0, 2 ** 31))
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(draw(st.lists(st.integers(1, L), min_size=B, max_size=B)))
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1)
+    item_kg, relations = unit(B, L, K), unit(R, K)
+    all_steps = draw(st.booleans()) if all_steps is None else all_steps
+    query = unit(B, L, K) if all_steps else unit(B, K)
+    gamma = draw(st.floats(0, 20))
+    return item_kg, lengths, relations, query, gamma, all_steps
+
+
+def small_model(no_memory=False, freeze_kg=True, loss_type="CE", seed=0, n_items=13, R=4, K=6, memory_impl="sorted"):
+    torch.manual_seed(seed)
+    item_kg = torch.nn.functional.normalize(torch.randn(n_items + 1, K), dim=-1)
+    item_kg[0] = 0
+    rel = torch.nn.functional.normalize(torch.randn(R, K), dim=-1)
+    return ksr.KSR(n_items, item_kg, rel, embedding_size=8, hidden_size=10, dropout_prob=0.0, loss_type=loss_type,
+                   freeze_kg=freeze_kg, no_memory=no_memory, memory_impl=memory_impl).double()
+
+
+def random_batch(n_items=13, B=6, L=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, L + 1, (B,), generator=g)
+    seq = torch.randint(1, n_items + 1, (B, L), generator=g)
+    seq[torch.arange(L)[None, :] >= lengths[:, None]] = 0
+    return seq, lengths, torch.randint(1, n_items + 1, (B,), generator=g)

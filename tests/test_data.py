@@ -10,9 +10,14 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import data
+import transe
 from conftest import write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name, root, kg="freebase", keep_unlinked=False, kg_embedding_size=8, log=print):
+    return data.load_dataset(name, root, kg, keep_unlinked, kg_embedding_size, 50, log=log)
 
 
 # ---------------------------------------------------------------- the split
@@ -84,7 +89,7 @@ def test_remap_is_a_bijection_from_one(tokens):
 def test_transe_learns_planted_structure():
     # 200 heads, 5 relations; relation a sends head h to tail 200 + a * 10 + h % 10
     triples = [(h, a, 200 + a * 10 + h % 10) for h in range(200) for a in range(5)]
-    ent, rel, hits = data.train_transe(triples, 250, 5, dim=16, epochs=40, batch_size=256, seed=0, log=lambda m: None)
+    ent, rel, hits = transe.train_transe(triples, 250, 5, dim=16, epochs=40, batch_size=256, seed=0, log=lambda m: None)
     assert ent.shape == (250, 16) and rel.shape == (5, 16)
     assert np.allclose(np.linalg.norm(ent, axis=1), 1, atol=1e-5)
     assert hits > 0.5  # random ranking gives 10 / 250 = 0.04
@@ -99,7 +104,7 @@ def test_transe_is_the_same_on_any_number_of_threads():
     runs = []
     for n in (2, 2, 1):
         torch.set_num_threads(n)
-        runs.append(data.train_transe(triples, 300, 4, epochs=2, seed=0, log=lambda m: None)[0])
+        runs.append(transe.train_transe(triples, 300, 4, epochs=2, seed=0, log=lambda m: None)[0])
         assert torch.get_num_threads() == n  # restored afterwards
     torch.set_num_threads(threads)
     for ent in runs[1:]:
@@ -110,7 +115,7 @@ def test_transe_is_the_same_on_any_number_of_threads():
 
 def test_load_tiny_dataset_and_cache(tiny_dataset):
     msgs = []
-    ds = data.load_dataset("tiny", tiny_dataset, kg="native", kg_embedding_size=8, log=msgs.append)
+    ds = load("tiny", tiny_dataset, kg_embedding_size=8, log=msgs.append)
     assert any("training TransE" in m for m in msgs)
     folder = os.path.join(tiny_dataset, "tiny")
     assert os.path.exists(os.path.join(folder, "tiny.ent_feature"))
@@ -127,7 +132,7 @@ def test_load_tiny_dataset_and_cache(tiny_dataset):
         np.testing.assert_allclose(ds.item_kg[i], vec["e" + ds.item_tokens[i]], atol=1e-5)
     # a second load reads the cache and gives the same vectors
     msgs.clear()
-    ds2 = data.load_dataset("tiny", tiny_dataset, kg="native", kg_embedding_size=8, log=msgs.append)
+    ds2 = load("tiny", tiny_dataset, kg_embedding_size=8, log=msgs.append)
     assert not any("training TransE" in m for m in msgs)
     np.testing.assert_allclose(ds2.item_kg, ds.item_kg, atol=1e-5)
     assert ds2.fingerprint == ds.fingerprint
@@ -136,9 +141,9 @@ def test_load_tiny_dataset_and_cache(tiny_dataset):
 
 def test_unlinked_items_dropped_or_kept(tmp_path):
     write_tiny_dataset(str(tmp_path), linked=range(1, 11))  # items 11..15 have no link
-    ds = data.load_dataset("tiny", str(tmp_path), kg="native", kg_embedding_size=4, log=lambda m: None)
+    ds = load("tiny", str(tmp_path), kg_embedding_size=4, log=lambda m: None)
     assert all(int(t) <= 10 for t in ds.item_tokens[1:])
-    kept = data.load_dataset("tiny", str(tmp_path), kg="native", keep_unlinked=True, kg_embedding_size=4, log=lambda m: None)
+    kept = load("tiny", str(tmp_path), keep_unlinked=True, kg_embedding_size=4, log=lambda m: None)
     assert kept.stats["interactions"] > ds.stats["interactions"]
     unlinked = [i for i, t in enumerate(kept.item_tokens) if i and int(t) > 10]
     assert unlinked and kept.stats["unlinked_items"] == len(unlinked)
@@ -146,7 +151,7 @@ def test_unlinked_items_dropped_or_kept(tmp_path):
 
 
 def test_attribute_kg(tiny_dataset):
-    ds = data.load_dataset("tiny", tiny_dataset, kg="attributes", kg_embedding_size=4, log=lambda m: None)
+    ds = load("tiny", tiny_dataset, kg="attributes", kg_embedding_size=4, log=lambda m: None)
     assert ds.relation_tokens == ["genre", "release_year", "decade"]
     assert ds.stats["linked_items"] == ds.n_items
     assert ds.item_titles[1].startswith("Movie ")
@@ -201,7 +206,7 @@ def test_link_to_unknown_entity(tmp_path):
     with open(os.path.join(folder, "tiny.link"), "a") as f:
         f.write("3\tnot_an_entity\n")
     with pytest.raises(data.DataError, match="tiny.link: line 17: entity 'not_an_entity'"):
-        data.load_dataset("tiny", str(tmp_path), kg="native", kg_embedding_size=4, log=lambda m: None)
+        load("tiny", str(tmp_path), kg_embedding_size=4, log=lambda m: None)
 
 
 def test_checksum_mismatch(tmp_path):
@@ -227,7 +232,7 @@ def test_users_with_one_or_two_interactions(tmp_path):
            "a\t1\t1\nb\t1\t1\nb\t2\t2\nc\t1\t1\nc\t2\t2\nc\t3\t3\nd\t1\t1\nd\t2\t2\nd\t3\t3\nd\t1\t4\n")
     _write(os.path.join(folder, "short.link"), "item_id:token\tentity_id:token\n1\tx\n2\ty\n3\tz\n")
     _write(os.path.join(folder, "short.kg"), "head_id:token\trelation_id:token\ttail_id:token\nx\tr\ty\ny\tr\tz\n")
-    ds = data.load_dataset("short", str(tmp_path), kg="native", kg_embedding_size=4, log=lambda m: None)
+    ds = load("short", str(tmp_path), kg_embedding_size=4, log=lambda m: None)
     # a: no sample; b: 1 train; c: 1 train + 1 test; d: 1 train + valid + test (RecBole's rule)
     assert (len(ds.train), len(ds.valid), len(ds.test)) == (3, 1, 2)
     assert ds.stats["short_users"] == 3
@@ -259,7 +264,7 @@ def test_real_ml100k(tmp_path_factory):
         pytest.skip(f"ml-100k download unavailable: {e}")
     for kg, expect in [("freebase", (943, 1598, 97554, 94725, 943, 943)),
                        ("attributes", (943, 1682, 100000, 97171, 943, 943))]:
-        ds = data.load_dataset("ml-100k", root, kg=kg, log=lambda m: None)
+        ds = load("ml-100k", root, kg=kg, kg_embedding_size=64, log=lambda m: None)
         s = ds.stats
         assert (s["users"], s["items"], s["interactions"], s["train_samples"], s["valid_samples"], s["test_samples"]) == expect
     assert s["relations"] == 3

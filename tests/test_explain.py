@@ -1,10 +1,11 @@
-"""train.py explain: the per-relation score terms add up to the model's score, end to end."""
+"""explain.py: the per-relation score terms add up to the model's score, end to end."""
 import os
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+import explain
 import train
 from ksr import KSR
 from test_train import tiny_cfg
@@ -22,7 +23,7 @@ def test_relation_terms_sum_to_the_score(B, L, R, E, num_layers, pad_slot, seed)
         p.data.normal_(0, 1, generator=g)
     lengths = torch.randint(1, L + 1, (B,), generator=g)
     seq = torch.randint(1, N + 1, (B, L), generator=g) * (torch.arange(L)[None] < lengths[:, None])
-    p_seq, p_rel, w, w_steps = model.explain(seq, lengths)
+    p_seq, p_rel, w, w_steps = explain.decompose(model, seq, lengths)
     assert p_rel.shape == (B, R + pad_slot, E)
     q = model.item_representations().detach()
     with torch.no_grad():
@@ -48,7 +49,7 @@ def test_explain_user_end_to_end(tiny_run, tiny_dataset, capsys):
     assert "held-out next item: Movie" in out and "read attention over relations" in out
     assert out.count(" = ") >= 4 and "r0" in out and "[PAD] (zero key)" in out
     cfg, ds, model, _ = train.load_checkpoint(os.path.join(tiny_run, "model.pt"), {}, log=lambda m: None)
-    ex = train.explain_user(model, ds, ds.user_tokens.index("u3"), 4)
+    ex = explain.explain_user(model, ds, ds.user_tokens.index("u3"), 4)
     assert abs(sum(ex["attention"]) - 1) < 1e-6
     for s, st_, terms in zip(ex["scores"], ex["sequence_term"], ex["relation_terms"]):
         assert abs(st_ + sum(terms) - s) < 1e-5
@@ -56,7 +57,7 @@ def test_explain_user_end_to_end(tiny_run, tiny_dataset, capsys):
 
 
 def test_explain_summary_and_errors(tiny_run, tmp_path, capsys):
-    assert train.main(["explain", "--run", tiny_run, "--summary"]) == 0
+    assert explain.main(["--run", tiny_run, "--summary"]) == 0  # python explain.py, the same program
     rows = [l for l in capsys.readouterr().out.splitlines() if l.strip().endswith(("r0", "r1", "r2", "(zero key)"))]
     assert len(rows) == 4
     assert abs(sum(float(r.split()[0]) for r in rows) - 1) < 4e-3  # mean attention sums to 1 (3 decimals each)

@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import ksr
+from conftest import random_batch, small_model
 
 triton = pytest.importorskip("triton")
 import kernels  # noqa: E402
@@ -67,11 +68,11 @@ def check(case, out_tol=TOL["out"], grad_tol=TOL["grad"]):
     # the kernel, float32
     x = x64.float().requires_grad_(need_dx)
     q = q64.float().requires_grad_()
-    out = kernels.kv_memory(x, lengths, r64.float(), q, gamma)
+    out = kernels.fused_kv_memory(x, lengths, r64.float(), q, gamma, q.dim() == 3)
     # the reference, float64
     xr = x64.clone().requires_grad_(need_dx)
     qr = q64.clone().requires_grad_()
-    ref = ksr.kv_memory(xr, lengths, r64, qr, gamma)
+    ref = ksr.kv_memory(xr, lengths, r64, qr, gamma, qr.dim() == 3)
     dout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(case["seed"]), dtype=torch.float64)
     inputs, ref_inputs = [q] + ([x] if need_dx else []), [qr] + ([xr] if need_dx else [])
     grads = torch.autograd.grad((out * dout.float()).sum(), inputs)
@@ -111,7 +112,7 @@ def test_padding_steps_are_zero_and_written():
     lengths = torch.tensor([1, 6, 3])
     q = torch.randn(B, L, K, requires_grad=True)
     xg = x.clone().requires_grad_()
-    out = kernels.kv_memory(xg, lengths, torch.randn(R, K), q, 2.0)
+    out = kernels.fused_kv_memory(xg, lengths, torch.randn(R, K), q, 2.0, all_steps=True)
     mask = torch.arange(L)[None, :] >= lengths[:, None]
     assert torch.all(out[mask] == 0) and torch.isfinite(out).all()
     dq, dx = torch.autograd.grad(out.sum(), [q, xg])
@@ -122,6 +123,7 @@ def test_padding_steps_are_zero_and_written():
     (dict(item_kg=torch.randn(2, 3)), "item_kg must be"),
     (dict(relations=torch.randn(4, 5)), "relations must be"),
     (dict(query=torch.randn(2, 4)), "query must be"),
+    (dict(query=torch.randn(2, 3, 6)), "all_steps=False query must be"),
     (dict(lengths=torch.tensor([1, 4])), "lengths must be in 1..3"),
     (dict(lengths=torch.tensor([0, 1])), "lengths must be in 1..3"),
     (dict(lengths=torch.tensor([1.0, 2.0])), "integer tensor"),
@@ -133,46 +135,45 @@ def test_bad_input_is_rejected(bad, match):
                 query=torch.randn(2, 6))
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
-        kernels.kv_memory(args["item_kg"], args["lengths"], args["relations"], args["query"], 1.0)
+        kernels.fused_kv_memory(args["item_kg"], args["lengths"], args["relations"], args["query"], 1.0)
 
 
 def test_import_never_fails_without_triton():
     code = ("import sys; sys.modules['triton'] = None; import kernels; "
-            "print(kernels.available()); import ksr")
+            "print(kernels.unavailable_reason()); import ksr")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     assert out.returncode == 0, out.stderr
     assert "triton is not installed" in out.stdout
 
 
-def test_model_with_triton_backend_matches_torch_backend():
-    from test_ksr import random_batch, small_model
-    for freeze_kg in (True, False):
-        torch_model = small_model(freeze_kg=freeze_kg).float()
-        fused = small_model(freeze_kg=freeze_kg).float()
-        fused.load_state_dict(torch_model.state_dict())
-        import kernels as k
-        fused.fused_memory = k.kv_memory
-        seq, lengths, targets = random_batch()
-        l1 = torch_model.loss(torch_model(seq, lengths), targets)
-        l2 = fused.loss(fused(seq, lengths), targets)
-        torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-5)
-        g1 = torch.autograd.grad(l1, [p for p in torch_model.parameters() if p.requires_grad])
-        g2 = torch.autograd.grad(l2, [p for p in fused.parameters() if p.requires_grad])
-        for a, b in zip(g1, g2):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("all_steps", [False, True])
+@pytest.mark.parametrize("freeze_kg", [True, False])
+def test_model_with_fused_memory_matches_sorted(freeze_kg, all_steps):
+    """KSR with memory_impl="fused" against the default "sorted": loss and every gradient."""
+    seq, lengths, targets = random_batch()
+    if all_steps:
+        targets = torch.where(seq > 0, torch.randint(1, 14, seq.shape, generator=torch.Generator().manual_seed(2)), 0)
+    losses, grads = [], []
+    for impl in ("sorted", "fused"):
+        model = small_model(freeze_kg=freeze_kg, memory_impl=impl).float()
+        loss = model.loss(model(seq, lengths, all_steps), targets)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("train_mode", ["prefix", "sequence"])
 @pytest.mark.parametrize("freeze_kg", [True, False])
-def test_train_with_triton_backend_first_batch_loss(tiny_dataset, tmp_path, train_mode, freeze_kg):
-    """train.py end to end with --memory_backend triton (interpreter), first-batch loss == torch's."""
+def test_train_with_fused_memory_first_batch_loss(tiny_dataset, tmp_path, train_mode, freeze_kg):
+    """train.py end to end with --memory_impl fused (interpreter): first-batch loss == sorted's."""
     import train
+    from test_train import tiny_cfg
     losses = {}
-    for backend in ("torch", "triton"):
-        cfg = dict(train.DEFAULTS, dataset="tiny", data_path=tiny_dataset, kg="native", kg_embedding_size=8,
-                   embedding_size=8, hidden_size=12, epochs=1, train_batch_size=16, max_steps=1,
-                   out_dir=str(tmp_path / backend), memory_backend=backend, train_mode=train_mode,
-                   freeze_kg=freeze_kg)
-        losses[backend] = train.run(cfg, log=lambda m: None)["train_loss"][0]
-    assert abs(losses["torch"] - losses["triton"]) < 1e-4
+    for impl in ("sorted", "fused"):
+        cfg = tiny_cfg(tiny_dataset, str(tmp_path / impl), epochs=1, max_steps=1, memory_impl=impl,
+                       train_mode=train_mode, freeze_kg=freeze_kg)
+        losses[impl] = train.run(cfg, log=lambda m: None)["train_loss"][0]
+    assert abs(losses["sorted"] - losses["fused"]) < 1e-4

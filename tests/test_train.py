@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import data
+import kernels
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,7 @@ def test_parse_recbole_names():
 
 
 def tiny_cfg(root, out_dir, **kw):
-    cfg = dict(train.DEFAULTS, dataset="tiny", data_path=root, kg="native", kg_embedding_size=8,
+    cfg = dict(train.DEFAULTS, dataset="tiny", data_path=root, kg="freebase", kg_embedding_size=8,
                embedding_size=8, hidden_size=12, epochs=2, train_batch_size=16, eval_batch_size=7,
                out_dir=out_dir, topk=[5, 10], train_mode="prefix")
     cfg.update(kw)
@@ -114,9 +115,11 @@ def test_memory_cache_matches_per_batch_write(tiny_dataset):
     cfg = tiny_cfg(tiny_dataset, None)
     ds = train.load_data(cfg, log=lambda m: None)
     model = train.build_model(cfg, ds)
-    V = train.memory_cache(model, ds.train, cfg, "cpu", log=lambda m: None)
+    V = train.memory_cache(model, ds.train, False, "cpu", log=lambda m: None)
     seq, lengths = torch.as_tensor(ds.train.item_seq[:9]), torch.as_tensor(ds.train.lengths[:9])
-    torch.testing.assert_close(V[:9], model.write_memory(seq, lengths))
+    torch.testing.assert_close(V[:9], kernels.memory_write(model.entity_embedding(seq), lengths, model.relations))
+    assert train.memory_cache(train.build_model(dict(cfg, memory_impl="reference"), ds), ds.train, False, "cpu",
+                              log=lambda m: None) is None  # the reference runs as it is
 
 
 def test_eval_only_command(tiny_dataset, tmp_path):

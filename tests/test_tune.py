@@ -1,10 +1,11 @@
-"""train.py tune: the hyper.test parser, grid and random search, resume, selection on valid."""
+"""tune.py: the hyper.test parser, grid and random search, resume, selection on valid."""
 import json
 import os
 
 import pytest
 
 import train
+import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,25 +17,25 @@ def write(tmp_path, text, name="hyper.test"):
 
 
 def test_shipped_hyper_test_parses_with_literal_types():
-    space = train.read_params_file(os.path.join(ROOT, "hyper.test"))
+    space = tune.read_params_file(os.path.join(ROOT, "hyper.test"))
     kinds = {name: (kind, values) for name, kind, values in space}
     assert kinds["learning_rate"] == ("choice", [0.01, 0.005, 0.001, 0.0005, 0.0001])
     assert kinds["num_layers"][1] == [1, 2, 3] and all(type(v) is int for v in kinds["num_layers"][1])
     assert kinds["freeze_kg"][1] == [True, False] and all(type(v) is bool for v in kinds["freeze_kg"][1])
-    assert len(train.grid_settings(space)) == 5 * 6 * 3 * 1 * 2
+    assert len(tune.grid_settings(space)) == 5 * 6 * 3 * 1 * 2
 
 
 def test_every_kind_and_separator(tmp_path):
     path = write(tmp_path, "# a comment\n\nloss_type choice ['CE', 'BPR']\ndropout_prob uniform 0.1,0.4\n"
                            "learning_rate loguniform -9.2 -4.6\nhidden_size quniform 64 256 64\ntopk choice [[5, 10]]\n")
-    space = train.read_params_file(path)
+    space = tune.read_params_file(path)
     assert [s[:2] for s in space] == [("loss_type", "choice"), ("dropout_prob", "uniform"), ("learning_rate", "loguniform"),
                                       ("hidden_size", "quniform"), ("topk", "choice")]
-    for s in train.random_settings(space, 20, seed=1):
+    for s in tune.random_settings(space, 20, seed=1):
         assert s["loss_type"] in ("CE", "BPR") and 0.1 <= s["dropout_prob"] <= 0.4
         assert 1.0e-4 <= s["learning_rate"] <= 1.01e-2  # exp(-9.2) .. exp(-4.6): bounds are natural logs
         assert s["hidden_size"] in (64, 128, 192, 256) and type(s["hidden_size"]) is int
-        args = train.parse_args([a for k, v in s.items() for a in ("--" + k, train._cli_value(v))])  # values a run accepts
+        args = train.parse_args([a for k, v in s.items() for a in ("--" + k, tune._cli_value(v))])  # values a run accepts
         assert args.topk == [5, 10] and args.hidden_size == s["hidden_size"]
 
 
@@ -59,8 +60,8 @@ def test_every_kind_and_separator(tmp_path):
 ])
 def test_malformed_line_names_its_number(tmp_path, line, needle):
     path = write(tmp_path, f"num_layers choice [1]\n{line}\n")
-    with pytest.raises(train.UsageError) as e:
-        train.read_params_file(path)
+    with pytest.raises(tune.UsageError) as e:
+        tune.read_params_file(path)
     assert f"line 2: " in str(e.value) and needle in str(e.value)
 
 
@@ -72,28 +73,28 @@ def test_cli_rejects_before_training(tmp_path):
     fixed = write(tmp_path, "learning_rate choice [0.01]\n", "fixed.test")
     assert train.main(["tune", "--params_file", fixed, "--learning_rate", "0.1", "--out_dir", str(out)]) == 2
     assert train.main(["tune", "--params_file", fixed, "--learning_rate=0.1", "--out_dir", str(out)]) == 2
-    assert train.main(["tune", "--params_file", str(tmp_path / "missing.test")]) == 2
+    assert tune.main(["--params_file", str(tmp_path / "missing.test")]) == 2  # python tune.py, the same program
     assert train.main(["tune", "--params_file", path, "--algo", "annealing"]) == 2
 
 
 def test_grid_order_and_count(tmp_path):
-    space = train.read_params_file(write(tmp_path, "num_layers choice [1, 2]\nloss_type choice ['CE', 'BPR', 'CE']\n"))
-    grid = train.grid_settings(space)
+    space = tune.read_params_file(write(tmp_path, "num_layers choice [1, 2]\nloss_type choice ['CE', 'BPR', 'CE']\n"))
+    grid = tune.grid_settings(space)
     assert len(grid) == 6
     assert grid[:3] == [{"num_layers": 1, "loss_type": "CE"}, {"num_layers": 1, "loss_type": "BPR"},
                         {"num_layers": 1, "loss_type": "CE"}]  # the last line varies fastest
-    assert train.grid_settings(space, max_evals=4) == grid[:4]
-    with pytest.raises(train.UsageError, match="grid search needs choice"):
-        train.grid_settings(train.read_params_file(write(tmp_path, "dropout_prob uniform 0 0.5\n", "u.test")))
+    assert tune.grid_settings(space, max_evals=4) == grid[:4]
+    with pytest.raises(tune.UsageError, match="grid search needs choice"):
+        tune.grid_settings(tune.read_params_file(write(tmp_path, "dropout_prob uniform 0 0.5\n", "u.test")))
 
 
 def test_random_search_is_reproducible_and_distinct(tmp_path):
-    space = train.read_params_file(write(tmp_path, "learning_rate choice [0.01, 0.001, 0.0001]\nnum_layers choice [1, 2]\n"
+    space = tune.read_params_file(write(tmp_path, "learning_rate choice [0.01, 0.001, 0.0001]\nnum_layers choice [1, 2]\n"
                                                    "dropout_prob uniform 0 0.5\n"))
-    a, b, c = (train.random_settings(space, 5, seed) for seed in (7, 7, 8))
+    a, b, c = (tune.random_settings(space, 5, seed) for seed in (7, 7, 8))
     assert a == b and a != c and len(a) == 5
-    small = train.read_params_file(write(tmp_path, "num_layers choice [1, 2, 3]\n", "small.test"))
-    drawn = train.random_settings(small, 10, seed=0)
+    small = tune.read_params_file(write(tmp_path, "num_layers choice [1, 2, 3]\n", "small.test"))
+    drawn = tune.random_settings(small, 10, seed=0)
     assert sorted(s["num_layers"] for s in drawn) == [1, 2, 3]  # no duplicates; the space has 3 settings
 
 
@@ -106,14 +107,14 @@ class Poison(dict):
 
 def test_selection_reads_only_valid():
     trials = [{"trial": i, "valid": {"mrr@10": v}, "test": Poison()} for i, v in enumerate([0.02, 0.05, 0.05, 0.01])]
-    assert train.best_trial(trials, "mrr@10")["trial"] == 1  # best valid; the earlier trial on a tie
+    assert tune.best_trial(trials, "mrr@10")["trial"] == 1  # best valid; the earlier trial on a tie
 
 
 def test_tune_resumes_and_skips_finished_trials(tiny_dataset, tmp_path, capsys):
     path = write(tmp_path, "num_layers choice [1, 2]\nloss_type choice ['CE', 'BPR']\n")
     out = str(tmp_path / "tune")
     argv = ["tune", "--params_file", path, "--out_dir", out, "--dataset", "tiny", "--data_path", tiny_dataset,
-            "--kg", "native", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1",
+            "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1",
             "--algo", "grid", "--max_evals", "3"]
     assert train.main(argv) == 0
     with open(os.path.join(out, "tune.json")) as f:
@@ -123,7 +124,7 @@ def test_tune_resumes_and_skips_finished_trials(tiny_dataset, tmp_path, capsys):
     for t in first["trials"]:
         assert os.path.exists(os.path.join(t["run_dir"], "results.json")) and t["epochs"] == 1
         assert set(t) >= {"params", "valid", "test", "epochs", "seconds", "run_dir"}
-    assert first["best"] == train.best_trial(first["trials"], "mrr@10")
+    assert first["best"] == tune.best_trial(first["trials"], "mrr@10")
     # a crash in trial 2: its results.json is gone; the re-run trains only that one
     os.remove(os.path.join(first["trials"][1]["run_dir"], "results.json"))
     stamp = os.path.getmtime(os.path.join(first["trials"][0]["run_dir"], "results.json"))
@@ -154,7 +155,7 @@ def test_ctrl_c_keeps_finished_trials(tiny_dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "run", run_then_interrupt)
     argv = ["tune", "--params_file", path, "--out_dir", out, "--dataset", "tiny", "--data_path", tiny_dataset,
-            "--kg", "native", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1"]
+            "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1"]
     assert train.main(argv) == 130
     with open(os.path.join(out, "tune.json")) as f:
         assert [t["params"] for t in json.load(f)["trials"]] == [{"num_layers": 1}]

@@ -1,0 +1,225 @@
+"""Hyper-parameter search over RecBole's hyper.test format.
+
+    python tune.py --params_file hyper.test [--algo grid|random] [--max_evals N] [--out_dir DIR] [training options]
+    python train.py tune ...                 (the same)
+
+Each trial is a normal training run (train.run: early stopping on the valid metric, test of
+the best checkpoint) in <out_dir>/trial-NNN/. Selection reads only the valid metric. A
+finished trial is kept (its results.json); the same command again skips it.
+"""
+import ast
+import itertools
+import json
+import math
+import os
+import random
+import sys
+
+import kernels
+import train
+from train import DEFAULTS, Parser, UsageError, parse_args, positive, save_atomic
+
+SEARCH_KINDS = ("choice", "uniform", "loguniform", "quniform")
+NOT_TUNABLE = ("dataset", "data_path", "out_dir", "eval_only")
+
+
+def _cli_value(v):
+    """A hyper.test value as train.py's command line spells it."""
+    return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+
+def read_params_file(path, fixed_argv=()):
+    """RecBole's hyper.test: one parameter per line, `name kind values`.
+
+        learning_rate choice [0.01, 0.001]   values are Python literals (numbers, True, 'CE', lists)
+        dropout_prob uniform 0.0 0.5          a float in [a, b]
+        learning_rate loguniform -9.2 -4.6    exp of a uniform in [a, b]: bounds are natural logs
+        hidden_size quniform 64 256 64        round(uniform(a, b) / q) * q
+    Bounds may be separated by spaces or commas (RecBole writes `0.0,0.5`). Blank lines and
+    lines starting with # are skipped. Returns [(name, kind, values)]; every value is checked
+    with train.py's own option parser, so a bad one fails here, before any training.
+    """
+    space, seen = [], {}
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for no, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}: line {no}"
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            raise UsageError(f"{where}: expected `name kind values` (e.g. learning_rate choice [0.01,0.001]), got {line.strip()!r}")
+        name, kind, rest = parts
+        if name not in DEFAULTS or name in NOT_TUNABLE:
+            raise UsageError(f"{where}: unknown parameter {name!r} (tunable: train.py's options, e.g. learning_rate, dropout_prob)")
+        if name in seen:
+            raise UsageError(f"{where}: {name} is already searched on line {seen[name]}")
+        if any(a == "--" + name or a.startswith(f"--{name}=") for a in fixed_argv):
+            raise UsageError(f"{where}: {name} is searched here and also fixed on the command line")
+        if kind not in SEARCH_KINDS:
+            raise UsageError(f"{where}: unknown search kind {kind!r} (expected one of {', '.join(SEARCH_KINDS)})")
+        if kind == "choice":
+            try:
+                values = ast.literal_eval(rest.strip())
+            except (ValueError, SyntaxError):
+                raise UsageError(f"{where}: {name} choice: {rest.strip()!r} is not a Python list literal") from None
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"{where}: {name} choice: expected a non-empty list such as [1, 2], got {rest.strip()!r}")
+            checked = values
+        else:
+            try:
+                bounds = [float(x) for x in rest.replace(",", " ").split()]
+            except ValueError:
+                raise UsageError(f"{where}: {name} {kind}: bounds must be numbers, got {rest.strip()!r}") from None
+            want = 3 if kind == "quniform" else 2
+            if len(bounds) != want or not bounds[0] <= bounds[1] or (kind == "quniform" and not bounds[2] > 0):
+                form = "low high q (q > 0)" if kind == "quniform" else "low high"
+                raise UsageError(f"{where}: {name} {kind}: expected {form} with low <= high, got {rest.strip()!r}")
+            values = bounds
+            checked = [math.exp(b) for b in bounds] if kind == "loguniform" else [_quantize(b, bounds) for b in bounds[:2]] if kind == "quniform" else bounds
+        for v in checked:  # the same parser as a normal run: same types, same limits
+            try:
+                parse_args(list(fixed_argv) + ["--" + name, _cli_value(v)])
+            except UsageError as e:
+                raise UsageError(f"{where}: {name} = {v!r}: {str(e).split('error: ', 1)[-1]}") from None
+        seen[name] = no
+        space.append((name, kind, values))
+    if not space:
+        raise UsageError(f"{path}: no parameters to search")
+    return space
+
+
+def _quantize(x, bounds):
+    q = bounds[2]
+    v = round(x / q) * q
+    return int(v) if all(float(b).is_integer() for b in bounds) else v  # 64 256 64 -> ints, for int options
+
+
+def grid_settings(space, max_evals=None):
+    """Every combination of the `choice` values, in file order, the last line varying fastest."""
+    for name, kind, _ in space:
+        if kind != "choice":
+            raise UsageError(f"--algo grid: {name} is searched with {kind}; grid search needs choice lines (use --algo random)")
+    combos = [dict(zip([s[0] for s in space], vals)) for vals in itertools.product(*[s[2] for s in space])]
+    return combos[:max_evals] if max_evals else combos
+
+
+def random_settings(space, max_evals, seed):
+    """max_evals distinct settings drawn with a fixed seed (fewer if the space is smaller)."""
+    rng = random.Random(seed)
+    out, keys = [], set()
+    for _ in range(100 * max_evals):
+        if len(out) == max_evals:
+            break
+        s = {}
+        for name, kind, v in space:
+            if kind == "choice":
+                s[name] = rng.choice(v)
+            elif kind == "uniform":
+                s[name] = rng.uniform(v[0], v[1])
+            elif kind == "loguniform":
+                s[name] = math.exp(rng.uniform(v[0], v[1]))
+            else:
+                s[name] = _quantize(rng.uniform(v[0], v[1]), v)
+        key = repr(sorted(s.items()))
+        if key not in keys:
+            keys.add(key)
+            out.append(s)
+    return out
+
+
+def best_trial(trials, valid_key):
+    """The trial with the highest best-valid metric (the earlier one on a tie). Reads only
+    trial["valid"]: selection never looks at test metrics."""
+    return max(enumerate(trials), key=lambda it: (it[1]["valid"][valid_key], -it[0]))[1]
+
+
+def _params_str(params):
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def tune(argv):
+    """python tune.py --params_file hyper.test [--algo grid|random] [--max_evals N]
+    [--out_dir DIR] [any training option, fixed for every trial]."""
+    ap = Parser(prog="tune.py", description="Hyper-parameter search; every other option is a fixed training setting.",
+                allow_abbrev=False)  # an abbreviation must not swallow a training option
+    ap.add_argument("--params_file", required=True, help="RecBole's hyper.test format")
+    ap.add_argument("--algo", default="grid", choices=["grid", "random"])
+    ap.add_argument("--max_evals", type=positive(int), default=None, help="number of trials (random: default 10; grid: all)")
+    ap.add_argument("--out_dir", default=None, help="default runs/tune-<dataset>-<kg>-<params file>")
+    args, fixed_argv = ap.parse_known_args(argv)
+    if not os.path.exists(args.params_file):
+        raise UsageError(f"tune.py: error: --params_file: {args.params_file}: file not found")
+    base = vars(parse_args(fixed_argv))  # fixed settings, checked before the file
+    if base["eval_only"]:
+        raise UsageError("tune.py: error: --eval_only: tune trains; re-evaluate a trial with train.py --eval_only")
+    space = read_params_file(args.params_file, fixed_argv)
+    if args.algo == "grid":
+        settings = grid_settings(space, args.max_evals)
+    else:
+        settings = random_settings(space, args.max_evals or 10, base["seed"])
+    stem = os.path.splitext(os.path.basename(args.params_file))[0]
+    out_dir = args.out_dir or os.path.join("runs", f"tune-{base['dataset']}-{base['kg']}-{stem}")
+    os.makedirs(out_dir, exist_ok=True)
+    valid_key = base["valid_metric"].lower()
+    head = {"params_file": args.params_file, "algo": args.algo, "seed": base["seed"], "valid_metric": base["valid_metric"],
+            "fixed": fixed_argv, "space": [list(s) for s in space]}
+    print(f"tune: {len(settings)} trials ({args.algo}) over {', '.join(s[0] for s in space)}; selecting on valid "
+          f"{base['valid_metric']}; results in {out_dir}/tune.json")
+    trials = []
+    try:
+        for i, params in enumerate(settings):
+            cfg = vars(parse_args(fixed_argv + [a for k, v in params.items() for a in ("--" + k, _cli_value(v))]))
+            cfg["out_dir"] = os.path.join(out_dir, f"trial-{i:03d}")
+            res_path = os.path.join(cfg["out_dir"], "results.json")
+            res, resumed = None, False
+            if os.path.exists(res_path):  # finished in an earlier invocation: keep it
+                with open(res_path) as f:
+                    res = json.load(f)
+                if {k: v for k, v in res["config"].items() if k in cfg} != cfg:
+                    raise UsageError(f"tune.py: error: {cfg['out_dir']} holds a trial with other settings; "
+                                     f"use a new --out_dir for a different search")
+                resumed = True
+            else:
+                print(f"trial {i + 1}/{len(settings)}: {_params_str(params)} ...", flush=True)
+                os.makedirs(cfg["out_dir"], exist_ok=True)
+                with open(os.path.join(cfg["out_dir"], "train.log"), "w") as logf:
+                    res = train.run(cfg, log=lambda m: print(m, file=logf, flush=True))
+            trials.append({"trial": i, "params": params, "valid": res["best_valid"], "test": res["test"],
+                           "best_epoch": res["best_epoch"], "epochs": len(res["valid"]),
+                           "seconds": res["total_seconds"], "run_dir": cfg["out_dir"]})
+            save_atomic(dict(head, trials=trials, best=best_trial(trials, valid_key)), os.path.join(out_dir, "tune.json"))
+            print(f"trial {i + 1}/{len(settings)}{' (finished earlier)' if resumed else ''}: {_params_str(params)}  "
+                  f"valid {valid_key} {res['best_valid'][valid_key]:.4f}  test ndcg@10 {res['test'].get('ndcg@10', float('nan')):.4f}  "
+                  f"epochs {len(res['valid'])} (best {res['best_epoch']})  {res['total_seconds']:.0f}s", flush=True)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(trials)} finished trials are kept in {out_dir}/tune.json; "
+              f"run the same command again to continue", file=sys.stderr)
+        return 130
+    print(tune_table(trials, valid_key))
+    best = best_trial(trials, valid_key)
+    print(f"best (on valid {base['valid_metric']}): trial {best['trial'] + 1} ({best['run_dir']}): {_params_str(best['params'])}  "
+          f"valid {best['valid'][valid_key]:.4f}  test ndcg@10 {best['test'].get('ndcg@10', float('nan')):.4f}")
+    return 0
+
+
+def tune_table(trials, valid_key):
+    """All trials, best valid metric first."""
+    names = list(trials[0]["params"]) if trials else []
+    cols = ["trial"] + names + [f"valid {valid_key}", "test ndcg@10", "test hit@10", "epochs", "seconds"]
+    rows = []
+    for t in sorted(trials, key=lambda t: -t["valid"][valid_key]):
+        rows.append([str(t["trial"] + 1)] + [f"{t['params'][n]:.4g}" if isinstance(t["params"][n], float) else str(t["params"][n]) for n in names]
+                    + [f"{t['valid'][valid_key]:.4f}", f"{t['test'].get('ndcg@10', float('nan')):.4f}",
+                       f"{t['test'].get('hit@10', float('nan')):.4f}", str(t["epochs"]), f"{t['seconds']:.0f}"])
+    w = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(cols)]
+    return "\n".join("  ".join(x.rjust(w[j]) for j, x in enumerate(r)) for r in [cols] + rows)
+
+
+def main(argv=None):
+    kernels.keep_freed_memory()
+    return train.cli(tune, sys.argv[1:] if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
