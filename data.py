@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,13 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import transe
+from cli import UserError, cli
 
 ML100K_WHEEL = "recbole==1.2.1"
 ML100K_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.kg", "ml-100k.link", "ml-100k.user")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Bad input. The message is one line naming the file (and line) and what is wrong."""
 
 
@@ -49,72 +51,136 @@ def read_atomic(path, required=()):
     """Read a RecBole atomic file into {column name: list of values}.
 
     token -> str, token_seq -> list[str], float -> float, float_seq -> np.ndarray (float32).
-    `required` names columns that must be present.
+    `required` names columns that must be present. Bad input (not UTF-8, a repeated column,
+    a value that does not parse, NaN or inf in a float) is a DataError naming file and line.
     """
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n")
-        if not header:
-            raise DataError(f"{path}: file is empty (expected a header line of name:type columns)")
-        names, types = [], []
-        for col in header.split("\t"):
-            name, sep, typ = col.partition(":")
-            if not sep or typ not in ATOMIC_TYPES:
-                raise DataError(f"{path}: line 1: header column {col!r} is not name:type with type in {ATOMIC_TYPES}")
-            names.append(name)
-            types.append(typ)
-        for name in required:
-            if name not in names:
-                raise DataError(f"{path}: line 1: missing column {name!r} (header has {names})")
-        cols = {n: [] for n in names}
-        vec_len = {}
-        for lineno, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            parts = line.split("\t")
-            if len(parts) != len(names):
-                raise DataError(f"{path}: line {lineno}: expected {len(names)} tab-separated columns, found {len(parts)}")
-            for name, typ, value in zip(names, types, parts):
-                if typ == "token":
-                    cols[name].append(value)
-                elif typ == "token_seq":
-                    cols[name].append(value.split())
-                else:
-                    try:
-                        if typ == "float":
-                            v = float(value)
-                        else:
-                            v = np.array(value.split(), dtype=np.float32)
-                    except ValueError:
-                        raise DataError(f"{path}: line {lineno}: column {name!r}: cannot parse {value!r} as {typ}") from None
-                    if typ == "float_seq":
-                        n = vec_len.setdefault(name, len(v))
-                        if len(v) != n:
-                            raise DataError(f"{path}: line {lineno}: column {name!r}: vector of length {len(v)}, earlier rows have {n}")
-                    cols[name].append(v)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        lines = raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line}: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
+    header = lines[0].rstrip("\r")
+    if not header:
+        raise DataError(f"{path}: file is empty (expected a header line of name:type columns)")
+    names, types = [], []
+    for col in header.split("\t"):
+        name, sep, typ = col.partition(":")
+        if not sep or typ not in ATOMIC_TYPES:
+            raise DataError(f"{path}: line 1: header column {col!r} is not name:type with type in {ATOMIC_TYPES}")
+        if name in names:
+            raise DataError(f"{path}: line 1: column {name!r} appears twice in the header")
+        names.append(name)
+        types.append(typ)
+    for name in required:
+        if name not in names:
+            raise DataError(f"{path}: line 1: missing column {name!r} (header has {names})")
+    cols = {n: [] for n in names}
+    vec_len = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line:
+            continue
+        parts = line.split("\t")
+        if len(parts) != len(names):
+            raise DataError(f"{path}: line {lineno}: expected {len(names)} tab-separated columns, found {len(parts)}")
+        for name, typ, value in zip(names, types, parts):
+            if typ == "token":
+                cols[name].append(value)
+            elif typ == "token_seq":
+                cols[name].append(value.split())
+            else:
+                try:
+                    v = float(value) if typ == "float" else np.array(value.split(), dtype=np.float32)
+                except ValueError:
+                    raise DataError(f"{path}: line {lineno}: column {name!r}: cannot parse {value!r} as {typ}") from None
+                if not np.all(np.isfinite(v)):
+                    raise DataError(f"{path}: line {lineno}: column {name!r}: {value!r} is not finite (NaN or inf)")
+                if typ == "float_seq":
+                    n = vec_len.setdefault(name, len(v))
+                    if len(v) != n:
+                        raise DataError(f"{path}: line {lineno}: column {name!r}: vector of length {len(v)}, earlier rows have {n}")
+                cols[name].append(v)
     if not cols[names[0]]:
         raise DataError(f"{path}: file has a header but no rows")
     return cols
 
 
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale(folder, pattern=r"(?:tmp|\.fetch)-(\d+)-[a-z0-9_]{8}"):
+    """Remove what a killed run left in `folder`: temporary files and fetch folders named
+    after a process that no longer runs (they carry its pid: tmp-<pid>-..., .fetch-<pid>-...)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        m = re.match(pattern, name)
+        if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
+            path = os.path.join(folder, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
 @contextlib.contextmanager
 def replaced_atomically(path):
     """Yield a temporary path beside `path`; on success rename it to `path`, on any error
-    remove it. A reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="tmp-", suffix="-" + os.path.basename(path))
-    os.close(fd)
+    remove it. A reader never sees a half-written file; a write that fails (full disk, a
+    file-size limit, no permission) is a DataError naming `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    remove_stale(folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"tmp-{os.getpid()}-", suffix="-" + os.path.basename(path))
+        os.close(fd)
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise DataError(f"{path}: cannot write it: {e.strerror or e}") from None
         raise
+
+
+def save_atomic(obj, path):
+    """results.json (a dict) or a checkpoint (torch.save), written with replaced_atomically."""
+    with replaced_atomically(path) as tmp:
+        if path.endswith(".json"):
+            with open(tmp, "w") as f:
+                json.dump(obj, f, indent=1)
+        else:
+            import torch  # only checkpoints need it
+            torch.save(obj, tmp)
+
+
+def prepare_run_folder(folder, run_files, overwrite):
+    """Make a training run's folder, before any long work. A folder holding a run (any of
+    run_files) is refused unless overwrite; then those files go first, so a results.json and
+    a model.pt of two different runs never sit side by side."""
+    held = [f for f in run_files if os.path.exists(f)]
+    if held and not overwrite:
+        raise DataError(f"{folder}: holds a run ({', '.join(map(os.path.basename, held))}); choose another --out_dir, "
+                        f"or pass --overwrite to replace it")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for f in held:
+            os.remove(f)
+        tempfile.TemporaryFile(dir=folder).close()  # can we write there? (the file vanishes on close)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write the run there ({e.strerror or e})") from None
 
 
 def write_atomic(path, header, rows):
@@ -139,7 +205,8 @@ def fetch_ml100k(data_path, log=print):
     os.makedirs(data_path, exist_ok=True)
     manual = (f"put {', '.join(ML100K_FILES)} (from recbole/dataset_example/ml-100k/ in the "
               f"{ML100K_WHEEL} wheel or RecBole's repository) into {target}/ by hand")
-    with tempfile.TemporaryDirectory(dir=data_path, prefix=".fetch-") as tmp:
+    remove_stale(data_path)
+    with tempfile.TemporaryDirectory(dir=data_path, prefix=f".fetch-{os.getpid()}-") as tmp:
         log(f"ml-100k: downloading the {ML100K_WHEEL} wheel (it carries ml-100k as atomic files)...")
         cmd = [sys.executable, "-m", "pip", "download", ML100K_WHEEL, "--no-deps", "--quiet", "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -431,6 +498,8 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     seqs, splits = build_sequences(users, items, times, max_len)
     if len(splits["test"]) == 0:
         raise DataError(f"{p('inter')}: no user has the 3 interactions a train/valid/test split needs")
+    if len(splits["valid"]) == 0:
+        raise DataError(f"{p('inter')}: no user has the 4 interactions a valid sample needs (early stopping reads it)")
     short = sum(1 for s in seqs[1:] if len(s) < 4)
     if short:
         log(f"warning: {p('inter')}: {short} users have fewer than 4 interactions; as in RecBole, 1 gives no "
@@ -439,15 +508,21 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 
     # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached
     ent_path, rel_path = feature_paths(folder, dataset, kg)
-    if not (os.path.exists(ent_path) and os.path.exists(rel_path)):
+    meta_path = ent_path + ".json"  # written first by TransE below: the vectors are ours, not the user's
+    have = [f for f in (ent_path, rel_path) if os.path.exists(f)]
+    if len(have) == 1 and not os.path.exists(meta_path):
+        missing = rel_path if have == [ent_path] else ent_path
+        raise DataError(f"{missing}: not found, but {have[0]} is there and was not written by this project: add the "
+                        f"missing file, or remove {have[0]} to have TransE vectors trained for both")
+    if len(have) < 2:
         log(f"KG vectors: {ent_path} not found; training TransE on {len(triples)} triples "
             f"({len(entity_tokens)} entities, {len(relation_tokens)} relations, K={kg_embedding_size})")
         entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens),
                                                            dim=kg_embedding_size, seed=TRANSE_SEED, log=log)
         fmt = lambda v: " ".join(f"{x:.6g}" for x in v)
-        write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
         meta = {"transe_hits@10": hits, "triples": int(len(triples)), "dim": kg_embedding_size, "seed": TRANSE_SEED}
-        write_atomic(ent_path + ".json", [json.dumps(meta)], [])
+        write_atomic(meta_path, [json.dumps(meta)], [])
+        write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
         # the entity file last: its presence is what marks the cache as complete
         write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
         log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on held-out triples = {hits:.4f}")
@@ -459,6 +534,10 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     K, K_rel = len(ef["ent_vec"][0]), len(rf["rel_vec"][0])
     if K != K_rel:
         raise DataError(f"{ent_path}: entity vectors have length {K}, but relation vectors in {rel_path} have {K_rel}")
+    if K != kg_embedding_size:
+        raise DataError(f"{ent_path}: the vectors have {K} dimensions, but --kg_embedding_size is {kg_embedding_size}: "
+                        f"pass --kg_embedding_size {K}" + (f", or remove {ent_path}, {rel_path} and {meta_path} to train "
+                                                           f"new ones" if os.path.exists(meta_path) else ""))
     for r in relation_tokens:
         if r not in rel_vec:
             raise DataError(f"{rel_path}: no vector for relation {r!r} of the KG")
@@ -471,8 +550,8 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     if missing:
         log(f"warning: {ent_path}: no vector for {missing} linked item entities; their items get a zero KG vector")
     hits = None
-    if os.path.exists(ent_path + ".json"):
-        with open(ent_path + ".json") as f:
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
             hits = json.loads(f.readline()).get("transe_hits@10")
     item_kg = np.zeros((len(item_tokens), entity_kg.shape[1]), np.float32)
     linked = item_entity >= 0
@@ -549,7 +628,7 @@ def main(argv=None):
                              names=("dataset", "data_path", "kg", "keep_unlinked", "kg_embedding_size", "MAX_ITEM_LIST_LENGTH"))
     ap.add_argument("--check_links", action="store_true", help="also print the KG/label genre agreement")
     ap.add_argument("--json", action="store_true", help="print the statistics as one JSON object on the last line")
-    return train.cli(lambda argv: prepare(ap.parse_args(argv)), sys.argv[1:] if argv is None else list(argv))
+    return cli(lambda argv: prepare(ap.parse_args(argv)), sys.argv[1:] if argv is None else list(argv))
 
 
 def prepare(args):
@@ -585,5 +664,4 @@ def prepare(args):
 
 
 if __name__ == "__main__":
-    import data  # run as the module train.py imports, so that one DataError class is raised and caught
-    sys.exit(data.main())
+    sys.exit(main())

@@ -14,14 +14,15 @@ decompose() computes both parts; tests/test_explain.py checks they add up to the
 """
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
 
 import data
 import kernels
-import train
-from train import Parser, UsageError, batches, load_checkpoint, positive, rank_of_target
+from cli import Parser, UsageError, cli, positive
+from train import batches, load_checkpoint, rank_of_target
 
 
 @torch.no_grad()
@@ -44,6 +45,7 @@ def decompose(model, item_seq, lengths):
     p_rel = w[..., None] * (V @ W_m.T)  # (B, R, D): w_a W_m v_a
     return p_seq, p_rel, w, w_steps
 
+
 def slot_names(model, ds):
     """One name per memory slot: the KG's relation names, after RecBole's zero-key slot."""
     return (["[PAD] (zero key)"] if model.relations.shape[0] > len(ds.relation_tokens) else []) + list(ds.relation_tokens)
@@ -65,7 +67,7 @@ def explain_user(model, ds, uid, topk):
     lengths = torch.as_tensor(split.lengths[rows[:1]])
     model.eval()
     p_seq, p_rel, w, w_steps = decompose(model, seq, lengths)
-    q = model.item_representations()  # (N + 1, E)
+    q = model.item_representations()  # q_i: (N + 1, D)
     scores = model.full_scores(model(seq, lengths))[0]
     top = torch.topk(scores, topk).indices
     seq_term = (p_seq[0] @ q[top].T)  # (k,)
@@ -104,11 +106,11 @@ def print_explanation(ex, ds, names, recent, shown):
     for i in hist[-recent:]:
         print(f"    {item_name(ds, i)}")
     print(f"held-out next item: {item_name(ds, ex['target'])} (rank {ex['target_rank']} of {ds.n_items})")
-    print("read attention over relations after the last item (w_a = softmax(gamma q . r_a)):")
+    print("read attention over relations after the last item (w_a = softmax(gamma s_t . r_a)):")
     for a in sorted(range(len(names)), key=lambda a: -ex["attention"][a])[:shown]:
         print(f"  {ex['attention'][a]:7.3f}  {names[a]}")
     print(f"top-{len(ex['top'])} recommendations; score = sequence term + one term per relation "
-          f"(w_a (W_m V_a) . q_i), largest relation terms shown:")
+          f"(w_a (W_m v_a) . q_i), largest relation terms shown:")
     for r, (i, s, st, terms) in enumerate(zip(ex["top"], ex["scores"], ex["sequence_term"], ex["relation_terms"]), 1):
         big = sorted(range(len(names)), key=lambda a: -abs(terms[a]))[:3]
         parts = ", ".join(f"{names[a]} {terms[a]:+.2f}" for a in big)
@@ -181,8 +183,16 @@ def explain(argv):
     ap.add_argument("--plot", metavar="FILE.png", help="also draw a PNG (needs matplotlib)")
     ap.add_argument("--data_path", default=None, help="where the dataset lives, if not where the run read it")
     args = ap.parse_args(argv)
-    if args.plot:
-        _pyplot()  # fail before the work if matplotlib is missing
+    if args.plot:  # fail before the work: matplotlib missing, or a place the PNG cannot go
+        _pyplot()
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if os.path.isdir(args.plot) or not os.path.isdir(folder):
+            raise UsageError(f"explain.py: error: --plot {args.plot}: " + ("is a folder; give a file name" if os.path.isdir(args.plot)
+                             else f"the folder {folder} does not exist"))
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise UsageError(f"explain.py: error: --plot {args.plot}: cannot write in {folder} ({e.strerror})") from None
     ckpt = os.path.join(args.run, "model.pt")
     if not os.path.exists(ckpt):
         raise UsageError(f"explain.py: error: --run: {ckpt}: not found (give the --out_dir of a finished training run)")
@@ -215,7 +225,7 @@ def explain(argv):
 
 
 def main(argv=None):
-    return train.cli(explain, sys.argv[1:] if argv is None else list(argv))
+    return cli(explain, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

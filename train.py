@@ -10,11 +10,8 @@ The path of a run, top to bottom: main -> parse_args -> run: data.load_dataset, 
 memory_cache, then per epoch train_epoch (KSR.forward, KSR.loss, Adam) and evaluate on valid
 (full ranking); early stopping on valid MRR@10; the best checkpoint is tested.
 """
-import argparse
-import json
 import math
 import os
-import pickle
 import platform
 import sys
 import time
@@ -24,6 +21,7 @@ import torch
 
 import data
 import kernels
+from cli import Parser, UsageError, UserError, cli, number, positive, str2bool, topk_list
 from ksr import KSR, sample_negatives
 
 # -----------------------------------------------------------------------------
@@ -35,44 +33,13 @@ DEFAULTS = dict(
     gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, pad_slot=False,
     learning_rate=0.001, train_batch_size=2048, eval_batch_size=4096, epochs=300, stopping_step=10,
     MAX_ITEM_LIST_LENGTH=50, topk=[10], valid_metric="MRR@10", seed=2020, device="cpu",
-    memory_impl="sorted", max_steps=0, out_dir=None, eval_only=None,
+    memory_impl="sorted", max_steps=0, out_dir=None, overwrite=False, eval_only=None,
     train_mode="sequence", window_stride=None,
 )
 # --train_mode sequence: a batch counts windows (~2,000 per epoch on ml-100k), not prefixes
 SEQUENCE_DEFAULTS = dict(train_batch_size=16, learning_rate=0.001)  # chosen on valid MRR@10 (docs/results.md)
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision")
 MEMORY_CACHE_BYTES = 2 * 2 ** 30  # the frozen-KG memory cache's budget (memory_cache)
-
-
-class UsageError(Exception):
-    """A bad option or value: cli() prints it on one line and exits 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (cli() catches it)
-        raise UsageError(f"{self.prog}: error: {message}")
-
-
-def str2bool(v):
-    if v.lower() not in ("true", "1", "yes", "false", "0", "no"):
-        raise argparse.ArgumentTypeError(f"expected True or False, got {v!r}")
-    return v.lower() in ("true", "1", "yes")
-
-
-def positive(cast):
-    def parse(v):
-        if not cast(v) > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {v!r}")
-        return cast(v)
-    parse.__name__ = cast.__name__  # argparse names it in errors: "invalid int value"
-    return parse
-
-
-def topk_list(v):
-    ks = [k.strip() for k in v.strip("[]").split(",") if k.strip()]
-    if not ks or not all(k.isdigit() and int(k) > 0 for k in ks):
-        raise argparse.ArgumentTypeError(f"expected a list of positive integers such as [10] or 5,10,20, got {v!r}")
-    return [int(k) for k in ks]
 
 
 def option_parser(prog, description, names=None):
@@ -85,7 +52,7 @@ def option_parser(prog, description, names=None):
                     "RecBole's mislinked ones); attributes: a KG from the .item file; default: attributes for ml-100k")),
         ("keep_unlinked", dict(type=str2bool, help="keep interactions whose item has no KG link (zero KG vector)")),
         *[(name, dict(type=pint)) for name in ("embedding_size", "kg_embedding_size", "hidden_size", "num_layers")],
-        ("dropout_prob", dict(type=float)), ("gamma", dict(type=float)),
+        ("dropout_prob", dict(type=number(float))), ("gamma", dict(type=number(float))),
         ("loss_type", dict(choices=["CE", "BPR"])), ("freeze_kg", dict(type=str2bool)),
         ("no_memory", dict(action="store_true", help="plain GRU4Rec: no knowledge memory")),
         ("pad_slot", dict(type=str2bool, help="one more memory slot with a zero key, as RecBole's padding relation gives")),
@@ -95,11 +62,12 @@ def option_parser(prog, description, names=None):
         ("window_stride", dict(type=pint, help="sequence mode: a window every this many steps (default: no overlap)")),
         *[(name, dict(type=pint)) for name in ("eval_batch_size", "epochs", "stopping_step", "MAX_ITEM_LIST_LENGTH")],
         ("topk", dict(type=topk_list)), ("valid_metric", {}),
-        ("seed", dict(type=int)), ("device", dict(choices=["cpu", "cuda"])),
+        ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
         ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that computes the memory "
                              "(ksr.KSR): fused is the Triton kernel (a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
-        ("max_steps", dict(type=int, help="stop each epoch after this many batches (0: all)")),
+        ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),
         ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),
+        ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),
         ("eval_only", dict(metavar="CHECKPOINT", help="re-evaluate a saved model.pt")),
     ]
     for name, kw in options:
@@ -121,7 +89,7 @@ def parse_args(argv=None, ap=None):
     if args.window_stride and args.window_stride > args.MAX_ITEM_LIST_LENGTH:
         ap.error(f"--window_stride: must be at most MAX_ITEM_LIST_LENGTH ({args.MAX_ITEM_LIST_LENGTH}), got {args.window_stride}")
     name, _, k = args.valid_metric.partition("@")
-    if name.lower() not in METRICS or not k.isdigit() or int(k) not in args.topk:
+    if not args.eval_only and (name.lower() not in METRICS or not k.isdigit() or int(k) not in args.topk):
         ap.error(f"--valid_metric: {args.valid_metric!r} is not one of {METRICS} at a k in --topk {args.topk} (e.g. MRR@10)")
     if not 0 <= args.dropout_prob < 1:
         ap.error(f"--dropout_prob: must be in [0, 1), got {args.dropout_prob}")
@@ -137,12 +105,14 @@ def parse_args(argv=None, ap=None):
 
 def rank_of_target(scores, targets):
     """1-based rank of each target among all items. Ties: an item with the same score
-    ranks ahead of the target if its id is smaller (as a stable sort by score would)."""
+    ranks ahead of the target if its id is smaller (as a stable sort by score would).
+    A NaN score ranks below every number: a NaN target is last, never first."""
     s = scores.gather(1, targets[:, None])  # (B, 1)
     higher = (scores > s).sum(1)
     ids = torch.arange(scores.shape[1], device=scores.device)[None, :]
     tied_before = ((scores == s) & (ids < targets[:, None])).sum(1)
-    return 1 + higher + tied_before
+    last = (~scores.isnan()).sum(1) + 1  # NaN targets: behind every scored item (the padding item counts)
+    return torch.where(s[:, 0].isnan(), last, 1 + higher + tied_before)
 
 
 def metrics_from_ranks(ranks, topk):
@@ -172,12 +142,19 @@ def batches(split, size, device="cpu"):
         yield (i,) + tuple(torch.as_tensor(a[i:i + size], device=device) for a in (split.item_seq, split.lengths, split.targets))
 
 
+class NonFiniteError(UserError):
+    """A NaN or inf loss or score: the run stops (cli() prints one line, exit 1)."""
+
+
 @torch.no_grad()
 def evaluate(model, split, cfg, device):
     model.eval()
     ranks = []
-    for _, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device):
+    for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device):
         scores = model.full_scores(model(seq, lengths))
+        if not torch.isfinite(scores[:, 1:]).all():  # never rank a NaN, never report it as a metric
+            raise NonFiniteError(f"{int((~torch.isfinite(scores[:, 1:])).sum())} item scores of the users {i}.."
+                                 f"{i + len(seq) - 1} are NaN or inf")
         ranks.append(rank_of_target(scores, targets))
     return metrics_from_ranks(torch.cat(ranks).cpu(), cfg["topk"])
 
@@ -234,6 +211,8 @@ def train_epoch(model, opt, split, cfg, device, gen, progress, V_cache=None):
         negatives = sample_negatives(targets.cpu(), model.n_items, gen).to(device) if cfg["loss_type"] == "BPR" else None
         V = V_cache[torch.as_tensor(idx, device=device)] if V_cache is not None else None
         loss = model.loss(model(seq, lengths, all_steps, V), targets, negatives)
+        if not math.isfinite(loss.item()):  # stop before the step: the weights stay finite
+            raise NonFiniteError(f"batch {b + 1}/{n_batches}: the training loss is {loss.item()}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -242,16 +221,6 @@ def train_epoch(model, opt, split, cfg, device, gen, progress, V_cache=None):
         count += weight
         progress(b + 1, n_batches, total / count)
     return total / count
-
-
-def save_atomic(obj, path):
-    """results.json or a checkpoint, written to a temporary file and renamed into place."""
-    with data.replaced_atomically(path) as tmp:
-        if path.endswith(".json"):
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=1)
-        else:
-            torch.save(obj, tmp)
 
 
 def make_progress(enabled):
@@ -272,12 +241,12 @@ def run(cfg, log=print):
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     device = torch.device(cfg["device"])
+    out_dir = cfg["out_dir"] or os.path.join("runs", f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
+    data.prepare_run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"])
     ds = load_data(cfg, log)
     log(f"data: {ds.n_users} users, {ds.n_items} items, {len(ds.train)} train / {len(ds.valid)} valid / "
         f"{len(ds.test)} test samples, {len(ds.relation_tokens)} relations (kg={cfg['kg']})")
-    out_dir = cfg["out_dir"] or os.path.join("runs", f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(out_dir, exist_ok=True)
-    ckpt_path = os.path.join(out_dir, "model.pt")
     model = build_model(cfg, ds).to(device)
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg["seed"])
@@ -293,15 +262,19 @@ def run(cfg, log=print):
     best, best_epoch, bad = float("-inf"), -1, 0
     for epoch in range(cfg["epochs"]):
         t0 = time.time()
-        loss = train_epoch(model, opt, train_split, cfg, device, gen, progress, V_cache)
+        try:
+            loss = train_epoch(model, opt, train_split, cfg, device, gen, progress, V_cache)
+            valid = evaluate(model, ds.valid, cfg, device)
+        except NonFiniteError as e:
+            kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
+            raise NonFiniteError(f"epoch {epoch}, {e}: training stopped; {kept}") from None
         epoch_seconds.append(time.time() - t0)
         losses.append(loss)
-        valid = evaluate(model, ds.valid, cfg, device)
         valid_hist.append(valid)
         improved = valid[valid_key] >= best  # RecBole's early_stopping: a tie also counts as better
         if improved:
             best, best_epoch, bad = valid[valid_key], epoch, 0
-            save_atomic({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
+            data.save_atomic({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
                          "model": model.state_dict()}, ckpt_path)
         else:
             bad += 1
@@ -320,10 +293,10 @@ def run(cfg, log=print):
         "test": test, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
-    save_atomic(results, os.path.join(out_dir, "results.json"))
+    data.save_atomic(results, results_path)
     log(f"best valid {cfg['valid_metric']} {best:.4f} at epoch {best_epoch}; test metrics of that checkpoint:")
     log(metrics_table(test, cfg["topk"]))
-    log(f"results: {os.path.join(out_dir, 'results.json')}  ({results['total_seconds']:.0f}s in all)")
+    log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
     return results
 
 
@@ -332,12 +305,15 @@ def run(cfg, log=print):
 
 def load_checkpoint(path, cfg_overrides, log=print):
     """(cfg, ds, model, epoch) of a saved model.pt, refusing data that changed since it was trained."""
-    try:
+    try:  # checked before any data is read: a truncated or foreign file can fail in any way
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        missing = {"config", "fingerprint", "epoch", "model"} - set(ckpt)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))}")
         cfg = {**DEFAULTS, "train_mode": "prefix", **ckpt["config"]}  # options newer than the checkpoint: as trained
         if "memory_backend" in cfg:  # memory_impl's earlier name and values
             cfg["memory_impl"] = {"torch": "sorted", "triton": "fused"}.get(cfg.pop("memory_backend"), "sorted")
-    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as e:
+    except Exception as e:
         raise data.DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
     cfg.update(cfg_overrides)
     ds = load_data(cfg, log)
@@ -346,7 +322,10 @@ def load_checkpoint(path, cfg_overrides, log=print):
                              f"but {cfg['data_path']}/{cfg['dataset']} (kg={cfg['kg']}) now has {ds.fingerprint}")
     model = build_model(cfg, ds).to(cfg["device"])
     state = {k.replace("dense.", "read_query.") if k.startswith("dense.") else k: v for k, v in ckpt["model"].items()}
-    model.load_state_dict(state)  # (read_query was called dense in earlier checkpoints)
+    try:  # (read_query was called dense in earlier checkpoints)
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise data.DataError(f"{path}: its weights do not fit its own config ({str(e).splitlines()[-1].strip()})") from None
     return cfg, ds, model, ckpt["epoch"]
 
 
@@ -361,24 +340,19 @@ def eval_only(path, cfg_overrides, log=print):
 # -----------------------------------------------------------------------------
 # The command
 
-def cli(program, argv):
-    """Run program(argv); a bad option is one line and exit 2, bad data one line and exit 1."""
-    try:
-        return program(argv)
-    except UsageError as e:
-        print(str(e).splitlines()[0], file=sys.stderr)
-        return 2
-    except data.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "memory_impl", "topk")  # what --eval_only can change
 
 
 def train_main(argv):
     args = parse_args(argv)
     if args.eval_only:
-        if not os.path.exists(args.eval_only):
+        if not os.path.isfile(args.eval_only):
             raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
-        eval_only(args.eval_only, {k: getattr(args, k) for k in ("device", "eval_batch_size", "data_path", "memory_impl")})
+        other = sorted({a[2:].split("=")[0] for a in argv if a.startswith("--")} - {"eval_only", *EVAL_OPTIONS})
+        if other:  # every option takes effect or is refused
+            raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
+                             f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
+        eval_only(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
     else:
         kernels.keep_freed_memory()  # process-wide, so here in the program, not in run()
         run(vars(args))

@@ -8,16 +8,21 @@ the best checkpoint) in <out_dir>/trial-NNN/. Selection reads only the valid met
 finished trial is kept (its results.json); the same command again skips it.
 """
 import ast
+import contextlib
 import itertools
 import json
 import math
 import os
 import random
+import socket
 import sys
 
+import data
 import kernels
 import train
-from train import DEFAULTS, Parser, UsageError, parse_args, positive, save_atomic
+from cli import Parser, UsageError, cli, positive
+from data import save_atomic
+from train import DEFAULTS, parse_args
 
 SEARCH_KINDS = ("choice", "uniform", "loguniform", "quniform")
 NOT_TUNABLE = ("dataset", "data_path", "out_dir", "eval_only")
@@ -95,22 +100,46 @@ def _quantize(x, bounds):
     return int(v) if all(float(b).is_integer() for b in bounds) else v  # 64 256 64 -> ints, for int options
 
 
+def space_size(space):
+    """How many distinct settings the space has, or None when a line draws from an interval."""
+    n = 1
+    for _, kind, v in space:
+        if kind in ("uniform", "loguniform"):
+            return None
+        n *= len(v) if kind == "choice" else round(v[1] / v[2]) - round(v[0] / v[2]) + 1  # quniform's steps
+    return n
+
+
+def _setting(space, index):
+    """The index-th setting of a finite space, in grid order (the last line varying fastest)."""
+    s = {}
+    for name, kind, v in reversed(space):
+        n = len(v) if kind == "choice" else round(v[1] / v[2]) - round(v[0] / v[2]) + 1
+        index, k = divmod(index, n)
+        s[name] = v[k] if kind == "choice" else _quantize((round(v[0] / v[2]) + k) * v[2], v)
+    return {name: s[name] for name, _, _ in space}
+
+
 def grid_settings(space, max_evals=None):
-    """Every combination of the `choice` values, in file order, the last line varying fastest."""
+    """(count, settings): every combination of the `choice` values, in file order, the last
+    line varying fastest, made one at a time (a grid of 10^9 is never held in memory)."""
     for name, kind, _ in space:
         if kind != "choice":
             raise UsageError(f"--algo grid: {name} is searched with {kind}; grid search needs choice lines (use --algo random)")
-    combos = [dict(zip([s[0] for s in space], vals)) for vals in itertools.product(*[s[2] for s in space])]
-    return combos[:max_evals] if max_evals else combos
+    n = min(space_size(space), max_evals or space_size(space))
+    return n, (dict(zip([s[0] for s in space], vals)) for vals in itertools.islice(itertools.product(*[s[2] for s in space]), n))
 
 
 def random_settings(space, max_evals, seed):
-    """max_evals distinct settings drawn with a fixed seed (fewer if the space is smaller)."""
+    """max_evals distinct settings drawn with a fixed seed; all of them, in a random order, if
+    the space has fewer. A finite space is drawn without replacement (random.sample of setting
+    numbers: no rejection loop); an interval line makes repeats practically impossible."""
     rng = random.Random(seed)
-    out, keys = [], set()
-    for _ in range(100 * max_evals):
-        if len(out) == max_evals:
-            break
+    size = space_size(space)
+    if size is not None:
+        return [_setting(space, i) for i in rng.sample(range(size), min(max_evals, size))]
+    out = []
+    for _ in range(max_evals):
         s = {}
         for name, kind, v in space:
             if kind == "choice":
@@ -121,17 +150,41 @@ def random_settings(space, max_evals, seed):
                 s[name] = math.exp(rng.uniform(v[0], v[1]))
             else:
                 s[name] = _quantize(rng.uniform(v[0], v[1]), v)
-        key = repr(sorted(s.items()))
-        if key not in keys:
-            keys.add(key)
-            out.append(s)
+        out.append(s)
     return out
 
 
 def best_trial(trials, valid_key):
-    """The trial with the highest best-valid metric (the earlier one on a tie). Reads only
-    trial["valid"]: selection never looks at test metrics."""
-    return max(enumerate(trials), key=lambda it: (it[1]["valid"][valid_key], -it[0]))[1]
+    """The trial with the highest best-valid metric (the earlier one on a tie), None if every
+    trial failed. Reads only trial["valid"]: selection never looks at test metrics."""
+    done = [(i, t) for i, t in enumerate(trials) if "failed" not in t]
+    return max(done, key=lambda it: (it[1]["valid"][valid_key], -it[0]))[1] if done else None
+
+
+@contextlib.contextmanager
+def locked(folder):
+    """Hold folder/.lock for the whole search: a second tune on the same folder is refused at
+    once, naming the holder. A lock whose process is gone (a killed run) is taken over."""
+    path = os.path.join(folder, ".lock")
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            with open(path) as f:
+                pid, _, host = f.read().strip().partition(" ")
+            if host == socket.gethostname() and pid.isdigit() and not data.process_alive(int(pid)):
+                os.remove(path)  # stale: its process is gone
+                continue
+            raise UsageError(f"tune.py: error: --out_dir {folder} is in use by another search (process {pid} on {host}, "
+                             f"{path}); wait for it, or use another --out_dir") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    try:
+        yield
+    finally:
+        os.remove(path)
 
 
 def _params_str(params):
@@ -154,23 +207,36 @@ def tune(argv):
     if base["eval_only"]:
         raise UsageError("tune.py: error: --eval_only: tune trains; re-evaluate a trial with train.py --eval_only")
     space = read_params_file(args.params_file, fixed_argv)
+    size, wanted = space_size(space), args.max_evals or (10 if args.algo == "random" else None)
     if args.algo == "grid":
-        settings = grid_settings(space, args.max_evals)
+        n_trials, settings = grid_settings(space, args.max_evals)
     else:
-        settings = random_settings(space, args.max_evals or 10, base["seed"])
+        settings = random_settings(space, wanted, base["seed"])
+        n_trials = len(settings)
+    if wanted and size is not None and wanted > size:
+        print(f"tune: --max_evals {wanted} is more than the {size} settings the space has; running all {size}")
     stem = os.path.splitext(os.path.basename(args.params_file))[0]
     out_dir = args.out_dir or os.path.join("runs", f"tune-{base['dataset']}-{base['kg']}-{stem}")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"tune.py: error: --out_dir {out_dir}: {e.strerror or e}") from None
+    with locked(out_dir):
+        return search(space, settings, n_trials, fixed_argv, out_dir, base, args)
+
+
+def search(space, settings, n_trials, fixed_argv, out_dir, base, args):
+    """Run the trials one by one (resuming finished ones), then print the table and the best."""
     valid_key = base["valid_metric"].lower()
     head = {"params_file": args.params_file, "algo": args.algo, "seed": base["seed"], "valid_metric": base["valid_metric"],
             "fixed": fixed_argv, "space": [list(s) for s in space]}
-    print(f"tune: {len(settings)} trials ({args.algo}) over {', '.join(s[0] for s in space)}; selecting on valid "
+    print(f"tune: {n_trials} trials ({args.algo}) over {', '.join(s[0] for s in space)}; selecting on valid "
           f"{base['valid_metric']}; results in {out_dir}/tune.json")
     trials = []
     try:
         for i, params in enumerate(settings):
             cfg = vars(parse_args(fixed_argv + [a for k, v in params.items() for a in ("--" + k, _cli_value(v))]))
-            cfg["out_dir"] = os.path.join(out_dir, f"trial-{i:03d}")
+            cfg["out_dir"], cfg["overwrite"] = os.path.join(out_dir, f"trial-{i:03d}"), True  # ours: the lock says so
             res_path = os.path.join(cfg["out_dir"], "results.json")
             res, resumed = None, False
             if os.path.exists(res_path):  # finished in an earlier invocation: keep it
@@ -181,44 +247,57 @@ def tune(argv):
                                      f"use a new --out_dir for a different search")
                 resumed = True
             else:
-                print(f"trial {i + 1}/{len(settings)}: {_params_str(params)} ...", flush=True)
+                print(f"trial {i + 1}/{n_trials}: {_params_str(params)} ...", flush=True)
                 os.makedirs(cfg["out_dir"], exist_ok=True)
                 with open(os.path.join(cfg["out_dir"], "train.log"), "w") as logf:
-                    res = train.run(cfg, log=lambda m: print(m, file=logf, flush=True))
-            trials.append({"trial": i, "params": params, "valid": res["best_valid"], "test": res["test"],
-                           "best_epoch": res["best_epoch"], "epochs": len(res["valid"]),
-                           "seconds": res["total_seconds"], "run_dir": cfg["out_dir"]})
+                    try:
+                        res = train.run(cfg, log=lambda m: print(m, file=logf, flush=True))
+                    except train.NonFiniteError as e:  # a diverged trial: recorded as failed, never selected
+                        res = {"config": cfg, "failed": str(e)}
+                        save_atomic(res, res_path)
+            done = f"trial {i + 1}/{n_trials}{' (finished earlier)' if resumed else ''}: {_params_str(params)}  "
+            if "failed" in res:
+                trials.append({"trial": i, "params": params, "failed": res["failed"], "run_dir": cfg["out_dir"]})
+                print(done + f"FAILED: {res['failed']}", flush=True)
+            else:
+                trials.append({"trial": i, "params": params, "valid": res["best_valid"], "test": res["test"],
+                               "best_epoch": res["best_epoch"], "epochs": len(res["valid"]),
+                               "seconds": res["total_seconds"], "run_dir": cfg["out_dir"]})
+                print(done + f"valid {valid_key} {res['best_valid'][valid_key]:.4f}  test ndcg@10 "
+                      f"{res['test'].get('ndcg@10', float('nan')):.4f}  epochs {len(res['valid'])} (best {res['best_epoch']})  "
+                      f"{res['total_seconds']:.0f}s", flush=True)
             save_atomic(dict(head, trials=trials, best=best_trial(trials, valid_key)), os.path.join(out_dir, "tune.json"))
-            print(f"trial {i + 1}/{len(settings)}{' (finished earlier)' if resumed else ''}: {_params_str(params)}  "
-                  f"valid {valid_key} {res['best_valid'][valid_key]:.4f}  test ndcg@10 {res['test'].get('ndcg@10', float('nan')):.4f}  "
-                  f"epochs {len(res['valid'])} (best {res['best_epoch']})  {res['total_seconds']:.0f}s", flush=True)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(trials)} finished trials are kept in {out_dir}/tune.json; "
               f"run the same command again to continue", file=sys.stderr)
         return 130
     print(tune_table(trials, valid_key))
     best = best_trial(trials, valid_key)
+    if best is None:
+        print(f"every trial failed; nothing to select (see {out_dir}/tune.json)", file=sys.stderr)
+        return 1
     print(f"best (on valid {base['valid_metric']}): trial {best['trial'] + 1} ({best['run_dir']}): {_params_str(best['params'])}  "
           f"valid {best['valid'][valid_key]:.4f}  test ndcg@10 {best['test'].get('ndcg@10', float('nan')):.4f}")
     return 0
 
 
 def tune_table(trials, valid_key):
-    """All trials, best valid metric first."""
+    """All trials, best valid metric first, failed ones last."""
     names = list(trials[0]["params"]) if trials else []
     cols = ["trial"] + names + [f"valid {valid_key}", "test ndcg@10", "test hit@10", "epochs", "seconds"]
     rows = []
-    for t in sorted(trials, key=lambda t: -t["valid"][valid_key]):
+    for t in sorted(trials, key=lambda t: -t["valid"][valid_key] if "failed" not in t else float("inf")):
         rows.append([str(t["trial"] + 1)] + [f"{t['params'][n]:.4g}" if isinstance(t["params"][n], float) else str(t["params"][n]) for n in names]
-                    + [f"{t['valid'][valid_key]:.4f}", f"{t['test'].get('ndcg@10', float('nan')):.4f}",
-                       f"{t['test'].get('hit@10', float('nan')):.4f}", str(t["epochs"]), f"{t['seconds']:.0f}"])
+                    + (["failed", "", "", "", ""] if "failed" in t else
+                       [f"{t['valid'][valid_key]:.4f}", f"{t['test'].get('ndcg@10', float('nan')):.4f}",
+                        f"{t['test'].get('hit@10', float('nan')):.4f}", str(t["epochs"]), f"{t['seconds']:.0f}"]))
     w = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(cols)]
     return "\n".join("  ".join(x.rjust(w[j]) for j, x in enumerate(r)) for r in [cols] + rows)
 
 
 def main(argv=None):
     kernels.keep_freed_memory()
-    return train.cli(tune, sys.argv[1:] if argv is None else list(argv))
+    return cli(tune, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ with the same signature; KSR runs it with memory_impl="fused":
 for each valid step t and relation a,
     E_a = e_t + r_a,   z_a = sigmoid(<V_a, E_a>),   V_a <- V_a + z_a (E_a - V_a)     (write)
     w = softmax(gamma * <q, r_a>) over a,   m = sum_a w_a V_a                           (read)
-with V starting at zero. One program per batch row keeps the whole memory V (R x K) on
+with V starting at zero; q is the read query (s_t in ksr.py and the README: here `s_` is
+the prefix of strides). One program per batch row keeps the whole memory V (R x K) on
 chip for all L steps; no (B, L, R, K) tensor is ever made unless item_kg needs a gradient.
 
 Order of this file: the read helpers, forward kernel, backward kernels (math above them),
@@ -98,14 +99,14 @@ if triton is not None:
         if STORE_FINAL:
             tl.store(p_final + i_b * R * K + o_rk, b_V, mask=m_rk)
 
-    # Backward. With V_t the memory after step t (V_{-1} = 0), s_a = <V_{t-1,a}, E_a>:
+    # Backward. With V_t the memory after step t (V_{-1} = 0), g_a = <V_{t-1,a}, E_a>:
     #   read  m_t = sum_a w_a V_{t,a}, w = softmax(gamma q r^T):
     #         dw_a = <dm, V_{t,a}>,  dlogit_a = w_a (dw_a - sum_b w_b dw_b),
     #         dq = gamma sum_a dlogit_a r_a,  dV_{t,a} += w_a dm
-    #   write V_t = V_{t-1} + z (E - V_{t-1}), z = sigmoid(s):
-    #         ds_a = <dV_{t,a}, E_a - V_{t-1,a}> z_a (1 - z_a)
-    #         dV_{t-1,a} = (1 - z_a) dV_{t,a} + ds_a E_a
-    #         de_t = sum_a (z_a dV_{t,a} + ds_a V_{t-1,a})        (E_a = e_t + r_a)
+    #   write V_t = V_{t-1} + z (E - V_{t-1}), z = sigmoid(g):
+    #         dg_a = <dV_{t,a}, E_a - V_{t-1,a}> z_a (1 - z_a)
+    #         dV_{t-1,a} = (1 - z_a) dV_{t,a} + dg_a E_a
+    #         de_t = sum_a (z_a dV_{t,a} + dg_a V_{t-1,a})        (E_a = e_t + r_a)
     # Only the read depends on q, so when item_kg needs no gradient (frozen KG) dq needs
     # V_t alone: the final V (stored by the forward) for a (B, K) query, a recomputing
     # forward sweep for a (B, L, K) query. When item_kg needs a gradient we walk time in
@@ -180,9 +181,9 @@ if triton is not None:
             o_x = i_b * s_xb + t * s_xt + o_k * s_xk
             b_E = tl.where(m_rk, tl.load(p_x + o_x, mask=m_k, other=0.0)[None, :] + b_rel, 0.0)
             b_z = tl.sigmoid(tl.sum(b_Vp * b_E, axis=1))
-            b_ds = tl.sum(b_dV * (b_E - b_Vp), axis=1) * b_z * (1 - b_z)
-            tl.store(p_dx + o_x, tl.sum(b_z[:, None] * b_dV + b_ds[:, None] * b_Vp, axis=0), mask=m_k)
-            b_dV = (1 - b_z)[:, None] * b_dV + b_ds[:, None] * b_E
+            b_dg = tl.sum(b_dV * (b_E - b_Vp), axis=1) * b_z * (1 - b_z)
+            tl.store(p_dx + o_x, tl.sum(b_z[:, None] * b_dV + b_dg[:, None] * b_Vp, axis=0), mask=m_k)
+            b_dV = (1 - b_z)[:, None] * b_dV + b_dg[:, None] * b_E
 
 
 def _blocks(R, K):
