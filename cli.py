@@ -53,8 +53,8 @@ def topk_list(v):
 
 
 def cli(program, argv):
-    """Run program(argv) as a command: a bad option is one line and exit 2; bad data or a failed
-    run one line and exit 1; Ctrl-C one line and exit 130. Files are written whole or not at
+    """Run program(argv) as a command: a bad option is one line and exit 2; bad data, a failed
+    run or running out of memory one line and exit 1; Ctrl-C one line and exit 130. Files are written whole or not at
     all (data.replaced_atomically), so an interrupted run leaves nothing half-written."""
     try:
         return program(argv)
@@ -63,6 +63,12 @@ def cli(program, argv):
         return 2
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
+        if isinstance(e, RuntimeError) and "allocate" not in str(e) and "out of memory" not in str(e):
+            raise  # any other RuntimeError is a bug: keep its traceback
+        print(f"error: out of memory ({str(e).splitlines()[0][:120] or 'MemoryError'}); smaller sizes or batches need less",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: every file written so far is complete; nothing is half-written", file=sys.stderr)

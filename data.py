@@ -16,6 +16,7 @@ everything and prints the statistics (options and defaults: train.py's).
 """
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -157,13 +158,15 @@ def replaced_atomically(path):
 
 def save_atomic(obj, path):
     """results.json (a dict) or a checkpoint (torch.save), written with replaced_atomically."""
-    with replaced_atomically(path) as tmp:
-        if path.endswith(".json"):
-            with open(tmp, "w") as f:
-                json.dump(obj, f, indent=1)
-        else:
-            import torch  # only checkpoints need it
-            torch.save(obj, tmp)
+    if path.endswith(".json"):
+        payload = json.dumps(obj, indent=1).encode()
+    else:
+        import torch  # only checkpoints need it
+        buf = io.BytesIO()
+        torch.save(obj, buf)  # in memory first: torch's own writer turns a full disk into an opaque RuntimeError
+        payload = buf.getbuffer()
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
+        f.write(payload)
 
 
 def prepare_run_folder(folder, run_files, overwrite):
@@ -202,7 +205,10 @@ def fetch_ml100k(data_path, log=print):
     sha256, extract the five files into a temporary folder and rename it into place.
     """
     target = os.path.join(data_path, "ml-100k")
-    os.makedirs(data_path, exist_ok=True)
+    try:
+        os.makedirs(data_path, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{data_path}: cannot make the data folder ({e.strerror or e})") from None
     manual = (f"put {', '.join(ML100K_FILES)} (from recbole/dataset_example/ml-100k/ in the "
               f"{ML100K_WHEEL} wheel or RecBole's repository) into {target}/ by hand")
     remove_stale(data_path)
@@ -325,11 +331,11 @@ def build_sequences(users, items, times, max_len):
                 name = "test"
             parts[name].append((u, s + max(0, t - max_len), s + t))
     splits = {}
+    L = max(1, min(max_len, int((ends - starts).max()) - 1 if len(starts) else 1))  # padded width: no wider than needed
     for name, rows in parts.items():
         rows = np.array(rows, dtype=np.int64).reshape(-1, 3)
         lo, hi = rows[:, 1], rows[:, 2]
         lengths = hi - lo
-        L = max_len
         idx = lo[:, None] + np.arange(L)[None, :]
         valid = np.arange(L)[None, :] < lengths[:, None]
         seq = np.where(valid, items[np.minimum(idx, len(items) - 1)], 0) if len(items) else np.zeros((0, L), np.int64)
@@ -364,7 +370,7 @@ def sequence_windows(seqs, train, max_len, stride=None):
             tgt[:max(covered - s, 0)] = 0  # covered by an earlier window: context only
             rows.append((u, seq[s:e], tgt))
             covered, s = e, s + stride
-    L = max_len
+    L = max(1, min(max_len, max((len(inp) for _, inp, _ in rows), default=1)))  # padded width: no wider than needed
     N = len(rows)
     item_seq, targets = np.zeros((N, L), np.int64), np.zeros((N, L), np.int64)
     lengths = np.zeros(N, np.int64)

@@ -189,6 +189,10 @@ def explain(argv):
         if os.path.isdir(args.plot) or not os.path.isdir(folder):
             raise UsageError(f"explain.py: error: --plot {args.plot}: " + ("is a folder; give a file name" if os.path.isdir(args.plot)
                              else f"the folder {folder} does not exist"))
+        if os.path.isfile(args.plot):  # replace an earlier plot, never a file the user made
+            with open(args.plot, "rb") as f:
+                if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                    raise UsageError(f"explain.py: error: --plot {args.plot}: exists and is not a PNG; choose another name")
         try:
             tempfile.TemporaryFile(dir=folder).close()
         except OSError as e:

@@ -111,7 +111,7 @@ def rank_of_target(scores, targets):
     higher = (scores > s).sum(1)
     ids = torch.arange(scores.shape[1], device=scores.device)[None, :]
     tied_before = ((scores == s) & (ids < targets[:, None])).sum(1)
-    last = (~scores.isnan()).sum(1) + 1  # NaN targets: behind every scored item (the padding item counts)
+    last = torch.full_like(higher, scores.shape[1] - 1)  # N: the last of the N real items
     return torch.where(s[:, 0].isnan(), last, 1 + higher + tied_before)
 
 

@@ -45,8 +45,11 @@ def read_params_file(path, fixed_argv=()):
     with train.py's own option parser, so a bad one fails here, before any training.
     """
     space, seen = [], {}
-    with open(path) as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: byte {e.start} is not UTF-8") from None
     for no, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -201,7 +204,7 @@ def tune(argv):
     ap.add_argument("--max_evals", type=positive(int), default=None, help="number of trials (random: default 10; grid: all)")
     ap.add_argument("--out_dir", default=None, help="default runs/tune-<dataset>-<kg>-<params file>")
     args, fixed_argv = ap.parse_known_args(argv)
-    if not os.path.exists(args.params_file):
+    if not os.path.isfile(args.params_file):
         raise UsageError(f"tune.py: error: --params_file: {args.params_file}: file not found")
     base = vars(parse_args(fixed_argv))  # fixed settings, checked before the file
     if base["eval_only"]:

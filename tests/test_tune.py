@@ -22,7 +22,8 @@ def test_shipped_hyper_test_parses_with_literal_types():
     assert kinds["learning_rate"] == ("choice", [0.01, 0.005, 0.001, 0.0005, 0.0001])
     assert kinds["num_layers"][1] == [1, 2, 3] and all(type(v) is int for v in kinds["num_layers"][1])
     assert kinds["freeze_kg"][1] == [True, False] and all(type(v) is bool for v in kinds["freeze_kg"][1])
-    assert len(tune.grid_settings(space)) == 5 * 6 * 3 * 1 * 2
+    n, settings = tune.grid_settings(space)
+    assert n == len(list(settings)) == 5 * 6 * 3 * 1 * 2
 
 
 def test_every_kind_and_separator(tmp_path):
@@ -79,11 +80,12 @@ def test_cli_rejects_before_training(tmp_path):
 
 def test_grid_order_and_count(tmp_path):
     space = tune.read_params_file(write(tmp_path, "num_layers choice [1, 2]\nloss_type choice ['CE', 'BPR', 'CE']\n"))
-    grid = tune.grid_settings(space)
-    assert len(grid) == 6
+    n, grid = tune.grid_settings(space)
+    grid = list(grid)
+    assert n == len(grid) == 6
     assert grid[:3] == [{"num_layers": 1, "loss_type": "CE"}, {"num_layers": 1, "loss_type": "BPR"},
                         {"num_layers": 1, "loss_type": "CE"}]  # the last line varies fastest
-    assert tune.grid_settings(space, max_evals=4) == grid[:4]
+    assert list(tune.grid_settings(space, max_evals=4)[1]) == grid[:4]
     with pytest.raises(tune.UsageError, match="grid search needs choice"):
         tune.grid_settings(tune.read_params_file(write(tmp_path, "dropout_prob uniform 0 0.5\n", "u.test")))
 

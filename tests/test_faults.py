@@ -1,0 +1,392 @@
+"""Hostile input and faults: each class of the contract, table-driven where it can be.
+
+1. non-finite values are errors, never metrics;  2. nothing a user made is overwritten;
+3. bounded work for any input;  4. one line and a non-zero exit, never a traceback.
+"""
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import data
+import explain
+import train
+import tune
+from conftest import write_tiny_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset", "tiny", "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8",
+        "--hidden_size", "8", "--epochs", "2", "--train_batch_size", "16"]
+
+
+def one_line_error(capsys, rc, code, *needles):
+    """The command returned `code` and printed exactly one line on stderr holding every needle."""
+    err = capsys.readouterr().err.strip()
+    assert rc == code, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+def command(script, *args, **kw):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+# ------------------------------------------------------------------ 1. non-finite values
+
+@pytest.mark.parametrize("args, needle", [
+    (["--gamma", "nan"], "--gamma"), (["--gamma", "inf"], "--gamma"), (["--gamma", "-inf"], "--gamma"),
+    (["--learning_rate", "inf"], "--learning_rate"), (["--learning_rate", "nan"], "--learning_rate"),
+    (["--dropout_prob", "nan"], "--dropout_prob"), (["--dropout_prob", "1"], "--dropout_prob"),
+    (["--seed", "-1"], "--seed"), (["--seed", str(2 ** 32)], "--seed"), (["--max_steps", "-1"], "--max_steps"),
+    (["--topk", "[10,x]"], "--topk"), (["--embedding_size", "0"], "--embedding_size"),
+])
+def test_bad_option_values(capsys, args, needle):
+    one_line_error(capsys, train.main(args), 2, needle)
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("learning_rate choice [1e400]", "learning_rate = inf"),
+    ("learning_rate uniform 0.001 inf", "must be"),
+    ("gamma choice [float('nan')]", "not a Python list literal"),
+    ("seed choice [-1]", "seed = -1"),
+    ("max_steps choice [-1]", "max_steps = -1"),
+])
+def test_tune_file_uses_the_same_checks(tmp_path, line, needle):
+    path = tmp_path / "hyper.test"
+    path.write_text(line + "\n")
+    with pytest.raises(train.UsageError, match="line 1") as e:
+        tune.read_params_file(str(path))
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("where, edit, needle", [
+    ("tiny.ent_feature", lambda lines: lines[:2] + [lines[2].split("\t")[0] + "\tnan " + " ".join(["0.1"] * 7)] + lines[3:],
+     "line 3: column 'ent_vec'"),
+    ("tiny.rel_feature", lambda lines: lines[:1] + [lines[1].split("\t")[0] + "\t" + " ".join(["inf"] * 8)] + lines[2:],
+     "line 2: column 'rel_vec'"),
+    ("tiny.inter", lambda lines: lines[:4] + ["\t".join(lines[4].split("\t")[:3] + ["nan"])] + lines[5:],
+     "line 5: column 'timestamp'"),
+    ("tiny.kg", lambda lines: ["head_id:token\trelation_id:token\thead_id:token"] + lines[1:], "appears twice"),
+    ("tiny.inter", lambda lines: ["user_id:token\titem_id:token\titem_id:float\ttimestamp:float"] + lines[1:], "appears twice"),
+])
+def test_bad_values_in_files_name_file_and_line(tiny_dataset, capsys, where, edit, needle):
+    assert train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", os.path.join(tiny_dataset, "r0")]) == 0
+    capsys.readouterr()
+    path = os.path.join(tiny_dataset, "tiny", where)
+    with open(path) as f:
+        lines = f.read().splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join(edit(lines)) + "\n")
+    rc = train.main(TINY + ["--data_path", tiny_dataset, "--out_dir", os.path.join(tiny_dataset, "r1")])
+    one_line_error(capsys, rc, 1, where, needle)
+
+
+def test_nan_never_ranks_first():
+    scores = torch.tensor([[float("-inf"), 0.5, float("nan"), 0.1], [float("-inf"), float("nan"), float("nan"), 0.2]])
+    ranks = train.rank_of_target(scores, torch.tensor([2, 1]))
+    assert ranks.tolist() == [3, 3]  # the last of the 3 real items, never rank 1
+    assert train.rank_of_target(scores, torch.tensor([1, 3])).tolist() == [1, 1]  # NaN items do not rank above
+
+
+def test_nan_scores_stop_evaluation(tiny_dataset):
+    cfg = dict(train.DEFAULTS, dataset="tiny", data_path=tiny_dataset, kg="freebase", kg_embedding_size=8)
+    ds = train.load_data(cfg, log=lambda m: None)
+    model = train.build_model(cfg, ds)
+    with torch.no_grad():
+        model.item_embedding.weight[3, 0] = float("nan")
+    with pytest.raises(train.NonFiniteError, match="NaN or inf"):
+        train.evaluate(model, ds.valid, cfg, "cpu")
+
+
+def test_diverging_run_stops_with_epoch_and_batch(tiny_dataset, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    rc = train.main(TINY + ["--data_path", tiny_dataset, "--learning_rate", "1e30", "--train_mode", "prefix", "--out_dir", out])
+    one_line_error(capsys, rc, 1, "epoch 0, batch 2/", "the training loss is", "training stopped; no checkpoint")
+    assert not os.path.exists(os.path.join(out, "results.json"))
+
+
+def test_nan_after_a_good_epoch_keeps_the_best_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    real, calls = train.train_epoch, []
+
+    def nan_in_second_epoch(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise train.NonFiniteError("batch 1/3: the training loss is nan")
+        return real(*a, **kw)
+    monkeypatch.setattr(train, "train_epoch", nan_in_second_epoch)
+    out = str(tmp_path / "run")
+    cfg = vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--out_dir", out]))
+    with pytest.raises(train.NonFiniteError, match=r"epoch 1, batch 1/3.*best checkpoint so far \(epoch 0\) is kept"):
+        train.run(cfg, log=lambda m: None)
+    assert os.path.exists(os.path.join(out, "model.pt")) and not os.path.exists(os.path.join(out, "results.json"))
+    assert train.main(["--eval_only", os.path.join(out, "model.pt"), "--data_path", tiny_dataset]) == 0
+
+
+def test_tune_never_selects_a_diverged_trial(tiny_dataset, tmp_path, capsys):
+    params = tmp_path / "lr.test"
+    params.write_text("learning_rate choice [0.001, 1e30]\n")
+    out = str(tmp_path / "tune")
+    argv = ["--params_file", str(params), "--out_dir", out, "--data_path", tiny_dataset] + TINY
+    assert tune.main(argv) == 0
+    with open(os.path.join(out, "tune.json")) as f:
+        result = json.load(f)
+    assert "epoch 0" in result["trials"][1]["failed"] and "valid" not in result["trials"][1]
+    assert result["best"]["trial"] == 0
+    assert "FAILED" in capsys.readouterr().out
+    assert tune.main(argv) == 0  # resumed: the failed trial is not run again
+    assert capsys.readouterr().out.count("(finished earlier)") == 2
+
+
+# ------------------------------------------------------------------ 2. nothing a user made is overwritten
+
+def test_out_dir_with_a_run_is_refused_unless_overwrite(tiny_dataset, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    argv = TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", out]
+    assert train.main(argv) == 0
+    before = {f: os.path.getmtime(os.path.join(out, f)) for f in ("model.pt", "results.json")}
+    capsys.readouterr()
+    one_line_error(capsys, train.main(argv), 1, out, "holds a run", "--overwrite")
+    assert before == {f: os.path.getmtime(os.path.join(out, f)) for f in before}
+    assert train.main(argv + ["--overwrite"]) == 0
+
+
+def test_overwrite_removes_the_old_results_first(tiny_dataset, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", out])), log=lambda m: None)
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "evaluate", killed)  # killed during the first epoch of the new run
+    with pytest.raises(KeyboardInterrupt):
+        train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--overwrite", "--out_dir", out])), log=lambda m: None)
+    assert not os.path.exists(os.path.join(out, "results.json"))  # never an old results.json beside a new model.pt
+
+
+def test_users_feature_file_is_never_replaced(tmp_path, capsys):
+    root = str(tmp_path)
+    folder = write_tiny_dataset(root)
+    mine = "ent_id:token\tent_vec:float_seq\n" + "".join(f"e{i}\t" + " ".join(["0.5"] * 8) + "\n" for i in range(1, 16))
+    with open(os.path.join(folder, "tiny.ent_feature"), "w") as f:
+        f.write(mine)
+    rc = train.main(TINY + ["--data_path", root, "--out_dir", str(tmp_path / "r")])
+    one_line_error(capsys, rc, 1, "tiny.rel_feature: not found", "was not written by this project")
+    with open(os.path.join(folder, "tiny.ent_feature")) as f:
+        assert f.read() == mine
+    assert not os.path.exists(os.path.join(folder, "tiny.rel_feature"))
+
+
+def test_generated_feature_files_are_regenerated(tiny_dataset):
+    load = lambda: data.load_dataset("tiny", tiny_dataset, "freebase", False, 8, 50, log=lambda m: None)
+    first = load()
+    os.remove(os.path.join(tiny_dataset, "tiny", "tiny.rel_feature"))  # ours (the .json says so): made again
+    assert (load().item_kg == first.item_kg).all()
+
+
+def test_kg_embedding_size_must_match_the_vectors(tiny_dataset, tmp_path, capsys):
+    assert train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    rc = train.main(TINY + ["--data_path", tiny_dataset, "--kg_embedding_size", "4", "--out_dir", str(tmp_path / "b")])
+    one_line_error(capsys, rc, 1, "have 8 dimensions", "--kg_embedding_size is 4")
+
+
+def test_eval_only_takes_topk_and_refuses_what_it_cannot_change(tiny_dataset, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", out]) == 0
+    ckpt = os.path.join(out, "model.pt")
+    capsys.readouterr()
+    assert train.main(["--eval_only", ckpt, "--data_path", tiny_dataset, "--topk", "3,5"]) == 0
+    assert "@3" in capsys.readouterr().out
+    for bad in (["--dataset", "ml-100k"], ["--kg", "attributes"], ["--epochs", "5"], ["--gamma=2"]):
+        rc = train.main(["--eval_only", ckpt, "--data_path", tiny_dataset] + bad)
+        one_line_error(capsys, rc, 2, bad[0].split("=")[0], "its own settings")
+
+
+def test_a_second_tune_on_the_same_folder_is_refused_at_once(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "tune"
+    out.mkdir()
+    params = tmp_path / "p.test"
+    params.write_text("num_layers choice [1, 2]\n")
+    argv = ["--params_file", str(params), "--out_dir", str(out), "--data_path", tiny_dataset] + TINY
+    (out / ".lock").write_text(f"{os.getpid()} {os.uname().nodename}")  # a live search holds it
+    one_line_error(capsys, tune.main(argv), 2, "in use by another search", f"process {os.getpid()}")
+    assert not (out / "trial-000").exists()
+    (out / ".lock").write_text(f"{dead_pid()} {os.uname().nodename}")  # a killed search: stale
+    assert tune.main(argv) == 0
+    assert not (out / ".lock").exists()
+
+
+# ------------------------------------------------------------------ 3. bounded work
+
+def test_random_search_larger_than_the_space_is_bounded(tmp_path, capsys):
+    path = tmp_path / "two.test"
+    path.write_text("loss_type choice ['CE', 'BPR']\n")
+    space = tune.read_params_file(str(path))
+    drawn = tune.random_settings(space, 10_000_000, seed=0)
+    assert sorted(s["loss_type"] for s in drawn) == ["BPR", "CE"]
+    q = tmp_path / "q.test"
+    q.write_text("hidden_size quniform 64 256 64\nnum_layers choice [1, 2]\n")
+    drawn = tune.random_settings(tune.read_params_file(str(q)), 100, seed=0)
+    assert len(drawn) == 8 and len({tuple(s.values()) for s in drawn}) == 8  # 4 x 2, each once
+    assert tune.main(["--params_file", str(path), "--algo", "random", "--max_evals", "10000000",
+                      "--dataset", "nowhere", "--kg", "freebase", "--out_dir", str(tmp_path / "t")]) == 1
+    assert "more than the 2 settings" in capsys.readouterr().out
+
+
+def test_a_huge_grid_is_never_materialised(tmp_path):
+    path = tmp_path / "big.test"
+    path.write_text("".join(f"{name} choice [{', '.join(str(v) for v in range(1, 9))}]\n"
+                            for name in ("embedding_size", "hidden_size", "num_layers", "kg_embedding_size",
+                                         "epochs", "stopping_step", "eval_batch_size", "train_batch_size", "seed", "max_steps")))
+    space = tune.read_params_file(str(path))
+    assert tune.space_size(space) == 8 ** 10
+    n, settings = tune.grid_settings(space, max_evals=2)
+    assert n == 2 and [s["max_steps"] for s in settings] == [1, 2]
+
+
+# ------------------------------------------------------------------ 4. one line, not a traceback
+
+def test_atomic_file_errors(tmp_path):
+    path = tmp_path / "x.inter"
+    raw = b"user_id:token\titem_id:token\nu1\t1\nu2\t\xe9t\xe9\n"
+    path.write_bytes(raw)
+    with pytest.raises(data.DataError, match=rf"x.inter: line 3: byte {raw.index(0xe9)} \(0xe9\) is not UTF-8"):
+        data.read_atomic(str(path))
+
+
+def test_no_user_with_a_valid_sample(tmp_path, capsys):
+    folder = write_tiny_dataset(str(tmp_path), n_inter=(3, 3))
+    rc = train.main(TINY + ["--data_path", str(tmp_path), "--out_dir", str(tmp_path / "r")])
+    one_line_error(capsys, rc, 1, "tiny.inter", "4 interactions a valid sample needs")
+    assert os.path.isdir(folder)
+
+
+def test_out_dir_problems_are_found_before_the_data(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
+        rc = train.main(TINY + ["--data_path", str(tmp_path / "no_data"), "--out_dir", str(out)])
+        one_line_error(capsys, rc, 1, str(out), "cannot write the run there")
+
+
+def test_explain_plot_target_is_checked_first(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_text("never read: the --plot check comes first")
+    for plot, needle in [(tmp_path / "missing" / "x.png", "does not exist"), (tmp_path, "is a folder")]:
+        rc = explain.main(["--run", str(run), "--summary", "--plot", str(plot)])
+        one_line_error(capsys, rc, 2, "--plot", needle)
+
+
+def test_every_truncation_of_a_checkpoint_is_one_line(tiny_dataset, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", out]) == 0
+    with open(os.path.join(out, "model.pt"), "rb") as f:
+        whole = f.read()
+    bad = str(tmp_path / "bad.pt")
+    cuts = sorted(set(range(0, 200)) | set(range(200, len(whole), max(1, len(whole) // 300))))
+    for cut in cuts:
+        with open(bad, "wb") as f:
+            f.write(whole[:cut])
+        with pytest.raises(data.DataError, match="not a checkpoint written by train.py"):
+            train.load_checkpoint(bad, {"data_path": str(tmp_path / "never_read")}, log=lambda m: None)
+    for foreign in ({"model": {}}, [1, 2], {"config": {}, "fingerprint": "x", "epoch": 0}):
+        torch.save(foreign, bad)
+        capsys.readouterr()
+        rc = train.main(["--eval_only", bad, "--data_path", str(tmp_path / "never_read")])
+        one_line_error(capsys, rc, 1, "bad.pt: not a checkpoint")
+
+
+def test_more_one_line_cases(tiny_dataset, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    rc = train.main(["--data_path", str(tmp_path / "a_file"), "--out_dir", str(tmp_path / "r")])  # ml-100k would be fetched there
+    one_line_error(capsys, rc, 1, "a_file: cannot make the data folder")
+    rc = tune.main(["--params_file", str(tmp_path)])  # a folder
+    one_line_error(capsys, rc, 2, "--params_file", "file not found")
+    (tmp_path / "latin1.test").write_bytes(b"learning_rate choice [0.01] # caf\xe9\n")
+    rc = tune.main(["--params_file", str(tmp_path / "latin1.test")])
+    one_line_error(capsys, rc, 2, "latin1.test: byte 33 is not UTF-8")
+    rc = train.main(TINY + ["--data_path", tiny_dataset, "--embedding_size", str(10 ** 12), "--out_dir", str(tmp_path / "big")])
+    one_line_error(capsys, rc, 1, "out of memory")
+
+
+def test_a_huge_max_item_list_length_costs_nothing(tiny_dataset, tmp_path):
+    """The padded width is the longest input there is, not the option: 10^9 allocates nothing more."""
+    cfg = vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--MAX_ITEM_LIST_LENGTH", str(10 ** 9), "--epochs", "1",
+                                        "--out_dir", str(tmp_path / "r")]))
+    assert train.run(cfg, log=lambda m: None)["test"]["hit@10"] >= 0
+
+
+def test_explain_plot_never_replaces_a_users_file(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    rc = explain.main(["--run", str(run), "--summary", "--plot", str(tmp_path / "notes.txt")])
+    one_line_error(capsys, rc, 2, "exists and is not a PNG")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_a_file_size_limit_names_the_file_and_leaves_nothing_half_written(tiny_dataset, tmp_path):
+    # the KG vectors (a cache) of a bigger KG: the entity file is over the limit
+    write_tiny_dataset(str(tmp_path), name="big", n_items=3000)
+    res = command("data.py", "--dataset", "big", "--kg", "freebase", "--data_path", str(tmp_path), preexec_fn=_limit_file_size)
+    assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "big.ent_feature: cannot write it: File too large" in res.stderr, res.stderr
+    assert not [f for f in os.listdir(tmp_path / "big") if f.startswith("tmp-") or f == "big.ent_feature"]
+    # a checkpoint
+    assert train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", str(tmp_path / "warm")]) == 0
+    out = tmp_path / "run"
+    res = command("train.py", *TINY, "--data_path", tiny_dataset, "--out_dir", str(out), preexec_fn=_limit_file_size)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "model.pt: cannot write it: File too large" in res.stderr, res.stderr
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("script", ["train.py", "data.py"])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, script):
+    write_tiny_dataset(str(tmp_path), n_users=60, n_items=3000)  # TransE long enough to be interrupted
+    args = ["--dataset", "tiny", "--kg", "freebase", "--data_path", str(tmp_path)]
+    if script == "train.py":
+        args += ["--epochs", "300", "--out_dir", str(tmp_path / "run")]
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, script), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # interrupt while TransE (data.py) or training (train.py) runs
+        if "TransE epoch 1/" in line or "epoch   1" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().startswith("interrupted") and err.strip().count("\n") == 0, err
+    assert not [f for f in os.listdir(os.path.join(tmp_path, "tiny")) if f.startswith("tmp-")]
+
+
+def test_stale_temporary_files_are_removed_by_the_next_writer(tmp_path):
+    pid = dead_pid()
+    stale = [tmp_path / f"tmp-{pid}-abcd1234-results.json", tmp_path / f".fetch-{pid}-abcd_123"]
+    stale[0].write_text("{")
+    stale[1].mkdir()
+    live = tmp_path / f"tmp-{os.getpid()}-abcd1234-model.pt"  # a run still writing: left alone
+    live.write_text("")
+    mine = tmp_path / "tmp-notes.txt"  # not ours
+    mine.write_text("")
+    data.save_atomic({"a": 1}, str(tmp_path / "results.json"))
+    assert not any(p.exists() for p in stale) and live.exists() and mine.exists()
