@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import data
+import distributed
 import kernels
 import ksr
 import train
@@ -56,7 +57,8 @@ def main():
     V_cache = train.memory_cache(model, split, False, "cpu", log=lambda m: None)
     cache_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(0)
-    epoch_s = timeit(lambda: train.train_epoch(model, opt, split, cfg, "cpu", gen, lambda *a: None, V_cache), args.time_epochs)
+    step = distributed.TrainStep(model)  # one process: the model's own loss
+    epoch_s = timeit(lambda: train.train_epoch(model, step, opt, split, cfg, "cpu", gen, lambda *a: None, V_cache), args.time_epochs)
 
     # ---- a --train_mode sequence epoch (windows, its own batch size), for comparison
     seq_cfg = vars(train.parse_args(train_argv + ["--train_mode", "sequence"]))
@@ -66,7 +68,8 @@ def main():
     t0 = time.perf_counter()
     seq_cache = train.memory_cache(seq_model, windows, True, "cpu", log=lambda m: None)
     seq_cache_s = time.perf_counter() - t0
-    seq_epoch_s = timeit(lambda: train.train_epoch(seq_model, seq_opt, windows, seq_cfg, "cpu", gen, lambda *a: None, seq_cache),
+    seq_step = distributed.TrainStep(seq_model)
+    seq_epoch_s = timeit(lambda: train.train_epoch(seq_model, seq_step, seq_opt, windows, seq_cfg, "cpu", gen, lambda *a: None, seq_cache),
                          args.time_epochs)
     del seq_cache, seq_model
 

@@ -65,6 +65,9 @@ def cli(program, argv):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
+        if type(e).__name__ == "DistBackendError":  # under torchrun: another process died or stopped answering
+            print(f"error: the job lost a process ({str(e).splitlines()[0][:160]})", file=sys.stderr)
+            return 1
         if isinstance(e, RuntimeError) and "allocate" not in str(e) and "out of memory" not in str(e):
             raise  # any other RuntimeError is a bug: keep its traceback
         print(f"error: out of memory ({str(e).splitlines()[0][:120] or 'MemoryError'}); smaller sizes or batches need less",

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import data
+import distributed
 import kernels
 from cli import Parser, UsageError, cli, positive
 from train import batches, load_checkpoint, rank_of_target
@@ -173,6 +174,8 @@ def _save_figure(fig, path):
 
 def explain(argv):
     """explain.py --run RUN_DIR (--user TOKEN [--topk K] | --summary) [--plot FILE.png]"""
+    if distributed.launched():
+        raise UsageError("explain.py: error: explain runs in one process; start it with python, not torchrun")
     ap = Parser(prog="explain.py", description="Explain a trained run's recommendations with its knowledge memory.")
     ap.add_argument("--run", required=True, help="a training run's folder (its --out_dir)")
     who = ap.add_mutually_exclusive_group(required=True)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import data
+import distributed
 import kernels
 from cli import Parser, UsageError, UserError, cli, number, positive, str2bool, topk_list
 from ksr import KSR, sample_negatives
@@ -148,15 +149,21 @@ class NonFiniteError(UserError):
 
 @torch.no_grad()
 def evaluate(model, split, cfg, device):
+    """Full-ranking metrics of `split`. With N processes each ranks whole batches, round-robin,
+    as one process would, and the integer ranks are gathered: the same metrics, exactly."""
     model.eval()
-    ranks = []
-    for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device):
-        scores = model.full_scores(model(seq, lengths))
-        if not torch.isfinite(scores[:, 1:]).all():  # never rank a NaN, never report it as a metric
-            raise NonFiniteError(f"{int((~torch.isfinite(scores[:, 1:])).sum())} item scores of the users {i}.."
-                                 f"{i + len(seq) - 1} are NaN or inf")
-        ranks.append(rank_of_target(scores, targets))
-    return metrics_from_ranks(torch.cat(ranks).cpu(), cfg["topk"])
+    mine = {}
+    for k, (i, seq, lengths, targets) in enumerate(batches(split, cfg["eval_batch_size"], device)):
+        if k % distributed.world_size() == distributed.rank():
+            scores = model.full_scores(model(seq, lengths))
+            bad = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
+            mine[k] = f"{bad} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if bad else \
+                rank_of_target(scores, targets).cpu()
+    ranks = distributed.gather(mine)
+    errors = [r for r in ranks.values() if isinstance(r, str)]
+    if errors:
+        raise NonFiniteError(errors[0])
+    return metrics_from_ranks(torch.cat([ranks[k] for k in sorted(ranks)]), cfg["topk"])
 
 
 # -----------------------------------------------------------------------------
@@ -184,7 +191,7 @@ def memory_cache(model, split, all_steps, device, log):
         return None
     R, K = model.relations.shape
     shape = (len(split),) + ((split.item_seq.shape[1],) if all_steps else ()) + (R, K)
-    size = math.prod(shape) * 4
+    size = math.prod(shape) * 4 * distributed.local_world_size()  # every process on this machine holds one
     if size > MEMORY_CACHE_BYTES:
         log(f"memory cache: {size / 2 ** 30:.1f} GiB is over the {MEMORY_CACHE_BYTES / 2 ** 30:.0f} GiB budget; writing the memory every batch")
         return None
@@ -196,29 +203,35 @@ def memory_cache(model, split, all_steps, device, log):
     return V
 
 
-def train_epoch(model, opt, split, cfg, device, gen, progress, V_cache=None):
-    """One pass over `split` in a random order; returns the mean loss per target."""
+def train_epoch(model, step, opt, split, cfg, device, gen, progress, V_cache=None):
+    """One pass over `split` in a random order; returns the mean loss per target. `step` is
+    distributed.wrap(model): with N processes each computes its contiguous slice of every
+    batch, and the gradients add up to the step one process takes."""
     model.train()
     all_steps = cfg["train_mode"] == "sequence"  # windows: a target after every step
-    order = torch.randperm(len(split), generator=gen)
+    rank, world = distributed.rank(), distributed.world_size()
+    order = torch.randperm(len(split), generator=gen)  # the same on every rank: same seed, same draws
     n_batches = math.ceil(len(split) / cfg["train_batch_size"])
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
     total, count = 0.0, 0
     for b in range(n_batches):
-        idx = order[b * cfg["train_batch_size"]:(b + 1) * cfg["train_batch_size"]].numpy()
-        seq, lengths, targets = (torch.as_tensor(a[idx], device=device) for a in (split.item_seq, split.lengths, split.targets))
-        # targets (B,), or (B, L) in sequence mode with 0 = no target
-        negatives = sample_negatives(targets.cpu(), model.n_items, gen).to(device) if cfg["loss_type"] == "BPR" else None
-        V = V_cache[torch.as_tensor(idx, device=device)] if V_cache is not None else None
-        loss = model.loss(model(seq, lengths, all_steps, V), targets, negatives)
-        if not math.isfinite(loss.item()):  # stop before the step: the weights stay finite
-            raise NonFiniteError(f"batch {b + 1}/{n_batches}: the training loss is {loss.item()}")
+        batch = order[b * cfg["train_batch_size"]:(b + 1) * cfg["train_batch_size"]].numpy()
+        targets = torch.as_tensor(split.targets[batch])  # (B,), or (B, L) in sequence mode with 0 = no target
+        negatives = sample_negatives(targets, model.n_items, gen) if cfg["loss_type"] == "BPR" else None  # whole batch
+        part = np.array_split(np.arange(len(batch)), world)[rank]  # this process's rows (one process: all)
+        seq, lengths = (torch.as_tensor(a[batch[part]], device=device) for a in (split.item_seq, split.lengths))
+        V = V_cache[torch.as_tensor(batch[part], device=device)] if V_cache is not None else None
+        mine, n_total = targets[part].to(device), int((targets > 0).sum())
+        loss = step(seq, lengths, mine, negatives[part].to(device) if negatives is not None else None, V, all_steps)
+        n_mine = int((mine > 0).sum())
+        loss_sum = distributed.all_sum([loss.item() * n_mine], device)[0]  # the batch's, on every rank
+        if not math.isfinite(loss_sum):  # stop before the step: the weights stay finite
+            raise NonFiniteError(f"batch {b + 1}/{n_batches}: the training loss is {loss_sum / n_total}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * (n_mine * world / n_total)).backward()  # DDP averages over ranks: the batch mean's gradient
         opt.step()
-        weight = int((targets > 0).sum())  # prefixes, or the steps with a target in sequence mode
-        total += loss.item() * weight
-        count += weight
+        total += loss_sum
+        count += n_total
         progress(b + 1, n_batches, total / count)
     return total / count
 
@@ -236,19 +249,21 @@ def load_data(cfg, log):
 
 
 def run(cfg, log=print):
-    """Train with early stopping, test the best checkpoint; returns the results dict."""
-    t_start = time.time()
+    """Train with early stopping, test the best checkpoint; returns the results dict. Under
+    torchrun every process runs this; only rank 0 logs and writes files."""
+    t_start, main = time.time(), distributed.rank() == 0
+    log = log if main else (lambda m: None)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     device = torch.device(cfg["device"])
     out_dir = cfg["out_dir"] or os.path.join("runs", f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
     ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
-    data.prepare_run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"])
-    ds = load_data(cfg, log)
+    distributed.main_first(lambda: main and data.prepare_run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"]))
+    ds = distributed.main_first(lambda: load_data(cfg, log))
     log(f"data: {ds.n_users} users, {ds.n_items} items, {len(ds.train)} train / {len(ds.valid)} valid / "
         f"{len(ds.test)} test samples, {len(ds.relation_tokens)} relations (kg={cfg['kg']})")
     model = build_model(cfg, ds).to(device)
-    opt = make_optimizer(model, cfg)
+    opt, step = make_optimizer(model, cfg), distributed.wrap(model, cfg["device"])
     gen = torch.Generator().manual_seed(cfg["seed"])
     train_split, all_steps = ds.train, cfg["train_mode"] == "sequence"
     if all_steps:
@@ -257,13 +272,13 @@ def run(cfg, log=print):
             f"{int((train_split.targets > 0).sum())} targets, stride {cfg['window_stride'] or cfg['MAX_ITEM_LIST_LENGTH']}")
     V_cache = memory_cache(model, train_split, all_steps, device, log)
     valid_key = cfg["valid_metric"].lower()
-    progress = make_progress(sys.stderr.isatty())
+    progress = make_progress(main and sys.stderr.isatty())
     epoch_seconds, valid_hist, losses = [], [], []
     best, best_epoch, bad = float("-inf"), -1, 0
     for epoch in range(cfg["epochs"]):
         t0 = time.time()
         try:
-            loss = train_epoch(model, opt, train_split, cfg, device, gen, progress, V_cache)
+            loss = train_epoch(model, step, opt, train_split, cfg, device, gen, progress, V_cache)
             valid = evaluate(model, ds.valid, cfg, device)
         except NonFiniteError as e:
             kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
@@ -272,10 +287,12 @@ def run(cfg, log=print):
         losses.append(loss)
         valid_hist.append(valid)
         improved = valid[valid_key] >= best  # RecBole's early_stopping: a tie also counts as better
-        if improved:
+        if improved:  # every rank keeps the best weights in memory (no shared disk needed); rank 0 saves them
             best, best_epoch, bad = valid[valid_key], epoch, 0
-            data.save_atomic({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
-                         "model": model.state_dict()}, ckpt_path)
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if main:
+                data.save_atomic({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
+                                  "model": best_state}, ckpt_path)
         else:
             bad += 1
         log(f"epoch {epoch:3d}  loss {loss:.4f}  train {epoch_seconds[-1]:.1f}s  valid "
@@ -285,15 +302,16 @@ def run(cfg, log=print):
             log(f"early stop: no better valid {cfg['valid_metric']} for {bad} epochs")
             break
 
-    model.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False)["model"])
+    model.load_state_dict(best_state)
     test = evaluate(model, ds.test, cfg, device)
     results = {
         "config": cfg, "dataset": ds.stats, "epoch_seconds": epoch_seconds, "train_loss": losses,
         "valid": valid_hist, "best_epoch": best_epoch, "best_valid": valid_hist[best_epoch],
-        "test": test, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path,
+        "test": test, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path, "world_size": distributed.world_size(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
-    data.save_atomic(results, results_path)
+    if main:
+        data.save_atomic(results, results_path)
     log(f"best valid {cfg['valid_metric']} {best:.4f} at epoch {best_epoch}; test metrics of that checkpoint:")
     log(metrics_table(test, cfg["topk"]))
     log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
@@ -346,6 +364,8 @@ EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "memory_impl", "topk")
 def train_main(argv):
     args = parse_args(argv)
     if args.eval_only:
+        if distributed.launched():
+            raise UsageError("train.py: error: --eval_only runs in one process: python train.py --eval_only ...")
         if not os.path.isfile(args.eval_only):
             raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
         other = sorted({a[2:].split("=")[0] for a in argv if a.startswith("--")} - {"eval_only", *EVAL_OPTIONS})
@@ -355,7 +375,11 @@ def train_main(argv):
         eval_only(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
     else:
         kernels.keep_freed_memory()  # process-wide, so here in the program, not in run()
-        run(vars(args))
+        distributed.setup(args.device)  # under torchrun: join the other processes (distributed.py)
+        try:
+            run(vars(args))
+        finally:
+            distributed.shutdown()
     return 0
 
 

@@ -18,6 +18,7 @@ import socket
 import sys
 
 import data
+import distributed
 import kernels
 import train
 from cli import Parser, UsageError, cli, positive
@@ -197,6 +198,8 @@ def _params_str(params):
 def tune(argv):
     """python tune.py --params_file hyper.test [--algo grid|random] [--max_evals N]
     [--out_dir DIR] [any training option, fixed for every trial]."""
+    if distributed.launched():
+        raise UsageError("tune.py: error: tune runs in one process; start it with python, not torchrun")
     ap = Parser(prog="tune.py", description="Hyper-parameter search; every other option is a fixed training setting.",
                 allow_abbrev=False)  # an abbreviation must not swallow a training option
     ap.add_argument("--params_file", required=True, help="RecBole's hyper.test format")

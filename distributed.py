@@ -1,0 +1,122 @@
+"""More than one process: what train.py needs from torch.distributed, and nothing else.
+
+    torchrun --nproc_per_node 2 train.py --dataset ml-100k                   # one machine, CPU (gloo)
+    torchrun --nproc_per_node 8 train.py --dataset ml-100k --device cuda     # one GPU per process (nccl)
+    torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 train.py ...   # two machines
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them every function here is the
+single-process identity, so `python train.py` is exactly the one-process run. The contract
+(tests/test_distributed.py):
+  * every rank takes its contiguous slice of every global batch of the same permutation, and
+    gradients are summed over ranks so that N processes take the step one process takes;
+  * evaluation gives each rank whole evaluation batches, round-robin, computed exactly as one
+    process computes them, and gathers the integer ranks: the metrics are the same, bit for bit;
+  * rank 0 prepares data and run folders first; an error there is raised on every rank, so
+    every process prints the same one line; a dead process ends the job (its peers' next
+    collective fails, and torchrun stops the rest), never a hang.
+"""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("KSR_DIST_TIMEOUT", 600)))  # the bound on any wait for a peer
+
+
+def launched():
+    """True under torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device):
+    """Join the process group torchrun describes (gloo on the CPU, nccl with --device cuda,
+    each process on its LOCAL_RANK GPU). A no-op for one process."""
+    if not launched() or dist.is_initialized():
+        return
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=TIMEOUT)
+
+
+def shutdown():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank():
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def local_world_size():
+    """Processes on this machine: they share its memory."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) if dist.is_initialized() else 1
+
+
+def main_first(fn):
+    """fn() on rank 0, then on the others (rank 0 downloads, trains TransE, writes the caches;
+    the others read them). An exception on rank 0 is raised again on every other rank, with
+    the same message, so the whole job stops with one line per process."""
+    if world_size() == 1:
+        return fn()
+    error, out = None, None
+    if rank() == 0:
+        try:
+            out = fn()
+        except Exception as e:  # any failure: the others must hear of it instead of waiting
+            error = e
+    box = [(type(error), str(error)) if error is not None else None]
+    dist.broadcast_object_list(box, src=0)
+    if error is not None:
+        raise error
+    if box[0] is not None:
+        kind, message = box[0]
+        raise kind(message)
+    return fn() if rank() != 0 else out
+
+
+def gather(part):
+    """Every rank's `part` (a dict), merged, on every rank (one process: `part` itself)."""
+    if world_size() == 1:
+        return part
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
+
+
+def all_sum(values, device):
+    """Element-wise sum over ranks of a list of numbers (one process: the list itself)."""
+    if world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+class TrainStep(torch.nn.Module):
+    """What DistributedDataParallel wraps: forward returns a rank's share of the batch loss,
+    so every parameter takes part in every step, even on a rank whose slice is empty."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, seq, lengths, targets, negatives, V, all_steps):
+        if seq.shape[0] == 0:  # nothing to learn from here this step; gradients 0, the all-reduce still runs
+            return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+        return self.model.loss(self.model(seq, lengths, all_steps, V), targets, negatives)
+
+
+def wrap(model, device):
+    """TrainStep(model), inside DistributedDataParallel when there is more than one process.
+    DDP averages gradients over ranks; train_epoch scales each rank's loss so that the average
+    is the one-process gradient. (DDP also sends rank 0's buffers, the R x K relation keys,
+    with every step: the same values, a few KB.)"""
+    step = TrainStep(model)
+    if world_size() == 1:
+        return step
+    return torch.nn.parallel.DistributedDataParallel(step, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)

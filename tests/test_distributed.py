@@ -1,0 +1,172 @@
+"""distributed.py: N processes (gloo, CPU) train and evaluate as one process does.
+
+Processes are spawned from the test (torch.multiprocessing) or launched with torchrun, on the
+tiny dataset; each runs on one thread.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import data
+import distributed
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--dataset", "tiny", "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8",
+         "--dropout_prob", "0"]  # dropout masks are drawn per process: off, so that the trajectories can be equal
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def steps(cfg, k):
+    """Weights after k optimizer steps of train_epoch, in float64, and the valid/test metrics."""
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(cfg["seed"])
+    ds = train.load_data(cfg, log=lambda m: None)
+    model = train.build_model(cfg, ds).double()
+    opt = train.make_optimizer(model, cfg)
+    split = ds.train
+    if cfg["train_mode"] == "sequence":
+        split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"])
+    V = train.memory_cache(model, split, cfg["train_mode"] == "sequence", "cpu", log=lambda m: None)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    train.train_epoch(model, distributed.wrap(model, "cpu"), opt, split, dict(cfg, max_steps=k), "cpu", gen,
+                      lambda *a: None, V)
+    metrics = {name: train.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")}
+    return {k: v.clone() for k, v in model.state_dict().items()}, metrics
+
+
+def _worker(rank, world, port, cfgs, k, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    distributed.setup("cpu")
+    try:
+        results = [steps(cfg, k) for cfg in cfgs]
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        distributed.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    from conftest import write_tiny_dataset
+    root = str(tmp_path_factory.mktemp("ddp"))
+    write_tiny_dataset(root)
+    train.load_data(vars(train.parse_args(SMALL + ["--data_path", root])), log=lambda m: None)  # TransE once, here
+    return root
+
+
+# (train_mode, loss_type, train_batch_size): batches that do not divide by 2, and batch 1 (the second process
+# has nothing in any batch: it still takes part in every all-reduce)
+CASES = [("prefix", "CE", 7), ("prefix", "BPR", 7), ("sequence", "CE", 5), ("sequence", "BPR", 5), ("prefix", "CE", 1)]
+
+
+def test_two_processes_take_the_one_process_step(tiny_root, tmp_path):
+    cfgs = [vars(train.parse_args(SMALL + ["--data_path", tiny_root, "--train_mode", mode, "--loss_type", loss,
+                                           "--train_batch_size", str(batch), "--eval_batch_size", "5"]))
+            for mode, loss, batch in CASES]
+    old = torch.get_default_dtype()
+    try:
+        ones = [steps(cfg, 3) for cfg in cfgs]
+    finally:
+        torch.set_default_dtype(old)
+    out = str(tmp_path / "two.pt")
+    mp.spawn(_worker, args=(2, free_port(), cfgs, 3, out), nprocs=2)
+    for case, (one, one_metrics), (two, two_metrics) in zip(CASES, ones, torch.load(out, weights_only=False)):
+        # float64. The gradient is the same sum in another order (two halves, then the all-reduce): equal to
+        # rounding, ~1e-16. Adam divides by sqrt(v), so where the gradient is a near-cancelling sum (the item
+        # bias under CE: softmax weights minus the target) three steps can grow that to ~1e-11: atol 1e-10.
+        for name in one:
+            print(case, name, float((one[name] - two[name]).abs().max()))
+            torch.testing.assert_close(two[name], one[name], rtol=1e-10, atol=1e-10)
+        assert two_metrics == one_metrics or all(  # integer ranks: equal unless a score tie moved at 1e-16
+            abs(two_metrics[s][m] - one_metrics[s][m]) < 1e-9 for s in one_metrics for m in one_metrics[s])
+
+
+def evaluations(cfgs):
+    out = []
+    for cfg in cfgs:
+        torch.manual_seed(0)
+        ds = train.load_data(cfg, log=lambda m: None)
+        model = train.build_model(cfg, ds)
+        out.append({name: train.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")})
+    return out
+
+
+def _eval_worker(rank, world, port, cfgs, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    distributed.setup("cpu")
+    try:
+        got = evaluations(cfgs)
+        if rank == 0:
+            torch.save(got, out)
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_evaluation_is_exactly_one_process(tiny_root, tmp_path, world):
+    # 12 users: batches of 5, 5 and 2 (two processes: 2 and 1 batches; three: one each), or one batch of all
+    cfgs = [vars(train.parse_args(SMALL + ["--data_path", tiny_root, "--eval_batch_size", str(b), "--topk", "1,5,10"]))
+            for b in (5, 100)]
+    want = evaluations(cfgs)
+    out = str(tmp_path / "eval.pt")
+    mp.spawn(_eval_worker, args=(world, free_port(), cfgs, out), nprocs=world)
+    assert torch.load(out, weights_only=False) == want  # exactly: whole batches, integer ranks
+
+
+def torchrun(*args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", KSR_DIST_TIMEOUT="60")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           os.path.join(ROOT, "train.py"), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_torchrun_writes_one_run_and_a_dead_process_ends_the_job(tiny_root, tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun(*SMALL, "--data_path", tiny_root, "--epochs", "3", "--out_dir", str(out))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert sorted(os.listdir(out)) == ["model.pt", "results.json"]
+    assert stdout.count("best valid") == 1  # only rank 0 prints
+    with open(out / "results.json") as f:
+        assert json.load(f)["world_size"] == 2
+    assert train.main(["--eval_only", str(out / "model.pt"), "--data_path", tiny_root]) == 0  # loads in one process
+
+    # the same bad option on every process: one line each, a non-zero exit, no hang
+    bad = torchrun(*SMALL, "--data_path", tiny_root, "--gamma", "nan")
+    _, err = bad.communicate(timeout=120)
+    assert bad.returncode != 0 and err.count("train.py: error: argument --gamma") == 2, err
+
+    # a process killed mid-training: the job ends, non-zero, within the bound
+    job = torchrun(*SMALL, "--data_path", tiny_root, "--epochs", "100000", "--stopping_step", "100000",
+                   "--out_dir", str(tmp_path / "killed"), start_new_session=True)
+    for line in job.stdout:
+        if line.startswith("epoch   3"):
+            break
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    t0 = time.time()
+    os.kill(int(workers[1]), signal.SIGKILL)
+    try:
+        job.communicate(timeout=90)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0 and time.time() - t0 < 90
+    print(f"the job ended {time.time() - t0:.1f}s after a process was killed")
