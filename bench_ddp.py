@@ -2,7 +2,7 @@
 
     python bench_ddp.py                     # s/epoch, both training modes, 2 epochs each
     python bench_ddp.py --full              # and full default runs (early stopping), test metrics side by side
-    python bench_ddp.py --nproc 2 -- --kg freebase     # train.py options after --
+    python bench_ddp.py --full --no_timing -- --dropout_prob 0    # train.py options after --
 
 For each training mode: `python train.py` with T threads, then `torchrun --nproc_per_node N
 train.py` with T / N threads per process (T = the machine's cores), same seed and options;
@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2, help="epochs timed per training mode")
     ap.add_argument("--full", action="store_true", help="also train the default command to early stopping both ways")
+    ap.add_argument("--no_timing", action="store_true", help="skip the per-epoch timing (with --full)")
     ap.add_argument("train_args", nargs="*", help="train.py options (after --)")
     args = ap.parse_args()
     cores = os.cpu_count()
@@ -48,7 +49,7 @@ def main():
     print(f"{cores} cores: 1 process x {cores} threads against torchrun {n} processes x {per} thread(s); "
           f"train.py {' '.join(args.train_args) or '(defaults)'}")
     print(f"{'':28}{'1 process':>12}{f'{n} processes':>14}{'ratio':>8}")
-    for mode in ("sequence", "prefix"):
+    for mode in () if args.no_timing else ("sequence", "prefix"):
         common = args.train_args + ["--train_mode", mode, "--epochs", str(args.epochs)]
         one = run(1, cores, common, os.path.join("runs", f"bench-ddp-{mode}-1"))
         many = run(n, per, common, os.path.join("runs", f"bench-ddp-{mode}-{n}"))

@@ -558,7 +558,10 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     hits = None
     if os.path.exists(meta_path):
         with open(meta_path) as f:
-            hits = json.loads(f.readline()).get("transe_hits@10")
+            try:
+                hits = json.loads(f.readline()).get("transe_hits@10")
+            except (ValueError, AttributeError):  # only a report: a damaged one is not worth stopping for
+                log(f"warning: {meta_path}: not the JSON TransE writes; its Hits@10 is not reported")
     item_kg = np.zeros((len(item_tokens), entity_kg.shape[1]), np.float32)
     linked = item_entity >= 0
     item_kg[linked] = entity_kg[item_entity[linked]]

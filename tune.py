@@ -246,9 +246,14 @@ def search(space, settings, n_trials, fixed_argv, out_dir, base, args):
             res_path = os.path.join(cfg["out_dir"], "results.json")
             res, resumed = None, False
             if os.path.exists(res_path):  # finished in an earlier invocation: keep it
-                with open(res_path) as f:
-                    res = json.load(f)
-                if {k: v for k, v in res["config"].items() if k in cfg} != cfg:
+                try:
+                    with open(res_path) as f:
+                        res = json.load(f)
+                    saved = {k: v for k, v in res["config"].items() if k in cfg}
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    raise UsageError(f"tune.py: error: {res_path}: not a trial's results ({type(e).__name__}); "
+                                     f"remove it to run that trial again") from None
+                if saved != cfg:
                     raise UsageError(f"tune.py: error: {cfg['out_dir']} holds a trial with other settings; "
                                      f"use a new --out_dir for a different search")
                 resumed = True

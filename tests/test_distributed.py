@@ -130,6 +130,19 @@ def test_distributed_evaluation_is_exactly_one_process(tiny_root, tmp_path, worl
     assert torch.load(out, weights_only=False) == want  # exactly: whole batches, integer ranks
 
 
+def children(pid):
+    """Pids of a process's children, from /proc (the workers torchrun started)."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                if d.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(d)
+        except OSError:
+            continue
+    return sorted(out, key=int)
+
+
 def torchrun(*args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", KSR_DIST_TIMEOUT="60")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
@@ -153,13 +166,18 @@ def test_torchrun_writes_one_run_and_a_dead_process_ends_the_job(tiny_root, tmp_
     _, err = bad.communicate(timeout=120)
     assert bad.returncode != 0 and err.count("train.py: error: argument --gamma") == 2, err
 
+    # bad data: rank 0 fails first and the other process raises the same error instead of waiting
+    bad = torchrun(*SMALL, "--data_path", str(tmp_path / "nothing"), "--out_dir", str(tmp_path / "r2"))
+    _, err = bad.communicate(timeout=120)
+    assert bad.returncode != 0 and err.count("dataset folder not found") == 2, err
+
     # a process killed mid-training: the job ends, non-zero, within the bound
     job = torchrun(*SMALL, "--data_path", tiny_root, "--epochs", "100000", "--stopping_step", "100000",
                    "--out_dir", str(tmp_path / "killed"), start_new_session=True)
     for line in job.stdout:
         if line.startswith("epoch   3"):
             break
-    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    workers = children(job.pid)
     assert len(workers) == 2, workers
     t0 = time.time()
     os.kill(int(workers[1]), signal.SIGKILL)
@@ -170,3 +188,14 @@ def test_torchrun_writes_one_run_and_a_dead_process_ends_the_job(tiny_root, tmp_
             os.killpg(job.pid, signal.SIGKILL)
     assert job.returncode != 0 and time.time() - t0 < 90
     print(f"the job ended {time.time() - t0:.1f}s after a process was killed")
+
+
+def test_tune_explain_and_eval_only_stay_single_process(monkeypatch, capsys):
+    import explain
+    import tune
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert tune.main(["--params_file", "hyper.test"]) == 2
+    assert explain.main(["--run", "x", "--summary"]) == 2
+    assert train.main(["--eval_only", "x.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "tune runs in one process" in err and "explain runs in one process" in err and "--eval_only runs in one" in err

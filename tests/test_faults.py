@@ -229,6 +229,22 @@ def test_a_second_tune_on_the_same_folder_is_refused_at_once(tiny_dataset, tmp_p
     assert not (out / ".lock").exists()
 
 
+def test_damaged_files_of_our_own_are_one_line_or_a_warning(tiny_dataset, tmp_path, capsys):
+    params = tmp_path / "p.test"
+    params.write_text("num_layers choice [1]\n")
+    out = tmp_path / "tune"
+    argv = ["--params_file", str(params), "--out_dir", str(out), "--data_path", tiny_dataset] + TINY
+    assert tune.main(argv) == 0
+    (out / "trial-000" / "results.json").write_text("{not json")  # damaged by hand
+    capsys.readouterr()
+    one_line_error(capsys, tune.main(argv), 2, "trial-000/results.json: not a trial's results", "remove it")
+    with open(os.path.join(tiny_dataset, "tiny", "tiny.ent_feature.json"), "w") as f:
+        f.write("garbage\n")  # TransE's report: only Hits@10 is lost
+    msgs = []
+    ds = data.load_dataset("tiny", tiny_dataset, "freebase", False, 8, 50, log=msgs.append)
+    assert ds.transe_hits10 is None and any("not the JSON TransE writes" in m for m in msgs)
+
+
 # ------------------------------------------------------------------ 3. bounded work
 
 def test_random_search_larger_than_the_space_is_bounded(tmp_path, capsys):
