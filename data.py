@@ -111,6 +111,7 @@ def read_atomic(path, required=()):
 
 
 def process_alive(pid):
+    """Whether a process with this pid runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -129,7 +130,11 @@ def remove_stale(folder, pattern=r"(?:tmp|\.fetch)-(\d+)-[a-z0-9_]{8}"):
         m = re.match(pattern, name)
         if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
             path = os.path.join(folder, name)
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):  # another run may be cleaning up too
+                    os.remove(path)
 
 
 @contextlib.contextmanager
