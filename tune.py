@@ -220,7 +220,7 @@ def tune(argv):
         settings = random_settings(space, wanted, base["seed"])
         n_trials = len(settings)
     if wanted and size is not None and wanted > size:
-        print(f"tune: --max_evals {wanted} is more than the {size} settings the space has; running all {size}")
+        print(f"tune: {wanted} trials asked (--max_evals), but the space has only {size} settings; running all {size}")
     stem = os.path.splitext(os.path.basename(args.params_file))[0]
     out_dir = args.out_dir or os.path.join("runs", f"tune-{base['dataset']}-{base['kg']}-{stem}")
     try:
