@@ -52,6 +52,11 @@ def topk_list(v):
     return [int(k) for k in ks]
 
 
+def given_options(argv):
+    """The names of the options on a command line (`--name value` or `--name=value`)."""
+    return {a[2:].split("=")[0] for a in argv if a.startswith("--")}
+
+
 def cli(program, argv):
     """Run program(argv) as a command: a bad option is one line and exit 2; bad data, a failed
     run or running out of memory one line and exit 1; Ctrl-C one line and exit 130. Files are written whole or not at

@@ -22,7 +22,7 @@ import torch
 import data
 import distributed
 import kernels
-from cli import Parser, UsageError, UserError, cli, number, positive, str2bool, topk_list
+from cli import Parser, UsageError, UserError, cli, given_options, number, positive, str2bool, topk_list
 from ksr import KSR, sample_negatives
 
 # -----------------------------------------------------------------------------
@@ -137,9 +137,10 @@ def metrics_table(m, topk):
     return "\n".join(lines)
 
 
-def batches(split, size, device="cpu"):
-    """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order."""
-    for i in range(0, len(split), size):
+def batches(split, size, device="cpu", rank=0, world=1):
+    """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order; with
+    world > 1 only the slices k = rank, rank + world, ... (the others are never copied)."""
+    for i in range(rank * size, len(split), world * size):
         yield (i,) + tuple(torch.as_tensor(a[i:i + size], device=device) for a in (split.item_seq, split.lengths, split.targets))
 
 
@@ -152,13 +153,12 @@ def evaluate(model, split, cfg, device):
     """Full-ranking metrics of `split`. With N processes each ranks whole batches, round-robin,
     as one process would, and the integer ranks are gathered: the same metrics, exactly."""
     model.eval()
-    mine = {}
-    for k, (i, seq, lengths, targets) in enumerate(batches(split, cfg["eval_batch_size"], device)):
-        if k % distributed.world_size() == distributed.rank():
-            scores = model.full_scores(model(seq, lengths))
-            bad = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
-            mine[k] = f"{bad} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if bad else \
-                rank_of_target(scores, targets).cpu()
+    mine = {}  # batch start -> ranks of its users
+    for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device, distributed.rank(), distributed.world_size()):
+        scores = model.full_scores(model(seq, lengths))
+        bad = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
+        mine[i] = f"{bad} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if bad else \
+            rank_of_target(scores, targets).cpu()
     ranks = distributed.gather(mine)
     errors = [r for r in ranks.values() if isinstance(r, str)]
     if errors:
@@ -368,7 +368,7 @@ def train_main(argv):
             raise UsageError("train.py: error: --eval_only runs in one process: python train.py --eval_only ...")
         if not os.path.isfile(args.eval_only):
             raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
-        other = sorted({a[2:].split("=")[0] for a in argv if a.startswith("--")} - {"eval_only", *EVAL_OPTIONS})
+        other = sorted(given_options(argv) - {"eval_only", *EVAL_OPTIONS})
         if other:  # every option takes effect or is refused
             raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
                              f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")

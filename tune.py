@@ -21,7 +21,7 @@ import data
 import distributed
 import kernels
 import train
-from cli import Parser, UsageError, cli, positive
+from cli import Parser, UsageError, cli, given_options, positive
 from data import save_atomic
 from train import DEFAULTS, parse_args
 
@@ -63,7 +63,7 @@ def read_params_file(path, fixed_argv=()):
             raise UsageError(f"{where}: unknown parameter {name!r} (tunable: train.py's options, e.g. learning_rate, dropout_prob)")
         if name in seen:
             raise UsageError(f"{where}: {name} is already searched on line {seen[name]}")
-        if any(a == "--" + name or a.startswith(f"--{name}=") for a in fixed_argv):
+        if name in given_options(fixed_argv):
             raise UsageError(f"{where}: {name} is searched here and also fixed on the command line")
         if kind not in SEARCH_KINDS:
             raise UsageError(f"{where}: unknown search kind {kind!r} (expected one of {', '.join(SEARCH_KINDS)})")
@@ -104,22 +104,24 @@ def _quantize(x, bounds):
     return int(v) if all(float(b).is_integer() for b in bounds) else v  # 64 256 64 -> ints, for int options
 
 
+def _line_size(kind, v):
+    """Distinct values of one line: a choice's values, quniform's steps; None for an interval."""
+    if kind in ("uniform", "loguniform"):
+        return None
+    return len(v) if kind == "choice" else round(v[1] / v[2]) - round(v[0] / v[2]) + 1
+
+
 def space_size(space):
     """How many distinct settings the space has, or None when a line draws from an interval."""
-    n = 1
-    for _, kind, v in space:
-        if kind in ("uniform", "loguniform"):
-            return None
-        n *= len(v) if kind == "choice" else round(v[1] / v[2]) - round(v[0] / v[2]) + 1  # quniform's steps
-    return n
+    sizes = [_line_size(kind, v) for _, kind, v in space]
+    return None if None in sizes else math.prod(sizes)
 
 
 def _setting(space, index):
     """The index-th setting of a finite space, in grid order (the last line varying fastest)."""
     s = {}
     for name, kind, v in reversed(space):
-        n = len(v) if kind == "choice" else round(v[1] / v[2]) - round(v[0] / v[2]) + 1
-        index, k = divmod(index, n)
+        index, k = divmod(index, _line_size(kind, v))
         s[name] = v[k] if kind == "choice" else _quantize((round(v[0] / v[2]) + k) * v[2], v)
     return {name: s[name] for name, _, _ in space}
 
