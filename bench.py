@@ -84,10 +84,9 @@ def main():
     batches = [order[i * bs:(i + 1) * bs] for i in range(min(args.batches, n_batches))]
 
     def get(idx):
-        seq = torch.as_tensor(split.item_seq[idx])
-        lengths = torch.as_tensor(split.lengths[idx])
+        seq, lengths, targets = map(torch.as_tensor, split.cut(idx))
         V = V_cache[torch.as_tensor(idx)] if V_cache is not None else None
-        return seq, lengths, torch.as_tensor(split.targets[idx]), V
+        return seq, lengths, targets, V
 
     parts = {k: [] for k in ("data", "GRU", "memory", "loss", "optimizer")}
     base = {"nn.GRU, 50 padded steps": [], "plain padded model": []}

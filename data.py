@@ -48,23 +48,65 @@ class DataError(UserError):
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
-def read_atomic(path, required=()):
-    """Read a RecBole atomic file into {column name: list of values}.
+class Tokens:
+    """A token column, encoded: row k holds vocab[codes[k]], the vocab in order of first
+    appearance. A big column stays integer codes (no Python string per row); indexing and
+    iterating give the strings, which is what the small files (.item, .link) are read with."""
 
-    token -> str, token_seq -> list[str], float -> float, float_seq -> np.ndarray (float32).
-    `required` names columns that must be present. Bad input (not UTF-8, a repeated column,
-    a value that does not parse, NaN or inf in a float) is a DataError naming file and line.
+    def __init__(self, codes, vocab):
+        self.codes, self.vocab = codes, vocab  # (n,) int64, list of str
+
+    @classmethod
+    def encode(cls, strings):
+        ids, vocab = remap(strings)
+        return cls(ids - 1, vocab[1:])
+
+    def __len__(self):
+        return len(self.codes)
+
+    def __getitem__(self, k):
+        return self.vocab[self.codes[k]]
+
+    def __iter__(self):
+        return map(self.vocab.__getitem__, self.codes.tolist())
+
+
+def read_atomic(path, required=()):
+    """Read a RecBole atomic file into {column name: values}.
+
+    token -> Tokens, token_seq -> list[list[str]], float -> float64 array (n,),
+    float_seq -> float32 array (n, d). `required` names columns that must be present.
+    Bad input (not UTF-8, a repeated column, a value that does not parse, NaN or inf in a
+    float, vectors of different lengths) is a DataError naming file and line.
+
+    pyarrow's CSV reader parses the file in C++ on every core (20M lines in seconds, no
+    Python object per value). A file it refuses, or whose values fail our checks, is read
+    again line by line by _read_lines, which names the first bad line (or reads what arrow
+    would not: both accept the same files).
     """
+    names, types = _read_header(path, required)
+    try:
+        cols = _read_arrow(path, names, types)
+    except _Refused:
+        cols = _read_lines(path, names, types)
+    if not len(cols[names[0]]):
+        raise DataError(f"{path}: file has a header but no rows")
+    return cols
+
+
+class _Refused(Exception):
+    """The fast reader's values fail a check: _read_lines finds the line."""
+
+
+def _read_header(path, required):
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     with open(path, "rb") as f:
-        raw = f.read()
+        raw = f.readline()
     try:
-        lines = raw.decode("utf-8").split("\n")
+        header = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}: line {line}: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
-    header = lines[0].rstrip("\r")
+        raise DataError(f"{path}: line 1: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
     if not header:
         raise DataError(f"{path}: file is empty (expected a header line of name:type columns)")
     names, types = [], []
@@ -79,6 +121,61 @@ def read_atomic(path, required=()):
     for name in required:
         if name not in names:
             raise DataError(f"{path}: line 1: missing column {name!r} (header has {names})")
+    return names, types
+
+
+def _read_arrow(path, names, types):
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pcsv
+    except ImportError:
+        raise _Refused from None
+    try:
+        table = pcsv.read_csv(
+            path, read_options=pcsv.ReadOptions(skip_rows=1, column_names=names),
+            parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),  # RecBole's files quote nothing
+            convert_options=pcsv.ConvertOptions(column_types={n: pa.float64() if t == "float" else pa.string()
+                                                              for n, t in zip(names, types)},
+                                                null_values=[], strings_can_be_null=False))
+    except pa.ArrowException:  # a wrong column count, a value that does not parse, not UTF-8
+        raise _Refused from None
+    cols = {}
+    for name, typ in zip(names, types):
+        col = table.column(name)
+        if typ == "token":  # pc.unique lists values in order of first appearance, as remap numbers them
+            vocab = pc.unique(col)
+            cols[name] = Tokens(pc.index_in(col, value_set=vocab).to_numpy().astype(np.int64), vocab.to_pylist())
+        elif typ == "token_seq":
+            cols[name] = [v.split() for v in col.to_pylist()]
+        elif typ == "float":
+            cols[name] = col.to_numpy()
+            if not np.isfinite(cols[name]).all():
+                raise _Refused
+        else:  # float_seq: split on whitespace as str.split does, parse every number at once
+            parts = pc.utf8_split_whitespace(col.combine_chunks() if col.num_chunks else pa.array([], pa.string()))
+            words = pc.list_flatten(parts)
+            real = pc.not_equal(words, "")  # split_whitespace keeps "" at the ends
+            per_row = np.bincount(pc.list_parent_indices(parts).to_numpy()[real.to_numpy(zero_copy_only=False)],
+                                  minlength=len(col))
+            if len(col) and (per_row != per_row[0]).any():
+                raise _Refused
+            values = pc.cast(pc.filter(words, real), pa.float64()).to_numpy()
+            if not np.isfinite(values).all():
+                raise _Refused
+            cols[name] = values.astype(np.float32).reshape(len(col), per_row[0] if len(col) else 0)
+    return cols
+
+
+def _read_lines(path, names, types):
+    """The same file, line by line in Python: slow, but it names the line that is wrong."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        lines = raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line}: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
     cols = {n: [] for n in names}
     vec_len = {}
     for lineno, line in enumerate(lines[1:], start=2):
@@ -105,8 +202,13 @@ def read_atomic(path, required=()):
                     if len(v) != n:
                         raise DataError(f"{path}: line {lineno}: column {name!r}: vector of length {len(v)}, earlier rows have {n}")
                 cols[name].append(v)
-    if not cols[names[0]]:
-        raise DataError(f"{path}: file has a header but no rows")
+    for name, typ in zip(names, types):
+        if typ == "token":
+            cols[name] = Tokens.encode(cols[name])
+        elif typ == "float":
+            cols[name] = np.array(cols[name], dtype=np.float64)
+        elif typ == "float_seq":
+            cols[name] = np.array(cols[name], dtype=np.float32).reshape(len(cols[name]), vec_len.get(name, 0))
     return cols
 
 
@@ -278,20 +380,66 @@ def attribute_kg(item_cols):
 
 
 # ----------------------------------------------------------------------------
-# 4. Sequences and RecBole's sequential split
+# 4. Sequences and RecBole's sequential split, kept once (CSR) and cut per batch
+
+class UserItems:
+    """Every user's items in time order, in one flat array: user u's are
+    items[offsets[u]:offsets[u + 1]] (user 0, the padding id, has none). seqs[u] is that view."""
+
+    def __init__(self, items, offsets):
+        self.items, self.offsets = items, offsets  # (n_interactions,), (n_users + 2,)
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, u):
+        return self.items[self.offsets[u]:self.offsets[u + 1]]
+
+    def __iter__(self):
+        return (self[u] for u in range(len(self)))
+
+    def lengths(self):
+        return np.diff(self.offsets)
+
 
 @dataclass
 class Split:
-    """Samples `item_seq[b, :lengths[b]]`, padded with 0 on the right, and what to predict:
-    targets (N,), the next item after each sample (build_sequences: prefix samples, valid,
-    test), or targets (N, L), the next item after every step, 0 = none (sequence_windows)."""
+    """Samples cut from `items`, the flat array of every user's items (UserItems.items).
+
+    Sample b reads items[starts[b]:ends[b]]. Its target is the next item, items[ends[b]]
+    (prefix samples, valid, test: build_sequences), or, for windows (sequence_windows), the
+    next item after every step, the first skip[b] steps only context. Nothing of size
+    (N, L) is stored: memory is O(interactions), and `cut` builds one batch at a time.
+    """
+    items: np.ndarray     # (n_interactions,) item ids, shared by every split
     users: np.ndarray     # (N,) user ids
-    item_seq: np.ndarray  # (N, L) item ids, 0 = padding
-    lengths: np.ndarray   # (N,)
-    targets: np.ndarray   # (N,) or (N, L)
+    starts: np.ndarray    # (N,)
+    ends: np.ndarray      # (N,)
+    width: int            # L, the padded width of a batch: min(max_len, longest sample)
+    skip: np.ndarray = None  # (N,) windows only
 
     def __len__(self):
-        return len(self.targets)
+        return len(self.users)
+
+    @property
+    def lengths(self):
+        return self.ends - self.starts
+
+    def n_targets(self):
+        return int(self.lengths.sum() - self.skip.sum()) if self.skip is not None else len(self)
+
+    def cut(self, rows):
+        """Samples `rows` as arrays: item_seq (B, L) padded with 0 on the right, lengths (B,),
+        and targets (B,), or (B, L) for windows with 0 = no target at that step."""
+        starts, lengths = self.starts[rows], self.ends[rows] - self.starts[rows]
+        steps = np.arange(self.width)
+        real = steps < lengths[:, None]  # (B, L)
+        idx = np.where(real, starts[:, None] + steps, 0)
+        item_seq = np.where(real, self.items[idx], 0)
+        if self.skip is None:
+            return item_seq, lengths, self.items[self.ends[rows]]
+        has_target = real & (steps >= self.skip[rows][:, None])
+        return item_seq, lengths, np.where(has_target, self.items[idx + has_target], 0)
 
 
 def remap(tokens):
@@ -299,6 +447,22 @@ def remap(tokens):
     vocab = {}
     ids = np.fromiter((vocab.setdefault(t, len(vocab) + 1) for t in tokens), dtype=np.int64, count=len(tokens))
     return ids, ["[PAD]"] + list(vocab)
+
+
+def renumber(codes):
+    """remap for integer codes: ids from 1 in order of first appearance, and the code of each
+    id (index 0 for id 1). One sort, no Python loop: 20M codes in a few seconds."""
+    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # uniq[order]: the codes as they first appear
+    rank = np.empty(len(uniq), np.int64)
+    rank[order] = np.arange(1, len(uniq) + 1)
+    return rank[inverse.reshape(-1)], uniq[order]
+
+
+def ragged_arange(counts):
+    """[0..counts[0]-1, 0..counts[1]-1, ...] without a Python loop."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 def build_sequences(users, items, times, max_len):
@@ -310,42 +474,27 @@ def build_sequences(users, items, times, max_len):
     `_split_index_by_leave_one_out(.., 2)`: the last sample is test, the one before it
     valid, the rest train. Short users, exactly as RecBole: n=1 gives no sample; n=2 one
     train sample and no valid/test; n=3 one train and one test sample, no valid.
-    Returns (per-user sequences, {"train": Split, "valid": Split, "test": Split}).
+    Returns (UserItems, {"train": Split, "valid": Split, "test": Split}).
     """
     order = np.lexsort((times, users))  # by user, then time; lexsort is stable
-    users, items = users[order], items[order]
-    bounds = np.flatnonzero(np.diff(users)) + 1
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(users)]])
+    items = items[order]
     n_users = int(users.max()) if len(users) else 0
-    seqs = [np.zeros(0, dtype=np.int64) for _ in range(n_users + 1)]
-    parts = {"train": [], "valid": [], "test": []}
-    for s, e in zip(starts, ends):
-        u = int(users[s])
-        seqs[u] = items[s:e]
-        n_samples = e - s - 1
-        n_eval = min(2, max(n_samples - 1, 0))  # RecBole's legal_leave_one_num
-        n_train = n_samples - n_eval
-        for t in range(1, n_samples + 1):
-            k = t - 1  # sample index
-            if k < n_train:
-                name = "train"
-            elif n_eval == 2:
-                name = "valid" if k == n_train else "test"
-            else:
-                name = "test"
-            parts[name].append((u, s + max(0, t - max_len), s + t))
-    splits = {}
-    L = max(1, min(max_len, int((ends - starts).max()) - 1 if len(starts) else 1))  # padded width: no wider than needed
-    for name, rows in parts.items():
-        rows = np.array(rows, dtype=np.int64).reshape(-1, 3)
-        lo, hi = rows[:, 1], rows[:, 2]
-        lengths = hi - lo
-        idx = lo[:, None] + np.arange(L)[None, :]
-        valid = np.arange(L)[None, :] < lengths[:, None]
-        seq = np.where(valid, items[np.minimum(idx, len(items) - 1)], 0) if len(items) else np.zeros((0, L), np.int64)
-        splits[name] = Split(rows[:, 0], seq.astype(np.int64), lengths, items[hi] if len(rows) else hi)
-    return seqs, splits
+    counts = np.bincount(users, minlength=n_users + 1)  # interactions per user id
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    u = np.flatnonzero(counts)  # users with interactions
+    n_samples = counts[u] - 1
+    n_eval = np.minimum(2, np.maximum(n_samples - 1, 0))  # RecBole's legal_leave_one_num
+    n_train = n_samples - n_eval
+    width = max(1, min(max_len, int(n_samples.max()) if len(u) else 1))  # padded width: no wider than needed
+
+    def split(users, t):  # sample items[:t] -> items[t] of each user, t >= 1
+        s = offsets[users]
+        return Split(items, users, s + np.maximum(0, t - max_len), s + t, width)
+    return UserItems(items, offsets), {
+        "train": split(np.repeat(u, n_train), ragged_arange(n_train) + 1),  # t = 1..n_train of each user
+        "valid": split(u[n_eval == 2], n_train[n_eval == 2] + 1),
+        "test": split(u[n_eval >= 1], n_samples[n_eval >= 1]),
+    }
 
 
 def sequence_windows(seqs, train, max_len, stride=None):
@@ -357,31 +506,23 @@ def sequence_windows(seqs, train, max_len, stride=None):
     s = k * stride and is trained on the next item at each step, except at steps whose
     target an earlier window already covered (they only give context). stride = max_len
     (the default): windows do not overlap and every step has a target. A smaller stride
-    overlaps windows so that later targets see at least max_len - stride items of context.
-    Every training target is covered exactly once.
-    Returns Split(users, item_seq (N, L), lengths (N,), targets (N, L): 0 = no loss).
+    overlaps windows so that later targets see at least max_len - stride items of context:
+    window k > 0 skips its first max_len - stride steps. Every training target is covered
+    exactly once. Returns a Split with `skip` (its `cut` gives targets (B, L), 0 = no loss).
     """
     stride = stride or max_len
     if not 1 <= stride <= max_len:
         raise DataError(f"--window_stride: must be in 1..{max_len}, got {stride}")
-    n_train = np.bincount(train.users, minlength=len(seqs))
-    rows = []
-    for u, seq in enumerate(seqs):
-        M = int(n_train[u]) + 1 if n_train[u] else 0  # the training items: n_train targets + the first item
-        covered, s = 0, 0  # targets items[1..covered] are covered
-        while covered < M - 1:
-            e = min(s + max_len, M - 1)  # inputs items[s:e], targets items[s+1:e+1]
-            tgt = seq[s + 1:e + 1].copy()
-            tgt[:max(covered - s, 0)] = 0  # covered by an earlier window: context only
-            rows.append((u, seq[s:e], tgt))
-            covered, s = e, s + stride
-    L = max(1, min(max_len, max((len(inp) for _, inp, _ in rows), default=1)))  # padded width: no wider than needed
-    N = len(rows)
-    item_seq, targets = np.zeros((N, L), np.int64), np.zeros((N, L), np.int64)
-    lengths = np.zeros(N, np.int64)
-    for k, (u, inp, tgt) in enumerate(rows):
-        item_seq[k, :len(inp)], targets[k, :len(tgt)], lengths[k] = inp, tgt, len(inp)
-    return Split(np.array([r[0] for r in rows], dtype=np.int64), item_seq, lengths, targets)
+    n_train = np.bincount(train.users, minlength=len(seqs))  # targets per user: items[1..n_train]
+    n_windows = np.where(n_train > 0, -(-np.maximum(n_train - max_len, 0) // stride) + 1, 0)
+    users = np.repeat(np.arange(len(seqs)), n_windows)
+    k = ragged_arange(n_windows)
+    starts = k * stride
+    ends = np.minimum(starts + max_len, n_train[users])  # inputs items[s:e], targets items[s+1:e+1]
+    skip = np.where(k > 0, max_len - stride, 0)
+    width = max(1, min(max_len, int((ends - starts).max()) if len(users) else 1))
+    offset = seqs.offsets[users]
+    return Split(seqs.items, users, offset + starts, offset + ends, width, skip)
 
 
 # ----------------------------------------------------------------------------
@@ -431,9 +572,54 @@ class Dataset:
 def _fingerprint(paths, extra):
     h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     for p in paths:
+        fh = hashlib.sha256()
         with open(p, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                fh.update(chunk)
+        h.update(fh.digest())
     return h.hexdigest()[:16]
+
+
+BYTES_PER_INTERACTION = 250  # peak RSS of load_dataset + training per interaction, measured (docs/scale.md)
+
+
+def check_memory(inter_path, log):
+    """Refuse, in one line and before any work, a dataset that would not fit in memory: the
+    number of interactions (estimated from the file's size and its first lines) times
+    BYTES_PER_INTERACTION, against the memory this machine has available now."""
+    size = os.path.getsize(inter_path)
+    with open(inter_path, "rb") as f:
+        head = f.read(1 << 20)
+    lines = max(1, size * max(head.count(b"\n") - 1, 1) // max(len(head), 1))
+    need = lines * BYTES_PER_INTERACTION
+    available = available_memory()
+    if available is not None and need > available:
+        raise DataError(f"{inter_path}: about {lines:,} interactions need about {need / 2 ** 30:.1f} GiB of memory "
+                        f"to load and train, but this machine has {available / 2 ** 30:.1f} GiB available")
+    if lines > 1_000_000:
+        log(f"data: about {lines:,} interactions, about {need / 2 ** 30:.1f} GiB of memory "
+            f"({'unknown' if available is None else f'{available / 2 ** 30:.1f} GiB'} available)")
+
+
+def available_memory():
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def rows_of(tokens, wanted):
+    """The row of each wanted token in a Tokens column (a later row wins), -1 where absent."""
+    last = np.full(len(tokens.vocab), -1, np.int64)
+    codes, first_from_end = np.unique(tokens.codes[::-1], return_index=True)
+    last[codes] = len(tokens) - 1 - first_from_end
+    index = {tok: last[c] for c, tok in enumerate(tokens.vocab)}
+    return np.array([index.get(t, -1) for t in wanted], dtype=np.int64)
 
 
 def default_kg(dataset):
@@ -443,17 +629,31 @@ def default_kg(dataset):
 
 
 def load_kg(folder, dataset, kg, item_cols=None):
-    """Token triples (head, relation, tail), (item, entity) links and the files read."""
+    """The KG as token columns: triples (head, relation, tail) and links (item, entity), each
+    a tuple of Tokens, and the files read."""
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     if kg == "freebase":
         kgc = read_atomic(p("kg"), required=("head_id", "relation_id", "tail_id"))
         linkc = read_atomic(p("link"), required=("item_id", "entity_id"))
-        triples = list(zip(kgc["head_id"], kgc["relation_id"], kgc["tail_id"]))
-        return triples, list(zip(linkc["item_id"], linkc["entity_id"])), [p("kg"), p("link")]
+        return ((kgc["head_id"], kgc["relation_id"], kgc["tail_id"]), (linkc["item_id"], linkc["entity_id"]),
+                [p("kg"), p("link")])
     if item_cols is None or not ("class" in item_cols or "genre" in item_cols or "release_year" in item_cols):
         raise DataError(f"{p('item')}: --kg attributes needs an .item file with a class/genre or release_year column")
     triples, links = attribute_kg(item_cols)
-    return triples, links, [p("item")]
+    columns = lambda rows, n: tuple(Tokens.encode([row[c] for row in rows]) for c in range(n))
+    return columns(triples, 3), columns(links, 2), [p("item")]
+
+
+def entity_ids(heads, tails):
+    """Number the entities of the triples from 0 in order of first appearance, reading
+    head, tail, head, tail, ... as the file lists them. Returns (head ids, tail ids, tokens)."""
+    vocab = {}
+    h = np.array([vocab.setdefault(x, len(vocab)) for x in heads.vocab], dtype=np.int64)
+    t = np.array([vocab.setdefault(x, len(vocab)) for x in tails.vocab], dtype=np.int64)
+    both = np.stack([h[heads.codes], t[tails.codes]], axis=1).reshape(-1)  # (2T,) h0 t0 h1 t1 ...
+    ids, codes = renumber(both)
+    tokens = list(vocab)
+    return ids[0::2] - 1, ids[1::2] - 1, [tokens[c] for c in codes]
 
 
 def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, log=print):
@@ -461,6 +661,8 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 
     kg: "freebase" (the dataset's own .kg/.link files: RecBole's KG datasets link items to
     Freebase) or "attributes" (built from the .item file's genre and year columns).
+    Every step is vectorised over interactions and triples (tokens as integer codes);
+    Python loops run over vocabularies (items, entities) only.
     """
     folder = os.path.join(data_path, dataset)
     if not os.path.isdir(folder):
@@ -473,45 +675,45 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         raise DataError(f"--kg: unknown value {kg!r} (choose freebase or attributes)")
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     used = [p("inter")]
+    check_memory(p("inter"), log)
 
     inter = read_atomic(p("inter"), required=("user_id", "item_id"))
     item_cols = read_atomic(p("item"), required=("item_id",)) if os.path.exists(p("item")) else None
 
     # --- knowledge graph: triples and item -> entity links
-    triples_tok, links, kg_files = load_kg(folder, dataset, kg, item_cols)
+    (heads, rels, tails), (link_items, link_entities), kg_files = load_kg(folder, dataset, kg, item_cols)
     used += kg_files
-    ent_ids, entity_tokens = remap([x for h, _, t in triples_tok for x in (h, t)])
-    entity_tokens = entity_tokens[1:]  # entities are numbered from 0: no padding needed
+    head_ids, tail_ids, entity_tokens = entity_ids(heads, tails)
+    relation_tokens = rels.vocab  # relations numbered from 0 in order of first appearance
+    triples = np.stack([head_ids, rels.codes, tail_ids], axis=1)
     ent_index = {tok: i for i, tok in enumerate(entity_tokens)}
-    rel_vocab = {}
-    rel_ids = np.array([rel_vocab.setdefault(r, len(rel_vocab)) for _, r, _ in triples_tok], dtype=np.int64)
-    relation_tokens = list(rel_vocab)
-    triples = np.stack([ent_ids[0::2] - 1, rel_ids, ent_ids[1::2] - 1], axis=1) if triples_tok else np.zeros((0, 3), np.int64)
-    item_link = {}
-    for k, (item, entity) in enumerate(links):
-        if entity not in ent_index:
-            raise DataError(f"{p('link')}: line {k + 2}: entity {entity!r} of item {item!r} does not appear in the KG")
-        item_link[item] = ent_index[entity]
+    link_entity = np.array([ent_index.get(e, -1) for e in link_entities.vocab], dtype=np.int64)[link_entities.codes]
+    if (link_entity < 0).any():
+        k = int(np.argmax(link_entity < 0))
+        raise DataError(f"{p('link')}: line {k + 2}: entity {link_entities[k]!r} of item {link_items[k]!r} "
+                        f"does not appear in the KG")
+    item_link = dict(zip(link_items, link_entity.tolist()))  # a later row for the same item wins
 
     # --- interactions: drop the ones whose item has no KG link (as RecBole's KG datasets)
     users_tok, items_tok = inter["user_id"], inter["item_id"]
-    times = np.asarray(inter["timestamp"], dtype=np.float64) if "timestamp" in inter else np.arange(len(users_tok), dtype=np.float64)
     n_raw = len(users_tok)
+    times = inter["timestamp"] if "timestamp" in inter else np.arange(n_raw, dtype=np.float64)
+    keep = np.ones(n_raw, bool)
     if not keep_unlinked:
-        keep = np.fromiter((i in item_link for i in items_tok), dtype=bool, count=n_raw)
-        users_tok = [u for u, k in zip(users_tok, keep) if k]
-        items_tok = [i for i, k in zip(items_tok, keep) if k]
-        times = times[keep]
-        if not users_tok:
+        keep = np.array([i in item_link for i in items_tok.vocab], dtype=bool)[items_tok.codes]
+        if not keep.any():
             raise DataError(f"{p('inter')}: no interaction has an item linked in {p('link')}")
-    users, user_tokens = remap(users_tok)
-    items, item_tokens = remap(items_tok)
-    seqs, splits = build_sequences(users, items, times, max_len)
+    users, user_codes = renumber(users_tok.codes[keep])
+    items, item_codes = renumber(items_tok.codes[keep])
+    user_tokens = ["[PAD]"] + [users_tok.vocab[c] for c in user_codes]
+    item_tokens = ["[PAD]"] + [items_tok.vocab[c] for c in item_codes]
+    seqs, splits = build_sequences(users, items, times[keep], max_len)
+    del inter, users_tok, items_tok, keep, users, items, times  # the interactions live on in seqs only
     if len(splits["test"]) == 0:
         raise DataError(f"{p('inter')}: no user has the 3 interactions a train/valid/test split needs")
     if len(splits["valid"]) == 0:
         raise DataError(f"{p('inter')}: no user has the 4 interactions a valid sample needs (early stopping reads it)")
-    short = sum(1 for s in seqs[1:] if len(s) < 4)
+    short = int((seqs.lengths()[1:] < 4).sum())
     if short:
         log(f"warning: {p('inter')}: {short} users have fewer than 4 interactions; as in RecBole, 1 gives no "
             f"sample, 2 a training sample only, 3 a training and a test sample but no valid sample")
@@ -540,24 +742,21 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     # always read the vectors back from the files, so a fresh run and a cached run see the same numbers
     ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
     rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))
-    ent_vec = dict(zip(ef["ent_id"], ef["ent_vec"]))
-    rel_vec = dict(zip(rf["rel_id"], rf["rel_vec"]))
-    K, K_rel = len(ef["ent_vec"][0]), len(rf["rel_vec"][0])
+    K, K_rel = ef["ent_vec"].shape[1], rf["rel_vec"].shape[1]
     if K != K_rel:
         raise DataError(f"{ent_path}: entity vectors have length {K}, but relation vectors in {rel_path} have {K_rel}")
     if K != kg_embedding_size:
         raise DataError(f"{ent_path}: the vectors have {K} dimensions, but --kg_embedding_size is {kg_embedding_size}: "
                         f"pass --kg_embedding_size {K}" + (f", or remove {ent_path}, {rel_path} and {meta_path} to train "
                                                            f"new ones" if os.path.exists(meta_path) else ""))
-    for r in relation_tokens:
-        if r not in rel_vec:
-            raise DataError(f"{rel_path}: no vector for relation {r!r} of the KG")
-    relation_kg = np.stack([rel_vec[r] for r in relation_tokens]).astype(np.float32)
-    entity_kg = np.zeros((len(entity_tokens), K), np.float32)
-    for i, tok in enumerate(entity_tokens):
-        if tok in ent_vec:
-            entity_kg[i] = ent_vec[tok]
-    missing = sum(1 for e in set(item_entity[item_entity >= 0].tolist()) if entity_tokens[e] not in ent_vec)
+    rel_row = rows_of(rf["rel_id"], relation_tokens)
+    if (rel_row < 0).any():
+        raise DataError(f"{rel_path}: no vector for relation {relation_tokens[int(np.argmax(rel_row < 0))]!r} of the KG")
+    relation_kg = rf["rel_vec"][rel_row]
+    ent_row = rows_of(ef["ent_id"], entity_tokens)
+    entity_kg = np.where(ent_row[:, None] >= 0, ef["ent_vec"][ent_row], 0).astype(np.float32)  # (E, K)
+    del ef
+    missing = int((ent_row[np.unique(item_entity[item_entity >= 0])] < 0).sum())
     if missing:
         log(f"warning: {ent_path}: no vector for {missing} linked item entities; their items get a zero KG vector")
     hits = None
@@ -580,8 +779,8 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
                  entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits)
     ds.fingerprint = _fingerprint(used, {"kg": kg, "keep_unlinked": keep_unlinked, "max_len": max_len})
     ds.stats = {
-        "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": len(users),
-        "dropped_unlinked_interactions": n_raw - len(users), "short_users": short,
+        "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": len(seqs.items),
+        "dropped_unlinked_interactions": n_raw - len(seqs.items), "short_users": short,
         "train_samples": len(ds.train), "valid_samples": len(ds.valid), "test_samples": len(ds.test),
         "entities": len(entity_tokens), "relations": len(relation_tokens), "triples": int(len(triples)),
         "linked_items": int(linked[1:].sum()), "unlinked_items": int((~linked[1:]).sum()),
@@ -661,7 +860,7 @@ def prepare(args):
                 triples, links, _ = load_kg(folder, args.dataset, kg, item_cols)
             except DataError:
                 continue
-            stats["link_check"][kg] = link_check(triples, links, item_cols)
+            stats["link_check"][kg] = link_check(list(zip(*triples)), list(zip(*links)), item_cols)
     for k, v in stats.items():
         if k != "link_check":
             log(f"{k:>30}: {v}")

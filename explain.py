@@ -63,9 +63,7 @@ def explain_user(model, ds, uid, topk):
     if not len(rows):
         raise data.DataError(f"user {ds.user_tokens[uid]} has no test sample (fewer than 3 interactions); "
                              "explain needs one")
-    split = ds.test
-    seq = torch.as_tensor(split.item_seq[rows[:1]])
-    lengths = torch.as_tensor(split.lengths[rows[:1]])
+    seq, lengths, targets = map(torch.as_tensor, ds.test.cut(rows[:1]))
     model.eval()
     p_seq, p_rel, w, w_steps = decompose(model, seq, lengths)
     q = model.item_representations()  # q_i: (N + 1, D)
@@ -73,7 +71,7 @@ def explain_user(model, ds, uid, topk):
     top = torch.topk(scores, topk).indices
     seq_term = (p_seq[0] @ q[top].T)  # (k,)
     rel_terms = (p_rel[0] @ q[top].T).T  # (k, R)
-    target = int(split.targets[rows[0]])
+    target = int(targets[0])
     n = int(lengths[0])
     return {"user": ds.user_tokens[uid], "history": seq[0, :n].tolist(), "target": target,
             "target_rank": int(rank_of_target(scores[None], torch.tensor([target]))[0]),

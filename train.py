@@ -138,10 +138,10 @@ def metrics_table(m, topk):
 
 
 def batches(split, size, device="cpu", rank=0, world=1):
-    """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order; with
-    world > 1 only the slices k = rank, rank + world, ... (the others are never copied)."""
+    """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order, cut
+    (data.Split.cut) one at a time; with world > 1 only slices rank, rank + world, ..."""
     for i in range(rank * size, len(split), world * size):
-        yield (i,) + tuple(torch.as_tensor(a[i:i + size], device=device) for a in (split.item_seq, split.lengths, split.targets))
+        yield (i,) + tuple(torch.as_tensor(a, device=device) for a in split.cut(np.arange(i, min(i + size, len(split)))))
 
 
 class NonFiniteError(UserError):
@@ -190,7 +190,7 @@ def memory_cache(model, split, all_steps, device, log):
     if not model.frozen_kg or model.memory_impl != "sorted":
         return None
     R, K = model.relations.shape
-    shape = (len(split),) + ((split.item_seq.shape[1],) if all_steps else ()) + (R, K)
+    shape = (len(split),) + ((split.width,) if all_steps else ()) + (R, K)
     size = math.prod(shape) * 4 * distributed.local_world_size()  # every process on this machine holds one
     if size > MEMORY_CACHE_BYTES:
         log(f"memory cache: {size / 2 ** 30:.1f} GiB is over the {MEMORY_CACHE_BYTES / 2 ** 30:.0f} GiB budget; writing the memory every batch")
@@ -216,10 +216,10 @@ def train_epoch(model, step, opt, split, cfg, device, gen, progress, V_cache=Non
     total, count = 0.0, 0
     for b in range(n_batches):
         batch = order[b * cfg["train_batch_size"]:(b + 1) * cfg["train_batch_size"]].numpy()
-        targets = torch.as_tensor(split.targets[batch])  # (B,), or (B, L) in sequence mode with 0 = no target
+        seq, lengths, targets = map(torch.as_tensor, split.cut(batch))  # targets (B,), or (B, L) with 0 = none
         negatives = sample_negatives(targets, model.n_items, gen) if cfg["loss_type"] == "BPR" else None  # whole batch
         part = np.array_split(np.arange(len(batch)), world)[rank]  # this process's rows (one process: all)
-        seq, lengths = (torch.as_tensor(a[batch[part]], device=device) for a in (split.item_seq, split.lengths))
+        seq, lengths = seq[part].to(device), lengths[part].to(device)
         V = V_cache[torch.as_tensor(batch[part], device=device)] if V_cache is not None else None
         mine, n_total = targets[part].to(device), int((targets > 0).sum())
         loss = step(seq, lengths, mine, negatives[part].to(device) if negatives is not None else None, V, all_steps)
@@ -269,7 +269,7 @@ def run(cfg, log=print):
     if all_steps:
         train_split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
         log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
-            f"{int((train_split.targets > 0).sum())} targets, stride {cfg['window_stride'] or cfg['MAX_ITEM_LIST_LENGTH']}")
+            f"{train_split.n_targets()} targets, stride {cfg['window_stride'] or cfg['MAX_ITEM_LIST_LENGTH']}")
     V_cache = memory_cache(model, train_split, all_steps, device, log)
     valid_key = cfg["valid_metric"].lower()
     progress = make_progress(main and sys.stderr.isatty())

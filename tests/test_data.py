@@ -54,25 +54,94 @@ def test_split_matches_recbole_protocol(log, max_len):
     assert len(splits["valid"]) == sum(n >= 4 for n in lengths)
     assert len(splits["test"]) == sum(n >= 3 for n in lengths)
     for name, sp in splits.items():
+        item_seq, lengths, targets = sp.cut(np.arange(len(sp)))
         for b in range(len(sp)):
-            u, L = sp.users[b], sp.lengths[b]
+            u, L = sp.users[b], lengths[b]
             seq = seqs[u]
             assert 1 <= L <= max_len
-            assert np.all(sp.item_seq[b, L:] == 0)
-            row = sp.item_seq[b, :L]
+            assert np.all(item_seq[b, L:] == 0)
+            row = item_seq[b, :L]
             # the input is the window of the `L` items just before the target
-            ends = [t for t in range(1, len(seq)) if np.array_equal(seq[max(0, t - max_len):t], row) and seq[t] == sp.targets[b]]
+            ends = [t for t in range(1, len(seq)) if np.array_equal(seq[max(0, t - max_len):t], row) and seq[t] == targets[b]]
             assert ends, (name, b)
             if name == "test":
-                assert np.array_equal(row, seq[:-1][-max_len:]) and sp.targets[b] == seq[-1]
+                assert np.array_equal(row, seq[:-1][-max_len:]) and targets[b] == seq[-1]
             if name == "valid":
-                assert np.array_equal(row, seq[:-2][-max_len:]) and sp.targets[b] == seq[-2]
+                assert np.array_equal(row, seq[:-2][-max_len:]) and targets[b] == seq[-2]
     # every training sample is a strict earlier prefix: its target comes before valid's
     for b in range(len(splits["train"])):
         u = splits["train"].users[b]
         n = len(seqs[u])
         if n >= 4:
             assert splits["train"].lengths[b] <= min(max_len, n - 3)
+
+
+def arrays_as_before(users, items, times, max_len, stride):
+    """The (N, L) arrays data.py held before samples were cut per batch, built by the loops it
+    had then: every prefix sample and window written out. The reference for the CSR splits."""
+    order = np.lexsort((times, users))
+    users, items = users[order], items[order]
+    starts = np.flatnonzero(np.r_[True, np.diff(users) != 0])
+    ends = np.r_[starts[1:], len(users)]
+    parts, seqs = {"train": [], "valid": [], "test": []}, {}
+    for s, e in zip(starts, ends):
+        seqs[users[s]] = items[s:e]
+        n_samples = e - s - 1
+        n_eval = min(2, max(n_samples - 1, 0))
+        for k in range(n_samples):
+            name = "train" if k < n_samples - n_eval else ("valid" if n_eval == 2 and k == n_samples - 2 else "test")
+            parts[name].append((users[s], items[s + max(0, k + 1 - max_len):s + k + 1], items[s + k + 1]))
+    windows = []
+    for u, seq in seqs.items():
+        n_train = sum(1 for row in parts["train"] if row[0] == u)
+        covered = s = 0
+        while covered < n_train:
+            e = min(s + max_len, n_train)
+            tgt = seq[s + 1:e + 1].copy()
+            tgt[:max(covered - s, 0)] = 0
+            windows.append((u, seq[s:e], tgt))
+            covered, s = e, s + stride
+    parts["windows"] = windows
+    out = {}
+    for name, rows in parts.items():
+        longest = max((len(r[1]) for r in windows), default=1) if name == "windows" else max(ends - starts) - 1
+        L = max(1, min(max_len, longest))  # the three prefix splits share one width
+        seq, tgt = np.zeros((len(rows), L), np.int64), np.zeros((len(rows), L), np.int64)
+        for b, (_, inp, t) in enumerate(rows):
+            seq[b, :len(inp)] = inp
+            tgt[b, :np.size(t)] = t
+        out[name] = (np.array([r[0] for r in rows], np.int64).reshape(-1), seq, np.array([len(r[1]) for r in rows], np.int64).reshape(-1),
+                     tgt if name == "windows" else tgt[:, 0])
+    return out
+
+
+@given(interaction_logs(), st.integers(1, 12), st.data())
+@settings(max_examples=150, deadline=None)
+def test_cut_per_batch_gives_exactly_the_arrays_held_before(log, max_len, draw):
+    users, items, times, _ = log
+    stride = draw.draw(st.integers(1, max_len))
+    seqs, splits = data.build_sequences(users, items, times, max_len)
+    splits["windows"] = data.sequence_windows(seqs, splits["train"], max_len, stride)
+    for name, (u, seq, lengths, targets) in arrays_as_before(users, items, times, max_len, stride).items():
+        sp = splits[name]
+        assert len(sp) == len(u) and np.array_equal(sp.users, u)
+        rows = draw.draw(st.permutations(range(len(sp)))) if len(sp) else []  # any batch, any order
+        for batch in np.array_split(np.array(rows, dtype=np.int64), max(1, len(rows) // 3)):
+            got = sp.cut(batch)
+            for a, b in zip(got, (seq, lengths, targets)):
+                assert np.array_equal(a, b[batch]), name
+
+
+def test_renumber_and_arrow_tokens_number_as_remap(tmp_path):
+    rng = np.random.default_rng(0)
+    tokens = [f"t{x}" for x in rng.zipf(1.5, 5000) % 300]
+    ids, vocab = data.remap(tokens)
+    codes = np.array([int(t[1:]) for t in tokens])
+    ids2, first = data.renumber(codes)
+    assert np.array_equal(ids, ids2) and vocab[1:] == [f"t{c}" for c in first]
+    path = _write(tmp_path / "x.inter", "user_id:token\n" + "\n".join(tokens) + "\n")
+    col = data.read_atomic(path)["user_id"]  # pyarrow's reader (or the line reader without it)
+    assert list(col) == tokens and np.array_equal(col.codes + 1, ids) and col.vocab == vocab[1:]
 
 
 @given(st.lists(st.text(min_size=1, max_size=3), max_size=40))
@@ -127,7 +196,7 @@ def test_load_tiny_dataset_and_cache(tiny_dataset):
     assert np.all(ds.item_kg[0] == 0)
     # row i of item_kg is the vector of item i's linked entity
     ent = data.read_atomic(os.path.join(folder, "tiny.ent_feature"))
-    vec = dict(zip(ent["ent_id"], ent["ent_vec"]))
+    vec = dict(zip(ent["ent_id"], ent["ent_vec"]))  # Tokens iterate as strings, vectors as rows
     for i in range(1, ds.n_items + 1):
         np.testing.assert_allclose(ds.item_kg[i], vec["e" + ds.item_tokens[i]], atol=1e-5)
     # a second load reads the cache and gives the same vectors
@@ -279,18 +348,20 @@ def test_windows_cover_every_training_target_once(log, max_len, draw):
     stride = draw.draw(st.integers(1, max_len))
     seqs, splits = data.build_sequences(users, items, times, max_len)
     w = data.sequence_windows(seqs, splits["train"], max_len, stride)
+    item_seq, lengths, targets = w.cut(np.arange(len(w)))
+    assert w.n_targets() == int((targets > 0).sum())
     for u, seq in enumerate(seqs):
         n_train = int((splits["train"].users == u).sum())
         rows = np.flatnonzero(w.users == u)
         # rebuild each window's position in the user's sequence: windows start at 0, stride, 2*stride...
         covered = []
         for k, r in enumerate(rows):
-            s, L = k * stride, w.lengths[r]
-            assert np.array_equal(w.item_seq[r, :L], seq[s:s + L]) and np.all(w.item_seq[r, L:] == 0)
-            assert w.targets.shape[1] <= max_len
-            for j in range(w.targets.shape[1]):
-                if w.targets[r, j]:
-                    assert j < L and w.targets[r, j] == seq[s + j + 1]
+            s, L = k * stride, lengths[r]
+            assert np.array_equal(item_seq[r, :L], seq[s:s + L]) and np.all(item_seq[r, L:] == 0)
+            assert targets.shape[1] <= max_len
+            for j in range(targets.shape[1]):
+                if targets[r, j]:
+                    assert j < L and targets[r, j] == seq[s + j + 1]
                     covered.append(s + j + 1)
             # nothing at or after the valid item is read or predicted
             assert s + L <= n_train

@@ -116,7 +116,7 @@ def test_memory_cache_matches_per_batch_write(tiny_dataset):
     ds = train.load_data(cfg, log=lambda m: None)
     model = train.build_model(cfg, ds)
     V = train.memory_cache(model, ds.train, False, "cpu", log=lambda m: None)
-    seq, lengths = torch.as_tensor(ds.train.item_seq[:9]), torch.as_tensor(ds.train.lengths[:9])
+    seq, lengths, _ = map(torch.as_tensor, ds.train.cut(np.arange(9)))
     torch.testing.assert_close(V[:9], kernels.memory_write(model.entity_embedding(seq), lengths, model.relations))
     assert train.memory_cache(train.build_model(dict(cfg, memory_impl="reference"), ds), ds.train, False, "cpu",
                               log=lambda m: None) is None  # the reference runs as it is
