@@ -273,17 +273,18 @@ def run(cfg, log=print):
     V_cache = memory_cache(model, train_split, all_steps, device, log)
     valid_key = cfg["valid_metric"].lower()
     progress = make_progress(main and sys.stderr.isatty())
-    epoch_seconds, valid_hist, losses = [], [], []
+    epoch_seconds, eval_seconds, valid_hist, losses = [], [], [], []  # epoch: training + valid evaluation
     best, best_epoch, bad = float("-inf"), -1, 0
     for epoch in range(cfg["epochs"]):
         t0 = time.time()
         try:
-            loss = train_epoch(model, step, opt, train_split, cfg, device, gen, progress, V_cache)
+            loss, t1 = train_epoch(model, step, opt, train_split, cfg, device, gen, progress, V_cache), time.time()
             valid = evaluate(model, ds.valid, cfg, device)
         except NonFiniteError as e:
             kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
             raise NonFiniteError(f"epoch {epoch}, {e}: training stopped; {kept}") from None
         epoch_seconds.append(time.time() - t0)
+        eval_seconds.append(time.time() - t1)
         losses.append(loss)
         valid_hist.append(valid)
         improved = valid[valid_key] >= best  # RecBole's early_stopping: a tie also counts as better
@@ -295,7 +296,7 @@ def run(cfg, log=print):
                                   "model": best_state}, ckpt_path)
         else:
             bad += 1
-        log(f"epoch {epoch:3d}  loss {loss:.4f}  train {epoch_seconds[-1]:.1f}s  valid "
+        log(f"epoch {epoch:3d}  loss {loss:.4f}  train {epoch_seconds[-1] - eval_seconds[-1]:.1f}s  valid ({eval_seconds[-1]:.1f}s) "
             + "  ".join(f"{k} {v:.4f}" for k, v in valid.items() if k in (valid_key, "ndcg@10", "hit@10"))
             + ("  *" if improved else ""))
         if bad > cfg["stopping_step"]:  # RecBole stops after stopping_step + 1 epochs without improvement
@@ -303,9 +304,10 @@ def run(cfg, log=print):
             break
 
     model.load_state_dict(best_state)
-    test = evaluate(model, ds.test, cfg, device)
+    t1, test = time.time(), evaluate(model, ds.test, cfg, device)
     results = {
-        "config": cfg, "dataset": ds.stats, "epoch_seconds": epoch_seconds, "train_loss": losses,
+        "config": cfg, "dataset": ds.stats, "train_samples": len(train_split), "epoch_seconds": epoch_seconds,
+        "eval_seconds": eval_seconds, "test_seconds": time.time() - t1, "train_loss": losses,
         "valid": valid_hist, "best_epoch": best_epoch, "best_valid": valid_hist[best_epoch],
         "test": test, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path, "world_size": distributed.world_size(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
