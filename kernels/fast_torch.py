@@ -24,16 +24,20 @@ import ksr
 
 
 def keep_freed_memory():
-    """Ask glibc to keep freed memory: each batch allocates a few hundred MB, and page faults
-    on freshly mapped blocks cost a fifth of a training step on 2 cores. Process-wide, so
-    only programs call it (train.py's train_main, tune.py, bench.py), never a library
+    """Ask glibc to keep freed memory: a training batch allocates many blocks of a few MB,
+    and page faults on freshly mapped blocks cost a fifth of a training step on 2 cores.
+    Blocks up to 32 MiB (glibc's largest threshold) come from the heap and stay there once
+    freed; bigger ones (a 20M-interaction dataset's arrays, an evaluation batch's scores
+    over 27k items) are still mapped and unmapped on their own: kept in the heap they
+    fragment it, and an evaluation grew to 3x its live memory. Process-wide, so only
+    programs call it (train.py's train_main, tune.py, bench.py), never a library
     function. Linux/glibc only; elsewhere it does nothing."""
     if platform.system() != "Linux":
         return
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)          # M_MMAP_MAX: serve large blocks from the heap
-        libc.mallopt(-1, 2 ** 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
+        libc.mallopt(-3, 32 * 2 ** 20)  # M_MMAP_THRESHOLD: blocks under 32 MiB from the heap
+        libc.mallopt(-1, 2 ** 30)       # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
     except (OSError, AttributeError):
         pass
 
