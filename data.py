@@ -741,7 +741,7 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
         # the entity file last: its presence is what marks the cache as complete
         write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
-        log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on held-out triples = {hits:.4f}")
+        log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on a sample of held-out triples = {hits:.4f}")
     # always read the vectors back from the files, so a fresh run and a cached run see the same numbers
     ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
     rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))

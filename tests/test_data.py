@@ -180,6 +180,47 @@ def test_transe_is_the_same_on_any_number_of_threads():
         assert np.array_equal(ent, runs[0])
 
 
+def test_transe_leaves_the_rows_no_batch_uses_unchanged():
+    # 40 triples among entities 0..9 of 5000: a batch uses those, plus one corrupted entity per triple
+    rng = np.random.default_rng(0)
+    triples = np.stack([rng.integers(0, 10, 40), rng.integers(0, 2, 40), rng.integers(0, 10, 40)], 1)
+    run = lambda epochs: transe.train_transe(triples, 5000, 2, dim=8, epochs=epochs, batch_size=10, holdout=0,
+                                             seed=0, log=lambda m: None)[0]
+    start, trained = run(0), run(3)  # epochs=0: the initial vectors, after the final renormalisation
+    changed = np.flatnonzero((start != trained).any(1))
+    assert set(range(10)) <= set(changed)
+    # 3 epochs x 40 triples corrupt at most 120 other entities; the other 4870+ rows are exactly as they started
+    assert 0 < len(changed) - 10 <= 120
+
+
+def test_transe_lazy_adam_moves_only_the_rows_it_is_given():
+    torch.manual_seed(0)
+    w = torch.randn(6, 3)
+    w0 = w.clone()
+    adam = transe.LazyAdam(w, lr=0.1)
+    adam.step(torch.tensor([0, 2]), w[[0, 2]].clone(), torch.ones(2, 3))
+    w1, m1, v1 = w.clone(), adam.m.clone(), adam.v.clone()
+    assert not torch.equal(w1[[0, 2]], w0[[0, 2]]) and torch.equal(w1[[1, 3, 4, 5]], w0[[1, 3, 4, 5]])
+    adam.step(torch.tensor([4]), w[[4]].clone(), torch.ones(1, 3))
+    # rows 0 and 2 have momentum but were not in this step: dense Adam would move them, lazy Adam does not
+    for t, t1 in ((w, w1), (adam.m, m1), (adam.v, v1)):
+        assert torch.equal(t[[0, 1, 2, 3, 5]], t1[[0, 1, 2, 3, 5]])
+    assert not torch.equal(w[4], w0[4])
+
+
+@pytest.mark.parametrize("n_triples", [60000, 10000])
+def test_transe_hits_at_10_ranks_a_sample_of_the_held_out_triples(monkeypatch, n_triples):
+    scored = []
+    hits_at_10 = transe.transe_hits_at_10
+    monkeypatch.setattr(transe, "transe_hits_at_10", lambda ent, rel, test: scored.append(test) or hits_at_10(ent, rel, test))
+    rng = np.random.default_rng(0)
+    triples = np.stack([rng.integers(0, 1000, n_triples), rng.integers(0, 3, n_triples), rng.integers(0, 1000, n_triples)], 1)
+    hits = transe.train_transe(triples, 1000, 3, dim=8, epochs=0, seed=0, log=lambda m: None)[2]
+    (test,) = scored
+    assert len(test) == min(transe.HITS_SAMPLE, round(0.05 * n_triples))  # 2000 of 3000 held out; all 500 of 500
+    assert 0 <= hits <= 1 and hits == round(hits * len(test)) / len(test)  # a share of the sample
+
+
 # ---------------------------------------------------------------- loading
 
 def test_load_tiny_dataset_and_cache(tiny_dataset):
