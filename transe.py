@@ -104,10 +104,13 @@ class LazyAdam:
         self.n += 1
         m = self.m.index_select(0, rows).lerp_(grad, 1 - b1)  # b1 m + (1 - b1) grad
         v = self.v.index_select(0, rows).mul_(b2).addcmul_(grad, grad, value=1 - b2)  # b2 v + (1 - b2) grad^2
-        self.m.index_copy_(0, rows, m)
-        self.v.index_copy_(0, rows, v)
         denom = (v / (1 - b2 ** self.n)).sqrt_().add_(self.eps)
-        self.w.index_copy_(0, rows, x.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** self.n)))
+        x.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** self.n))
+        # write the rows back through numpy views of the tables: on one CPU thread numpy's row
+        # assignment is twice as fast as index_copy_, and these writes were a third of a batch
+        r = rows.numpy()
+        for table, new in ((self.m, m), (self.v, v), (self.w, x)):
+            table.numpy()[r] = new.numpy()
 
 
 @torch.no_grad()

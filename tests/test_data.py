@@ -132,16 +132,41 @@ def test_cut_per_batch_gives_exactly_the_arrays_held_before(log, max_len, draw):
                 assert np.array_equal(a, b[batch]), name
 
 
-def test_renumber_and_arrow_tokens_number_as_remap(tmp_path):
-    rng = np.random.default_rng(0)
-    tokens = [f"t{x}" for x in rng.zipf(1.5, 5000) % 300]
-    ids, vocab = data.remap(tokens)
-    codes = np.array([int(t[1:]) for t in tokens])
-    ids2, first = data.renumber(codes)
+@given(st.lists(st.integers(0, 40), max_size=200))
+def test_renumber_numbers_codes_as_remap_numbers_tokens(codes):
+    ids, vocab = data.remap([f"t{c}" for c in codes])
+    ids2, first = data.renumber(np.array(codes, dtype=np.int64))
     assert np.array_equal(ids, ids2) and vocab[1:] == [f"t{c}" for c in first]
-    path = _write(tmp_path / "x.inter", "user_id:token\n" + "\n".join(tokens) + "\n")
-    col = data.read_atomic(path)["user_id"]  # pyarrow's reader (or the line reader without it)
-    assert list(col) == tokens and np.array_equal(col.codes + 1, ids) and col.vocab == vocab[1:]
+
+
+def test_arrow_reader_and_line_reader_agree(tmp_path):
+    # ~3 MB: pyarrow parses it in several blocks (and threads); the line reader is the reference
+    rng = np.random.default_rng(0)
+    n = 150_000
+    users = [f"u{x}" for x in rng.zipf(1.5, n) % 5000]
+    items = [f"i {x}" for x in rng.integers(0, 900, n)]  # a token may hold a space
+    ratings = rng.integers(1, 6, n)
+    vecs = rng.standard_normal((n, 3)).astype(np.float32)
+    lines = [f"{u}\t{i}\t{r}\t{v[0]:.9g} {v[1]:.9g}  {v[2]:.9g}" for u, i, r, v in zip(users, items, ratings, vecs)]
+    lines.insert(70_000, "")  # blank lines are skipped by both
+    path = _write(tmp_path / "x.inter", "user_id:token\titem_id:token\trating:float\tvec:float_seq\n" + "\n".join(lines) + "\r\n")
+    fast = data.read_atomic(path)
+    names, types = data._read_header(path, ())
+    slow = data._read_lines(path, names, types)
+    for name in names:
+        if isinstance(slow[name], data.Tokens):
+            assert fast[name].vocab == slow[name].vocab and np.array_equal(fast[name].codes, slow[name].codes)
+        else:
+            assert fast[name].dtype == slow[name].dtype and np.array_equal(fast[name], slow[name])
+    assert list(fast["user_id"]) == users and np.array_equal(fast["vec"], vecs)
+
+
+def test_a_dataset_too_big_for_memory_is_refused_before_reading(tiny_dataset, monkeypatch):
+    monkeypatch.setattr(data, "available_memory", lambda: 10_000)  # bytes
+    with pytest.raises(data.DataError, match=r"tiny.inter: about [\d,]+ interactions need about .* GiB of memory") as e:
+        load("tiny", tiny_dataset, log=lambda m: None)
+    assert "\n" not in str(e.value)
+    assert not any("feature" in f for f in os.listdir(os.path.join(tiny_dataset, "tiny")))  # nothing was prepared
 
 
 @given(st.lists(st.text(min_size=1, max_size=3), max_size=40))
