@@ -95,10 +95,12 @@ class LazyAdam:
 
     Why no momentum: with it, dense Adam keeps moving a row for ~1/(1 - beta1) = 10 steps after
     its gradient, and a sparse update cannot do that without touching every row (SparseAdam and
-    the like just skip it, so a rarely seen entity moves 10x less: on ml-100k that cost KSR
-    0.007 NDCG@10). With beta1 = 0 a row without a gradient does not move at all; only its
-    second moment v decays, by beta2 per step, and that is caught up when the row is next used:
-    v = beta2^(steps since its last update) v. So the sparse step is the dense step.
+    the like just skip it, so a rarely seen entity moves up to 10x less than dense Adam would
+    move it, and the sparse update is some other optimiser). With beta1 = 0 a row without a
+    gradient does not move at all; only its second moment v decays, by beta2 per step, and that
+    is caught up when the row is next used: v = beta2^(steps since its last update) v. So the
+    sparse step is the dense step. (KSR on ml-100k did better with the earlier dense Adam
+    vectors, beta1 = 0.9 and every row moving every step: docs/results.md.)
     """
 
     def __init__(self, w, lr, beta2=0.999, eps=1e-8):

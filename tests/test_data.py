@@ -115,13 +115,20 @@ def arrays_as_before(users, items, times, max_len, stride):
     return out
 
 
-@given(interaction_logs(), st.integers(1, 12), st.data())
-@settings(max_examples=150, deadline=None)
-def test_cut_per_batch_gives_exactly_the_arrays_held_before(log, max_len, draw):
+def splits_and_windows(log, max_len, draw):
+    """build_sequences' splits and sequence_windows' windows (under "windows") at a drawn stride."""
     users, items, times, _ = log
     stride = draw.draw(st.integers(1, max_len))
     seqs, splits = data.build_sequences(users, items, times, max_len)
     splits["windows"] = data.sequence_windows(seqs, splits["train"], max_len, stride)
+    return seqs, splits, stride
+
+
+@given(interaction_logs(), st.integers(1, 12), st.data())
+@settings(max_examples=150, deadline=None)
+def test_cut_per_batch_gives_exactly_the_arrays_held_before(log, max_len, draw):
+    users, items, times, _ = log
+    seqs, splits, stride = splits_and_windows(log, max_len, draw)
     for name, (u, seq, lengths, targets) in arrays_as_before(users, items, times, max_len, stride).items():
         sp = splits[name]
         assert len(sp) == len(u) and np.array_equal(sp.users, u)
@@ -456,10 +463,8 @@ def test_real_ml100k(tmp_path_factory):
 @given(interaction_logs(), st.integers(1, 12), st.data())
 @settings(max_examples=150, deadline=None)
 def test_windows_cover_every_training_target_once(log, max_len, draw):
-    users, items, times, lengths = log
-    stride = draw.draw(st.integers(1, max_len))
-    seqs, splits = data.build_sequences(users, items, times, max_len)
-    w = data.sequence_windows(seqs, splits["train"], max_len, stride)
+    seqs, splits, stride = splits_and_windows(log, max_len, draw)
+    w = splits["windows"]
     item_seq, lengths, targets = w.cut(np.arange(len(w)))
     assert w.n_targets() == int((targets > 0).sum())
     for u, seq in enumerate(seqs):
