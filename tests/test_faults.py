@@ -379,7 +379,7 @@ def test_a_file_size_limit_names_the_file_and_leaves_nothing_half_written(tiny_d
 
 @pytest.mark.parametrize("script", ["train.py", "data.py"])
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, script):
-    write_tiny_dataset(str(tmp_path), n_users=60, n_items=3000)  # TransE long enough to be interrupted
+    write_tiny_dataset(str(tmp_path), n_users=60, n_items=30000)  # 90k triples: TransE runs ~10 s, long enough to be interrupted
     args = ["--dataset", "tiny", "--kg", "freebase", "--data_path", str(tmp_path)]
     if script == "train.py":
         args += ["--epochs", "300", "--out_dir", str(tmp_path / "run")]
