@@ -383,8 +383,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, script):
     args = ["--dataset", "tiny", "--kg", "freebase", "--data_path", str(tmp_path)]
     if script == "train.py":
         args += ["--epochs", "300", "--out_dir", str(tmp_path / "run")]
+    # SIGINT's default action in the child even when pytest runs in a background job (which ignores
+    # SIGINT, and Python keeps an inherited SIG_IGN: the run would finish and exit 0)
     proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, script), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # interrupt while TransE (data.py) or training (train.py) runs
         if "TransE epoch 1/" in line or "epoch   1" in line:
             break
