@@ -29,7 +29,10 @@ def keep_freed_memory():
     Blocks up to 32 MiB (glibc's largest threshold) come from the heap and stay there once
     freed; bigger ones (a 20M-interaction dataset's arrays, an evaluation batch's scores
     over 27k items) are still mapped and unmapped on their own: kept in the heap they
-    fragment it, and an evaluation grew to 3x its live memory. Process-wide, so only
+    fragment it, and an evaluation grew to 3x its live memory. The price: prefix mode's GRU
+    activations (2048 x 50 steps, ~150 MB) are mapped again every batch, and its ml-100k
+    epoch went from 41.5 to 50.4 s on the AMD machine (docs/results.md); sequence mode (the
+    default, blocks of a few MB) from 7.0 to 7.4 s, within noise. Process-wide, so only
     programs call it (train.py's train_main, tune.py, bench.py), never a library
     function. Linux/glibc only; elsewhere it does nothing."""
     if platform.system() != "Linux":
