@@ -13,9 +13,8 @@ and peak RSS are its own:
 
 Seconds per batch are train.py's over the S batches, its first (warm-up) batch included.
 Last, in this process, a sequence-mode step at each size's item and relation count, 16
-full windows, timed over 20 steps after a warm-up: with the frozen-KG memory written inside
-the step (kernels.memory_write, as train.py does when train.memory_cache is over budget),
-with it given (the cache), and the write alone. An epoch's seconds are a step's times the
+full windows, timed over 20 steps after a warm-up, and the frozen-KG memory write inside it
+(kernels.memory_write) alone. An epoch's seconds are a step's times the
 batches in an epoch: an estimate, marked "est.". The table ends with each step's growth
 exponent between the smallest and largest size (t ~ n^e).
 """
@@ -73,8 +72,8 @@ def train_stage(name, data_path, mode, steps):
 
 
 def memory_write_share(n_items, n_relations, reps=20):
-    """Seconds of one sequence-mode training step (16 windows x 50 steps) with the memory
-    written inside it, and with it given (the cache); and of the write alone."""
+    """Seconds of one sequence-mode training step (16 windows x 50 steps), and of the memory
+    write inside it alone."""
     import kernels
     import train
     cfg = vars(train.parse_args(["--train_mode", "sequence"]))
@@ -86,11 +85,9 @@ def memory_write_share(n_items, n_relations, reps=20):
     seq = torch.randint(1, n_items + 1, (16, 50))
     lengths = torch.full((16,), 50)
     targets = torch.randint(1, n_items + 1, (16, 50))
-    with torch.no_grad():
-        V = kernels.memory_write(model.entity_embedding(seq), lengths, model.relations, True)
 
-    def step(V):
-        loss = model.loss(model(seq, lengths, True, V), targets, None)
+    def step():
+        loss = model(seq, lengths, targets, all_steps=True)[1]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -103,7 +100,7 @@ def memory_write_share(n_items, n_relations, reps=20):
         return (time.perf_counter() - t0) / reps
     with torch.no_grad():
         write = clock(lambda: kernels.memory_write(model.entity_embedding(seq), lengths, model.relations, True))
-    return {"step_s": clock(lambda: step(None)), "step_cached_s": clock(lambda: step(V)), "write_s": write}
+    return {"step_s": clock(step), "write_s": write}
 
 
 def main():

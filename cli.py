@@ -1,12 +1,43 @@
-"""How every program here talks to its user: options that refuse bad values, one line per
-error, and exit codes (2: a bad option, 1: bad data or a failed run, 130: Ctrl-C).
+"""How every program here talks to its user: the options and their defaults (the one place
+they are set), option types that refuse bad values, one line per error, and exit codes
+(2: a bad option, 1: bad data or a failed run, 130: Ctrl-C).
 
-The options themselves and their defaults are train.py's (train.option_parser); data.py,
-explain.py, tune.py and the bench scripts read them from there.
+train.py, data.py, explain.py, tune.py and the bench scripts build their parsers here
+(option_parser); this module imports no other module of the project.
 """
 import argparse
 import math
 import sys
+
+# -----------------------------------------------------------------------------
+# Defaults: RecBole's names and values (KSR.yaml, overall.yaml) where RecBole has the option.
+DEFAULTS = dict(
+    dataset="ml-100k", data_path="dataset", kg=None, keep_unlinked=False,  # kg None: default_kg(dataset)
+    embedding_size=64, kg_embedding_size=64, hidden_size=128, num_layers=1, dropout_prob=0.1,
+    gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, pad_slot=False,
+    train_mode="sequence", learning_rate=None, train_batch_size=None,  # None: MODE_DEFAULTS[train_mode]
+    window_stride=None,  # sequence mode: None is MAX_ITEM_LIST_LENGTH, windows that do not overlap
+    eval_batch_size=4096, epochs=300, stopping_step=10, MAX_ITEM_LIST_LENGTH=50,
+    topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", memory_impl="sorted", max_steps=0,
+    out_dir=None, overwrite=False, eval_only=None,
+    # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
+    transe_epochs=60, transe_learning_rate=0.005, transe_seed=2020,
+)
+# A batch counts prefixes in RecBole's prefix mode, windows (~2,000 an epoch on ml-100k) in sequence mode
+MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # RecBole's
+                 "sequence": dict(train_batch_size=16, learning_rate=0.001)}  # chosen on valid MRR@10 (docs/results.md)
+KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for its files (RecBole's Freebase KG)
+
+
+def default_kg(dataset):
+    """ml-100k: the attribute KG (RecBole's Freebase links for it point at other films, see
+    data.link_check); any other dataset: its own .kg/.link files."""
+    return "attributes" if dataset == "ml-100k" else "files"
+
+
+def transe_settings(cfg):
+    """What TransE is trained with, from a run's options (data.load_dataset records it with the vectors)."""
+    return {"epochs": cfg["transe_epochs"], "learning_rate": cfg["transe_learning_rate"], "seed": cfg["transe_seed"]}
 
 
 class UsageError(Exception):
@@ -14,7 +45,11 @@ class UsageError(Exception):
 
 
 class UserError(Exception):
-    """Bad input or a failed run (data.DataError, train.NonFiniteError): one line, exit 1."""
+    """Bad input or a failed run (DataError, train.NonFiniteError): one line, exit 1."""
+
+
+class DataError(UserError):
+    """Bad input (or a file that cannot be written): one line naming the file (and line) and what is wrong."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -57,10 +92,52 @@ def given_options(argv):
     return {a[2:].split("=")[0] for a in argv if a.startswith("--")}
 
 
+def option_parser(prog, description, names=None):
+    """An argparse parser with the training options (all, or those in `names`), defaults from DEFAULTS."""
+    ap = Parser(prog=prog, description=description, allow_abbrev=False)
+    pint, pfloat, d, md = positive(int), positive(float), DEFAULTS, MODE_DEFAULTS
+    by_mode = lambda key: f"default {md['sequence'][key]} (prefix mode: {md['prefix'][key]})"
+    options = [
+        ("dataset", {}), ("data_path", {}),
+        ("kg", dict(choices=KG_CHOICES, help="files: the dataset's .kg/.link files (for ml-100k RecBole's Freebase "
+                    "files, also called freebase); attributes: a KG from the .item file; default: attributes for "
+                    "ml-100k, files for any other dataset")),
+        ("keep_unlinked", dict(type=str2bool, help="keep interactions whose item has no KG link (zero KG vector)")),
+        *[(name, dict(type=pint)) for name in ("embedding_size", "kg_embedding_size", "hidden_size", "num_layers")],
+        ("dropout_prob", dict(type=number(float))), ("gamma", dict(type=number(float))),
+        ("loss_type", dict(choices=["CE", "BPR"])), ("freeze_kg", dict(type=str2bool)),
+        ("no_memory", dict(action="store_true", help="plain GRU4Rec: no knowledge memory")),
+        ("pad_slot", dict(type=str2bool, help="one more memory slot with a zero key, as RecBole's padding relation gives")),
+        ("learning_rate", dict(type=pfloat, help=by_mode("learning_rate"))),
+        ("train_batch_size", dict(type=pint, help=by_mode("train_batch_size"))),
+        ("train_mode", dict(choices=["prefix", "sequence"], help="RecBole's prefix samples, or windows (README)")),
+        ("window_stride", dict(type=pint, help="sequence mode: a window every this many steps (default: "
+                               "MAX_ITEM_LIST_LENGTH, no overlap)")),
+        *[(name, dict(type=pint)) for name in ("eval_batch_size", "epochs", "stopping_step", "MAX_ITEM_LIST_LENGTH")],
+        ("topk", dict(type=topk_list)), ("valid_metric", {}),
+        ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
+        ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that computes the memory: "
+                             "reference is ksr.kv_memory; sorted kernels.sorted_kv_memory; fused the Triton kernel "
+                             "(a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
+        ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),
+        ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),
+        ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),
+        ("eval_only", dict(metavar="CHECKPOINT", help="re-evaluate a saved model.pt")),
+        ("transe_epochs", dict(type=number(int, 0), help="TransE epochs, when the KG vectors are trained here")),
+        ("transe_learning_rate", dict(type=pfloat, help="TransE's learning rate (Adam without momentum)")),
+        ("transe_seed", dict(type=number(int, 0, 2 ** 32 - 1), help="TransE's seed: the vectors belong to the "
+                             "dataset, not to a training run's --seed")),
+    ]
+    for name, kw in options:
+        if names is None or name in names:
+            ap.add_argument("--" + name, **{"default": d[name], **kw})
+    return ap
+
+
 def cli(program, argv):
     """Run program(argv) as a command: a bad option is one line and exit 2; bad data, a failed
     run or running out of memory one line and exit 1; Ctrl-C one line and exit 130. Files are written whole or not at
-    all (data.replaced_atomically), so an interrupted run leaves nothing half-written."""
+    all (files.replacing), so an interrupted run leaves nothing half-written."""
     try:
         return program(argv)
     except UsageError as e:

@@ -1,310 +1,47 @@
-"""Data for KSR: RecBole atomic files, ml-100k out of the box, leave-one-out
-sequences and knowledge-graph embeddings.
+"""Data for KSR: ml-100k out of the box, RecBole's leave-one-out sequences, knowledge-graph
+vectors, all in one Dataset.
 
 Reading order:
-  1. read_atomic         - one RecBole atomic file (tab-separated, `name:type` header); token
-                           columns come back as integer codes (Tokens), parsed by pyarrow
-  2. fetch_ml100k        - ml-100k from the recbole wheel on the package index
-  3. attribute_kg        - a small, correct KG built from ml-100k.item (genre, year, decade)
-  4. build_sequences     - sort by time, RecBole's prefix samples and leave-one-out;
+  1. fetch_ml100k        - ml-100k from the recbole wheel on the package index
+  2. attribute_kg        - a small, correct KG built from ml-100k.item (genre, year, decade)
+  3. build_sequences     - sort by time, RecBole's prefix samples and leave-one-out;
      sequence_windows    - whole windows of a user's training items (--train_mode sequence);
      Split.cut           - a batch's (B, L) arrays, cut from the one array of every user's items
-  5. KG vectors          - the dataset's .ent_feature/.rel_feature, or TransE (transe.py), cached
-  6. load_dataset        - all of the above into one `Dataset`, memory O(interactions)
-  7. link_check          - do the KG's genres agree with the dataset's own genre labels?
+  4. kg_vectors          - the dataset's .ent_feature/.rel_feature, or TransE (transe.py), cached
+                           with a record of what made them
+  5. load_dataset        - all of the above into one `Dataset`, memory O(interactions)
+  6. link_check          - do the KG's genres agree with the dataset's own genre labels?
+The files themselves are read by atomic_files.py (RecBole's format) and written through
+files.py (whole or absent).
 
-`python data.py --dataset ml-100k [--kg freebase|attributes] [--json]` prepares
-everything and prints the statistics (options and defaults: train.py's).
+`python data.py --dataset ml-100k [--kg files|attributes] [--json]` prepares everything and
+prints the statistics (options and defaults: cli.py's).
 """
 import contextlib
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 import transe
-from cli import UserError, cli
+from atomic_files import Tokens, read_atomic, remap, renumber, rows_of, write_atomic  # noqa: F401 (remap: tests)
+from cli import KG_CHOICES, DataError, cli, default_kg, option_parser, transe_settings
+from files import remove_stale
 
 ML100K_WHEEL = "recbole==1.2.1"
 ML100K_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 ML100K_FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.kg", "ml-100k.link", "ml-100k.user")
 
 
-class DataError(UserError):
-    """Bad input. The message is one line naming the file (and line) and what is wrong."""
-
-
 # ----------------------------------------------------------------------------
-# 1. Atomic files
-
-ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
-
-
-class Tokens:
-    """A token column, encoded: row k holds vocab[codes[k]], the vocab in order of first
-    appearance. A big column stays integer codes (no Python string per row); indexing and
-    iterating give the strings, which is what the small files (.item, .link) are read with."""
-
-    def __init__(self, codes, vocab):
-        self.codes, self.vocab = codes, vocab  # (n,) int64, list of str
-
-    @classmethod
-    def encode(cls, strings):
-        ids, vocab = remap(strings)
-        return cls(ids - 1, vocab[1:])
-
-    def __len__(self):
-        return len(self.codes)
-
-    def __getitem__(self, k):
-        return self.vocab[self.codes[k]]
-
-    def __iter__(self):
-        return map(self.vocab.__getitem__, self.codes.tolist())
-
-
-def read_atomic(path, required=()):
-    """Read a RecBole atomic file into {column name: values}.
-
-    token -> Tokens, token_seq -> list[list[str]], float -> float64 array (n,),
-    float_seq -> float32 array (n, d). `required` names columns that must be present.
-    Bad input (not UTF-8, a repeated column, a value that does not parse, NaN or inf in a
-    float, vectors of different lengths) is a DataError naming file and line.
-
-    pyarrow's CSV reader parses the file in C++ on every core (20M lines in seconds, no
-    Python object per value). A file it refuses, or whose values fail our checks, is read
-    again line by line by _read_lines, which names the first bad line (or reads what arrow
-    would not: both accept the same files).
-    """
-    names, types = _read_header(path, required)
-    try:
-        cols = _read_arrow(path, names, types)
-    except _Refused:
-        cols = _read_lines(path, names, types)
-    if not len(cols[names[0]]):
-        raise DataError(f"{path}: file has a header but no rows")
-    return cols
-
-
-class _Refused(Exception):
-    """The fast reader's values fail a check: _read_lines finds the line."""
-
-
-def _read_header(path, required):
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        raw = f.readline()
-    try:
-        header = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: line 1: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
-    if not header:
-        raise DataError(f"{path}: file is empty (expected a header line of name:type columns)")
-    names, types = [], []
-    for col in header.split("\t"):
-        name, sep, typ = col.partition(":")
-        if not sep or typ not in ATOMIC_TYPES:
-            raise DataError(f"{path}: line 1: header column {col!r} is not name:type with type in {ATOMIC_TYPES}")
-        if name in names:
-            raise DataError(f"{path}: line 1: column {name!r} appears twice in the header")
-        names.append(name)
-        types.append(typ)
-    for name in required:
-        if name not in names:
-            raise DataError(f"{path}: line 1: missing column {name!r} (header has {names})")
-    return names, types
-
-
-def _read_arrow(path, names, types):
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.csv as pcsv
-    except ImportError:
-        raise _Refused from None
-    try:
-        table = pcsv.read_csv(
-            path, read_options=pcsv.ReadOptions(skip_rows=1, column_names=names),
-            parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),  # RecBole's files quote nothing
-            convert_options=pcsv.ConvertOptions(column_types={n: pa.float64() if t == "float" else pa.string()
-                                                              for n, t in zip(names, types)},
-                                                null_values=[], strings_can_be_null=False))
-    except pa.ArrowException:  # a wrong column count, a value that does not parse, not UTF-8
-        raise _Refused from None
-    cols = {}
-    for name, typ in zip(names, types):
-        col = table.column(name)
-        if typ == "token":  # pc.unique lists values in order of first appearance, as remap numbers them
-            vocab = pc.unique(col)
-            cols[name] = Tokens(pc.index_in(col, value_set=vocab).to_numpy().astype(np.int64), vocab.to_pylist())
-        elif typ == "token_seq":
-            cols[name] = [v.split() for v in col.to_pylist()]
-        elif typ == "float":
-            cols[name] = col.to_numpy()
-            if not np.isfinite(cols[name]).all():
-                raise _Refused
-        else:  # float_seq: split on whitespace as str.split does, parse every number at once
-            parts = pc.utf8_split_whitespace(col.combine_chunks() if col.num_chunks else pa.array([], pa.string()))
-            words = pc.list_flatten(parts)
-            real = pc.not_equal(words, "")  # split_whitespace keeps "" at the ends
-            per_row = np.bincount(pc.list_parent_indices(parts).to_numpy()[real.to_numpy(zero_copy_only=False)],
-                                  minlength=len(col))
-            if len(col) and (per_row != per_row[0]).any():
-                raise _Refused
-            values = pc.cast(pc.filter(words, real), pa.float64()).to_numpy()
-            if not np.isfinite(values).all():
-                raise _Refused
-            cols[name] = values.astype(np.float32).reshape(len(col), per_row[0] if len(col) else 0)
-    return cols
-
-
-def _read_lines(path, names, types):
-    """The same file, line by line in Python: slow, but it names the line that is wrong."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        lines = raw.decode("utf-8").split("\n")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}: line {line}: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
-    cols = {n: [] for n in names}
-    vec_len = {}
-    for lineno, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
-        if not line:
-            continue
-        parts = line.split("\t")
-        if len(parts) != len(names):
-            raise DataError(f"{path}: line {lineno}: expected {len(names)} tab-separated columns, found {len(parts)}")
-        for name, typ, value in zip(names, types, parts):
-            if typ == "token":
-                cols[name].append(value)
-            elif typ == "token_seq":
-                cols[name].append(value.split())
-            else:
-                try:
-                    v = float(value) if typ == "float" else np.array(value.split(), dtype=np.float32)
-                except ValueError:
-                    raise DataError(f"{path}: line {lineno}: column {name!r}: cannot parse {value!r} as {typ}") from None
-                if not np.all(np.isfinite(v)):
-                    raise DataError(f"{path}: line {lineno}: column {name!r}: {value!r} is not finite (NaN or inf)")
-                if typ == "float_seq":
-                    n = vec_len.setdefault(name, len(v))
-                    if len(v) != n:
-                        raise DataError(f"{path}: line {lineno}: column {name!r}: vector of length {len(v)}, earlier rows have {n}")
-                cols[name].append(v)
-    for name, typ in zip(names, types):
-        if typ == "token":
-            cols[name] = Tokens.encode(cols[name])
-        elif typ == "float":
-            cols[name] = np.array(cols[name], dtype=np.float64)
-        elif typ == "float_seq":
-            cols[name] = np.array(cols[name], dtype=np.float32).reshape(len(cols[name]), vec_len.get(name, 0))
-    return cols
-
-
-def process_alive(pid):
-    """Whether a process with this pid runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale(folder, pattern=r"(?:tmp|\.fetch)-(\d+)-[a-z0-9_]{8}"):
-    """Remove what a killed run left in `folder`: temporary files and fetch folders named
-    after a process that no longer runs (they carry its pid: tmp-<pid>-..., .fetch-<pid>-...)."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        m = re.match(pattern, name)
-        if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
-            path = os.path.join(folder, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):  # another run may be cleaning up too
-                    os.remove(path)
-
-
-@contextlib.contextmanager
-def replaced_atomically(path):
-    """Yield a temporary path beside `path`; on success rename it to `path`, on any error
-    remove it. A reader never sees a half-written file; a write that fails (full disk, a
-    file-size limit, no permission) is a DataError naming `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    remove_stale(folder)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"tmp-{os.getpid()}-", suffix="-" + os.path.basename(path))
-        os.close(fd)
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise DataError(f"{path}: cannot write it: {e.strerror or e}") from None
-        raise
-
-
-def save_atomic(obj, path):
-    """results.json (a dict) or a checkpoint (torch.save), written with replaced_atomically."""
-    if path.endswith(".json"):
-        payload = json.dumps(obj, indent=1).encode()
-    else:
-        import torch  # only checkpoints need it
-        buf = io.BytesIO()
-        torch.save(obj, buf)  # in memory first: torch's own writer turns a full disk into an opaque RuntimeError
-        payload = buf.getbuffer()
-    with replaced_atomically(path) as tmp, open(tmp, "wb") as f:
-        f.write(payload)
-
-
-def prepare_run_folder(folder, run_files, overwrite):
-    """Make a training run's folder, before any long work. A folder holding a run (any of
-    run_files) is refused unless overwrite; then those files go first, so a results.json and
-    a model.pt of two different runs never sit side by side."""
-    held = [f for f in run_files if os.path.exists(f)]
-    if held and not overwrite:
-        raise DataError(f"{folder}: holds a run ({', '.join(map(os.path.basename, held))}); choose another --out_dir, "
-                        f"or pass --overwrite to replace it")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        for f in held:
-            os.remove(f)
-        tempfile.TemporaryFile(dir=folder).close()  # can we write there? (the file vanishes on close)
-    except OSError as e:
-        raise DataError(f"{folder}: cannot write the run there ({e.strerror or e})") from None
-
-
-def write_atomic(path, header, rows):
-    """Write an atomic file (a header of name:type columns, then tab-separated rows)."""
-    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write("\t".join(header) + "\n")
-        for row in rows:
-            f.write("\t".join(row) + "\n")
-
-
-# ----------------------------------------------------------------------------
-# 2. ml-100k without a manual step
+# 1. ml-100k without a manual step
 
 def fetch_ml100k(data_path, log=print):
     """Put RecBole's ml-100k atomic files in <data_path>/ml-100k/.
@@ -356,7 +93,7 @@ def verify_sha256(path, expected, manual=""):
 
 
 # ----------------------------------------------------------------------------
-# 3. A correct attribute KG for ml-100k
+# 2. A correct attribute KG for ml-100k
 
 def attribute_kg(item_cols):
     """Triples item -> genre / release_year / decade built from ml-100k.item.
@@ -382,7 +119,7 @@ def attribute_kg(item_cols):
 
 
 # ----------------------------------------------------------------------------
-# 4. Sequences and RecBole's sequential split, kept once (CSR) and cut per batch
+# 3. Sequences and RecBole's sequential split, kept once (CSR) and cut per batch
 
 class UserItems:
     """Every user's items in time order, in one flat array: user u's are
@@ -444,26 +181,6 @@ class Split:
         return item_seq, lengths, np.where(has_target, self.items[idx + has_target], 0)
 
 
-def remap(tokens):
-    """Tokens -> contiguous ids from 1 in order of first appearance (0 is padding)."""
-    vocab = {}
-    ids = np.fromiter((vocab.setdefault(t, len(vocab) + 1) for t in tokens), dtype=np.int64, count=len(tokens))
-    return ids, ["[PAD]"] + list(vocab)
-
-
-def renumber(codes):
-    """remap for integer codes (>= 0): ids from 1 in order of first appearance, and the code
-    of each id (index 0 for id 1). No sort of the codes, no Python loop: O(n + codes)."""
-    n_codes = int(codes.max()) + 1 if len(codes) else 0
-    first = np.full(n_codes, len(codes), np.int64)
-    np.minimum.at(first, codes, np.arange(len(codes)))  # the first row of each code
-    present = np.flatnonzero(first < len(codes))
-    order = present[np.argsort(first[present])]  # the codes as they first appear
-    rank = np.zeros(n_codes, np.int64)
-    rank[order] = np.arange(1, len(order) + 1)
-    return rank[codes], order
-
-
 def ragged_arange(counts):
     """[0..counts[0]-1, 0..counts[1]-1, ...] without a Python loop."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -502,7 +219,7 @@ def build_sequences(users, items, times, max_len):
     }
 
 
-def sequence_windows(seqs, train, max_len, stride=None):
+def sequence_windows(seqs, train, max_len, stride):
     """Training windows for --train_mode sequence: each user's training items, cut in
     windows of at most `max_len` inputs; the model predicts the next item at every step.
 
@@ -510,12 +227,11 @@ def sequence_windows(seqs, train, max_len, stride=None):
     samples of `train` use: inputs and targets). Window k reads items[s : s + max_len] with
     s = k * stride and is trained on the next item at each step, except at steps whose
     target an earlier window already covered (they only give context). stride = max_len
-    (the default): windows do not overlap and every step has a target. A smaller stride
+    (the default, cli.DEFAULTS): windows do not overlap and every step has a target. A smaller stride
     overlaps windows so that later targets see at least max_len - stride items of context:
     window k > 0 skips its first max_len - stride steps. Every training target is covered
     exactly once. Returns a Split with `skip` (its `cut` gives targets (B, L), 0 = no loss).
     """
-    stride = stride or max_len
     if not 1 <= stride <= max_len:
         raise DataError(f"--window_stride: must be in 1..{max_len}, got {stride}")
     n_train = np.bincount(train.users, minlength=len(seqs))  # targets per user: items[1..n_train]
@@ -531,18 +247,78 @@ def sequence_windows(seqs, train, max_len, stride=None):
 
 
 # ----------------------------------------------------------------------------
-# 5. Knowledge-graph vectors: the dataset's own, or TransE (transe.py), cached
-
-TRANSE_SEED = 2020  # the vectors are a property of the dataset, not of a training run's seed
-
+# 4. Knowledge-graph vectors: the dataset's own, or TransE (transe.py), cached
 
 def feature_paths(folder, dataset, kg):
-    stem = dataset if kg == "freebase" else f"{dataset}.{kg}"
+    """The dataset's own KG vector files (RecBole's names), or ours beside them for the attribute KG."""
+    stem = dataset if kg in ("files", "freebase") else f"{dataset}.{kg}"
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
 
+def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim, transe_settings, log):
+    """(entity vectors (E, K), relation vectors (R, K), found (E,) bool, TransE's Hits@10 or None).
+
+    The dataset's .ent_feature/.rel_feature when it has them (a user's files: used as they are,
+    refused in one line if their dimension is not --kg_embedding_size). Otherwise TransE,
+    trained once and cached in RecBole's format; <ent_feature>.json, written first, marks the
+    files as ours and records what made them (transe.record): a cache made otherwise (another
+    TransE, another setting) is trained again and replaced, never silently reused.
+    """
+    ent_path, rel_path = feature_paths(folder, dataset, kg)
+    meta_path = ent_path + ".json"
+    want = transe.record(dim, transe_settings["epochs"], transe_settings["learning_rate"], transe_settings["seed"])
+    ours = os.path.exists(meta_path)
+    have = [f for f in (ent_path, rel_path) if os.path.exists(f)]
+    if len(have) == 1 and not ours:
+        missing = rel_path if have == [ent_path] else ent_path
+        raise DataError(f"{missing}: not found, but {have[0]} is there and was not written by this project: add the "
+                        f"missing file, or remove {have[0]} to have TransE vectors trained for both")
+    meta = {}
+    if ours:
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.loads(f.readline())
+        except (ValueError, OSError):  # damaged: ours all the same (a user's files have no record), so made anew
+            meta = {}
+    if ours and len(have) == 2 and meta.get("made_with") != want:
+        was = meta.get("made_with")
+        changed = ", ".join(sorted(k for k in want if was.get(k) != want[k])) if isinstance(was, dict) else None
+        log(f"KG vectors: {ent_path} " + (f"was made with other settings ({changed})" if changed else
+                                          f"has no readable record of what made it ({meta_path})") + "; training them again")
+        os.remove(ent_path)  # first: the entity file's presence marks a complete cache
+        have = [rel_path]
+    if len(have) < 2:
+        log(f"KG vectors: training TransE on {len(triples)} triples ({len(entity_tokens)} entities, "
+            f"{len(relation_tokens)} relations, K={dim})")
+        entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens), dim=dim,
+                                                           epochs=want["epochs"], lr=want["learning_rate"],
+                                                           seed=want["seed"], log=log)
+        fmt = lambda v: " ".join(map("{:.6g}".format, v.tolist()))  # Python floats: formatted twice as fast
+        meta = {"transe_hits@10": hits, "triples": int(len(triples)), "made_with": want}
+        write_atomic(meta_path, [json.dumps(meta)], [])
+        write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
+        # the entity file last: its presence is what marks the cache as complete
+        write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
+        log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on a sample of held-out triples = {hits:.4f}")
+    # always read the vectors back from the files, so a fresh run and a cached run see the same numbers
+    ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
+    rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))
+    K, K_rel = ef["ent_vec"].shape[1], rf["rel_vec"].shape[1]
+    if K != K_rel:
+        raise DataError(f"{ent_path}: entity vectors have length {K}, but relation vectors in {rel_path} have {K_rel}")
+    if K != dim:  # only a user's files can get here: ours were made for this dim
+        raise DataError(f"{ent_path}: the vectors have {K} dimensions, but --kg_embedding_size is {dim}: "
+                        f"pass --kg_embedding_size {K}")
+    rel_row = rows_of(rf["rel_id"], relation_tokens)
+    if (rel_row < 0).any():
+        raise DataError(f"{rel_path}: no vector for relation {relation_tokens[int(np.argmax(rel_row < 0))]!r} of the KG")
+    ent_row = rows_of(ef["ent_id"], entity_tokens)
+    entity_kg = np.where(ent_row[:, None] >= 0, ef["ent_vec"][ent_row], 0).astype(np.float32)  # (E, K)
+    return entity_kg, rf["rel_vec"][rel_row], ent_row >= 0, meta.get("transe_hits@10")
+
+
 # ----------------------------------------------------------------------------
-# 6. The dataset
+# 5. The dataset
 
 @dataclass
 class Dataset:
@@ -618,26 +394,11 @@ def available_memory():
     return None
 
 
-def rows_of(tokens, wanted):
-    """The row of each wanted token in a Tokens column (a later row wins), -1 where absent."""
-    last = np.full(len(tokens.vocab), -1, np.int64)
-    codes, first_from_end = np.unique(tokens.codes[::-1], return_index=True)
-    last[codes] = len(tokens) - 1 - first_from_end
-    index = {tok: last[c] for c, tok in enumerate(tokens.vocab)}
-    return np.array([index.get(t, -1) for t in wanted], dtype=np.int64)
-
-
-def default_kg(dataset):
-    """ml-100k: the attribute KG (RecBole's Freebase links for it point at other films, see
-    link_check); any other dataset: its own .kg/.link files."""
-    return "attributes" if dataset == "ml-100k" else "freebase"
-
-
 def load_kg(folder, dataset, kg, item_cols=None):
     """The KG as token columns: triples (head, relation, tail) and links (item, entity), each
     a tuple of Tokens, and the files read."""
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
-    if kg == "freebase":
+    if kg in ("files", "freebase"):
         kgc = read_atomic(p("kg"), required=("head_id", "relation_id", "tail_id"))
         linkc = read_atomic(p("link"), required=("item_id", "entity_id"))
         return ((kgc["head_id"], kgc["relation_id"], kgc["tail_id"]), (linkc["item_id"], linkc["entity_id"]),
@@ -661,11 +422,12 @@ def entity_ids(heads, tails):
     return ids[0::2] - 1, ids[1::2] - 1, [tokens[c] for c in codes]
 
 
-def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, log=print):
+def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, transe_settings, log=print):
     """Load <data_path>/<dataset>/ into a `Dataset`, preparing what is missing.
 
-    kg: "freebase" (the dataset's own .kg/.link files: RecBole's KG datasets link items to
-    Freebase) or "attributes" (built from the .item file's genre and year columns).
+    kg: "files" (the dataset's own .kg/.link files; "freebase", ml-100k's name for them: RecBole's
+    KG datasets link items to Freebase) or "attributes" (built from the .item file's genre and
+    year columns). transe_settings: cli.transe_settings, used when the vectors are trained here.
     Every step is vectorised over interactions and triples (tokens as integer codes);
     Python loops run over vocabularies (items, entities) only.
     """
@@ -676,8 +438,8 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         else:
             raise DataError(f"{folder}: dataset folder not found (put the RecBole atomic files "
                             f"{dataset}.inter, .kg, .link there)")
-    if kg not in ("freebase", "attributes"):
-        raise DataError(f"--kg: unknown value {kg!r} (choose freebase or attributes)")
+    if kg not in KG_CHOICES:
+        raise DataError(f"--kg: unknown value {kg!r} (choose one of {', '.join(KG_CHOICES)})")
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     used = [p("inter")]
     check_memory(p("inter"), log)
@@ -725,52 +487,12 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     item_entity = np.array([-1] + [item_link.get(t, -1) for t in item_tokens[1:]], dtype=np.int64)
 
     # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached
-    ent_path, rel_path = feature_paths(folder, dataset, kg)
-    meta_path = ent_path + ".json"  # written first by TransE below: the vectors are ours, not the user's
-    have = [f for f in (ent_path, rel_path) if os.path.exists(f)]
-    if len(have) == 1 and not os.path.exists(meta_path):
-        missing = rel_path if have == [ent_path] else ent_path
-        raise DataError(f"{missing}: not found, but {have[0]} is there and was not written by this project: add the "
-                        f"missing file, or remove {have[0]} to have TransE vectors trained for both")
-    if len(have) < 2:
-        log(f"KG vectors: {ent_path} not found; training TransE on {len(triples)} triples "
-            f"({len(entity_tokens)} entities, {len(relation_tokens)} relations, K={kg_embedding_size})")
-        entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens),
-                                                           dim=kg_embedding_size, seed=TRANSE_SEED, log=log)
-        fmt = lambda v: " ".join(map("{:.6g}".format, v.tolist()))  # Python floats: formatted twice as fast
-        meta = {"transe_hits@10": hits, "triples": int(len(triples)), "dim": kg_embedding_size, "seed": TRANSE_SEED}
-        write_atomic(meta_path, [json.dumps(meta)], [])
-        write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
-        # the entity file last: its presence is what marks the cache as complete
-        write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
-        log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on a sample of held-out triples = {hits:.4f}")
-    # always read the vectors back from the files, so a fresh run and a cached run see the same numbers
-    ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
-    rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))
-    K, K_rel = ef["ent_vec"].shape[1], rf["rel_vec"].shape[1]
-    if K != K_rel:
-        raise DataError(f"{ent_path}: entity vectors have length {K}, but relation vectors in {rel_path} have {K_rel}")
-    if K != kg_embedding_size:
-        raise DataError(f"{ent_path}: the vectors have {K} dimensions, but --kg_embedding_size is {kg_embedding_size}: "
-                        f"pass --kg_embedding_size {K}" + (f", or remove {ent_path}, {rel_path} and {meta_path} to train "
-                                                           f"new ones" if os.path.exists(meta_path) else ""))
-    rel_row = rows_of(rf["rel_id"], relation_tokens)
-    if (rel_row < 0).any():
-        raise DataError(f"{rel_path}: no vector for relation {relation_tokens[int(np.argmax(rel_row < 0))]!r} of the KG")
-    relation_kg = rf["rel_vec"][rel_row]
-    ent_row = rows_of(ef["ent_id"], entity_tokens)
-    entity_kg = np.where(ent_row[:, None] >= 0, ef["ent_vec"][ent_row], 0).astype(np.float32)  # (E, K)
-    del ef
-    missing = int((ent_row[np.unique(item_entity[item_entity >= 0])] < 0).sum())
+    entity_kg, relation_kg, found, hits = kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens,
+                                                     kg_embedding_size, transe_settings, log)
+    missing = int((~found[np.unique(item_entity[item_entity >= 0])]).sum())
     if missing:
-        log(f"warning: {ent_path}: no vector for {missing} linked item entities; their items get a zero KG vector")
-    hits = None
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            try:
-                hits = json.loads(f.readline()).get("transe_hits@10")
-            except (ValueError, AttributeError):  # only a report: a damaged one is not worth stopping for
-                log(f"warning: {meta_path}: not the JSON TransE writes; its Hits@10 is not reported")
+        log(f"warning: {feature_paths(folder, dataset, kg)[0]}: no vector for {missing} linked item entities; "
+            f"their items get a zero KG vector")
     item_kg = np.zeros((len(item_tokens), entity_kg.shape[1]), np.float32)
     linked = item_entity >= 0
     item_kg[linked] = entity_kg[item_entity[linked]]
@@ -782,7 +504,8 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 
     ds = Dataset(dataset, kg, user_tokens, item_tokens, seqs, splits["train"], splits["valid"], splits["test"],
                  entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits)
-    ds.fingerprint = _fingerprint(used, {"kg": kg, "keep_unlinked": keep_unlinked, "max_len": max_len})
+    source = "files" if kg == "freebase" else kg  # two names, the same data
+    ds.fingerprint = _fingerprint(used, {"kg": source, "keep_unlinked": keep_unlinked, "max_len": max_len})
     ds.stats = {
         "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": len(seqs.items),
         "dropped_unlinked_interactions": n_raw - len(seqs.items), "short_users": short,
@@ -795,7 +518,7 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 
 
 # ----------------------------------------------------------------------------
-# 7. Are the links right? Genre agreement between the KG and the item labels
+# 6. Are the links right? Genre agreement between the KG and the item labels
 
 def link_check(triples, links, item_cols, label_column="class", seed=0):
     """How much do the KG's genre facts agree with the dataset's own genre labels?
@@ -841,9 +564,9 @@ def link_check(triples, links, item_cols, label_column="class", seed=0):
 # ----------------------------------------------------------------------------
 
 def main(argv=None):
-    import train  # the shared options and defaults (train.py imports this module, not the reverse)
-    ap = train.option_parser("data.py", "Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.",
-                             names=("dataset", "data_path", "kg", "keep_unlinked", "kg_embedding_size", "MAX_ITEM_LIST_LENGTH"))
+    ap = option_parser("data.py", "Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.",
+                       names=("dataset", "data_path", "kg", "keep_unlinked", "kg_embedding_size", "MAX_ITEM_LIST_LENGTH",
+                              "transe_epochs", "transe_learning_rate", "transe_seed"))
     ap.add_argument("--check_links", action="store_true", help="also print the KG/label genre agreement")
     ap.add_argument("--json", action="store_true", help="print the statistics as one JSON object on the last line")
     return cli(lambda argv: prepare(ap.parse_args(argv)), sys.argv[1:] if argv is None else list(argv))
@@ -853,19 +576,17 @@ def prepare(args):
     args.kg = args.kg or default_kg(args.dataset)
     log = lambda msg: print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
     ds = load_dataset(args.dataset, args.data_path, args.kg, args.keep_unlinked, args.kg_embedding_size,
-                      args.MAX_ITEM_LIST_LENGTH, log=log)
+                      args.MAX_ITEM_LIST_LENGTH, transe_settings(vars(args)), log=log)
     stats = dict(ds.stats)
     if args.check_links:
         folder = os.path.join(args.data_path, args.dataset)
         item_file = os.path.join(folder, f"{args.dataset}.item")
         item_cols = read_atomic(item_file) if os.path.exists(item_file) else None
         stats["link_check"] = {}
-        for kg in ("freebase", "attributes"):
-            try:
+        for kg in ("files", "attributes"):
+            with contextlib.suppress(DataError):  # a KG this dataset does not have
                 triples, links, _ = load_kg(folder, args.dataset, kg, item_cols)
-            except DataError:
-                continue
-            stats["link_check"][kg] = link_check(list(zip(*triples)), list(zip(*links)), item_cols)
+                stats["link_check"][kg] = link_check(list(zip(*triples)), list(zip(*links)), item_cols)
     for k, v in stats.items():
         if k != "link_check":
             log(f"{k:>30}: {v}")

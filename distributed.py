@@ -97,26 +97,11 @@ def all_sum(values, device):
     return t.tolist()
 
 
-class TrainStep(torch.nn.Module):
-    """What DistributedDataParallel wraps: forward returns a rank's share of the batch loss,
-    so every parameter takes part in every step, even on a rank whose slice is empty."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, seq, lengths, targets, negatives, V, all_steps):
-        if seq.shape[0] == 0:  # nothing to learn from here this step; gradients 0, the all-reduce still runs
-            return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-        return self.model.loss(self.model(seq, lengths, all_steps, V), targets, negatives)
-
-
 def wrap(model, device):
-    """TrainStep(model), inside DistributedDataParallel when there is more than one process.
-    DDP averages gradients over ranks; train_epoch scales each rank's loss so that the average
-    is the one-process gradient. (DDP also sends rank 0's buffers, the R x K relation keys,
-    with every step: the same values, a few KB.)"""
-    step = TrainStep(model)
+    """The model inside DistributedDataParallel when there is more than one process, else the
+    model itself. DDP averages gradients over ranks; train_epoch scales each rank's loss so that
+    the average is the one-process gradient. (DDP also sends rank 0's buffers, the R x K relation
+    keys, with every step: the same values, a few KB.)"""
     if world_size() == 1:
-        return step
-    return torch.nn.parallel.DistributedDataParallel(step, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)

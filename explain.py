@@ -21,29 +21,30 @@ import torch
 
 import data
 import distributed
-import kernels
-from cli import Parser, UsageError, cli, positive
+import files
+import ksr
+from cli import DataError, Parser, UsageError, cli, positive
 from train import batches, load_checkpoint, rank_of_target
 
 
 @torch.no_grad()
 def decompose(model, item_seq, lengths):
-    """Split p_u into a sequence term and one term per memory slot (call in eval mode).
+    """Split p_u into a sequence term and one term per memory slot (call in eval mode), with
+    the model's own parts: its GRU and read query, ksr.memory_write and ksr.read_attention.
 
     Returns p_seq (B, D), p_rel (B, R, D) (p_seq + p_rel.sum(1) is p_u), the read attention
     w (B, R) after the last step, and w after every step (B, L, R), 0 at padding steps.
     """
-    x = model.item_embedding(item_seq)
-    h_all = model.gru(x, lengths, all_steps=True)  # (B, L, H)
-    w_steps = torch.softmax(model.gamma * model.read_query(h_all) @ model.relations.T, dim=-1)  # each step's read
+    h_all = model.gru(model.item_embedding(item_seq), lengths, all_steps=True)  # h_t after every step (B, L, H)
+    w_steps = ksr.read_attention(model.relations, model.read_query(h_all), model.gamma)  # (B, L, R)
     steps = torch.arange(item_seq.shape[1], device=item_seq.device)
     w_steps = w_steps * (steps[None, :] < lengths[:, None])[..., None]
     rows = torch.arange(item_seq.shape[0], device=item_seq.device)
     h, w = h_all[rows, lengths - 1], w_steps[rows, lengths - 1]  # (B, H), (B, R)
-    V = kernels.memory_write(model.entity_embedding(item_seq), lengths, model.relations)  # (B, R, K)
+    V = ksr.memory_write(model.entity_embedding(item_seq), lengths, model.relations)  # (B, R, K)
     W_h, W_m = model.dense_layer_u.weight.split([h.shape[1], V.shape[2]], dim=1)
     p_seq = h @ W_h.T + model.dense_layer_u.bias
-    p_rel = w[..., None] * (V @ W_m.T)  # (B, R, D): w_a W_m v_a
+    p_rel = w[..., None] * (V @ W_m.T)  # (B, R, D): w_a W_m v_a; sum_a w_a v_a is m_t
     return p_seq, p_rel, w, w_steps
 
 
@@ -61,13 +62,13 @@ def explain_user(model, ds, uid, topk):
     """Everything `explain --user` shows, for user id `uid`'s test sequence, as a dict."""
     rows = np.flatnonzero(ds.test.users == uid)
     if not len(rows):
-        raise data.DataError(f"user {ds.user_tokens[uid]} has no test sample (fewer than 3 interactions); "
+        raise DataError(f"user {ds.user_tokens[uid]} has no test sample (fewer than 3 interactions); "
                              "explain needs one")
     seq, lengths, targets = map(torch.as_tensor, ds.test.cut(rows[:1]))
     model.eval()
     p_seq, p_rel, w, w_steps = decompose(model, seq, lengths)
     q = model.item_representations()  # q_i: (N + 1, D)
-    scores = model.full_scores(model(seq, lengths))[0]
+    scores = model.full_scores(model(seq, lengths)[0])[0]
     top = torch.topk(scores, topk).indices
     seq_term = (p_seq[0] @ q[top].T)  # (k,)
     rel_terms = (p_rel[0] @ q[top].T).T  # (k, R)
@@ -164,7 +165,7 @@ def _pyplot():
 
 def _save_figure(fig, path):
     fig.tight_layout()
-    with data.replaced_atomically(path) as tmp:
+    with files.replacing(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     _pyplot().close(fig)
     print(f"wrote {path}")

@@ -4,101 +4,106 @@ Huang, Zhao, Dou, Wen, Chang. "Improving Sequential Recommendation with Knowledg
 Memory Networks." SIGIR 2018. Follows RecBole 1.2.1's KSR; the differences are listed in
 docs/recbole-differences.md.
 
-This file is the reference: the paper's equations, step by step, nothing else. The fast
-paths that compute the same functions (a packed GRU, a memory write on rows sorted by length,
-a fused Triton kernel) live in kernels/; KSR picks one by name (`memory_impl`, `packed_gru`)
-and the tests prove each equal to the code below.
+This file is the reference: the paper's equations, step by step, and it imports only torch.
+Faster code for the memory (kernels/: rows sorted by length, a fused Triton kernel) has the
+signature of `kv_memory` below; the caller hands one to KSR (`KSR(..., memory=...)`, chosen
+by train.build_model from --memory_impl) and the tests prove each equal to this file.
 
 Reading order (parts first, the whole model last):
-  1. memory_read  - attention over relations w = softmax(gamma s . r_a), m = sum_a w_a v_a
-  2. kv_memory    - the key-value memory: the erase/add write of every item, then the read
-  3. GRU          - the sequence encoder h_t (RecBole's bias-free nn.GRU)
-  4. KSR          - p_u = W_u [h_t ; m_t], q_i = W_i [x_i ; e_i], scores p_u . q_i, CE or BPR
+  1. memory_write   - the erase/add write of every item into V (one slot per relation a)
+  2. read_attention, memory_read - w = softmax(gamma s . r_a), m = sum_a w_a v_a
+  3. kv_memory      - the key-value memory: write, then read
+  4. GRU            - the sequence encoder h_t (RecBole's bias-free nn.GRU)
+  5. KSR            - p_u = W_u [h_t ; m_t], q_i = W_i [x_i ; e_i], scores p_u . q_i, CE or BPR
 
 Shapes: B batch, L steps, N items, D embedding_size, K kg_embedding_size, H hidden_size,
-R relations (memory slots).
+R relations (memory slots). `kg_seq` (B, L, K) is the KG vector e_i of the item at each step;
+`item_kg` (N + 1, K) is the table of every item's e_i.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels  # the fast paths; used only inside KSR (kernels imports this file back)
-
 
 # ----------------------------------------------------------------------------
-# 1-2. The key-value memory. Keys are the relation vectors r_a (constant); value v_a is the
+# 1-3. The key-value memory. Keys are the relation vectors r_a (constant); value v_a is the
 # user's preference for attribute a, written once per item.
 
-def memory_read(V, relations, query, gamma):
-    """Read: w = softmax(gamma * s . r_a) over relations a, m = sum_a w_a v_a.
+def memory_write(kg_seq, lengths, relations, all_steps=False):
+    """The paper's erase/add write, step by step from V = 0.
 
-    V (..., R, K), relations (R, K), query s (..., K) -> m (..., K).
-    """
-    w = torch.softmax(gamma * query @ relations.T, dim=-1)  # (..., R) attention over relations
-    return (w.unsqueeze(-2) @ V).squeeze(-2)  # (..., 1, R) @ (..., R, K)
-
-
-def kv_memory(item_kg, lengths, relations, query, gamma, all_steps=False):
-    """KSR's memory, written step by step: the readable reference and the tests' oracle.
-
-    item_kg   (B, L, K)  KG vector e_i of the item at each step (0 at padding)
+    kg_seq    (B, L, K)  KG vector e_i of the item at each step (0 at padding)
     lengths   (B,)       valid steps per row, 1..L; steps >= length are padding
     relations (R, K)     relation vectors r_a, the memory keys
-    query     (B, K)     all_steps=False: m (B, K), read after each row's last valid step
-              (B, L, K)  all_steps=True:  m (B, L, K), read after every step (0 at padding)
-    gamma     float      attention sharpness
+    Returns V (B, R, K), the memory after each row's last valid step, or with all_steps=True
+    (B, L, R, K), the memory after every step (0 at padding steps).
 
-    Write, for each valid step t and every relation a (the paper's erase/add write):
+    For each valid step t and every relation a:
         E_a = e_i + r_a                    the item's attribute vector for relation a
         z_a = sigmoid(v_a . E_a)           how much to overwrite
         v_a <- (1 - z_a) v_a + z_a E_a     erase, then add
-    V starts at zero.
     """
-    B, L, K = item_kg.shape
-    if query.dim() != (3 if all_steps else 2):
-        raise ValueError(f"kv_memory: all_steps={all_steps} needs a query of shape {'(B, L, K)' if all_steps else '(B, K)'}, "
-                         f"got {tuple(query.shape)}")
-    V = item_kg.new_zeros(B, relations.shape[0], K)  # (B, R, K)
-    reads = []
+    B, L, K = kg_seq.shape
+    V = kg_seq.new_zeros(B, relations.shape[0], K)  # (B, R, K)
+    states = []
     for t in range(L):
-        E = item_kg[:, t, None, :] + relations[None]  # (B, R, K) attribute vectors
+        E = kg_seq[:, t, None, :] + relations[None]  # (B, R, K) attribute vectors
         z = torch.sigmoid((V * E).sum(-1, keepdim=True))  # (B, R, 1) gate
         valid = (t < lengths)[:, None, None]  # padding steps leave V unchanged
         V = torch.where(valid, (1 - z) * V + z * E, V)
         if all_steps:
-            reads.append(memory_read(V, relations, query[:, t], gamma) * valid[:, :, 0])
-    if all_steps:
-        return torch.stack(reads, dim=1)  # (B, L, K)
-    return memory_read(V, relations, query, gamma)
+            states.append(V * valid)
+    return torch.stack(states, dim=1) if all_steps else V  # (B, L, R, K) or (B, R, K)
+
+
+def read_attention(relations, query, gamma):
+    """w = softmax(gamma * s . r_a) over relations a: query s (..., K) -> w (..., R)."""
+    return torch.softmax(gamma * query @ relations.T, dim=-1)
+
+
+def memory_read(V, relations, query, gamma):
+    """Read: m = sum_a w_a v_a. V (..., R, K), relations (R, K), query s (..., K) -> m (..., K)."""
+    w = read_attention(relations, query, gamma)  # (..., R)
+    return (w.unsqueeze(-2) @ V).squeeze(-2)  # (..., 1, R) @ (..., R, K)
+
+
+def kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
+    """KSR's memory: memory_write, then memory_read. The readable reference and the tests' oracle.
+
+    query (B, K):    all_steps=False, m (B, K), read after each row's last valid step
+          (B, L, K): all_steps=True,  m (B, L, K), read after every step (0 at padding:
+                     the memory there is 0)
+    gamma: attention sharpness. Every fast memory in kernels/ has this signature.
+    """
+    if query.dim() != (3 if all_steps else 2):
+        raise ValueError(f"kv_memory: all_steps={all_steps} needs a query of shape {'(B, L, K)' if all_steps else '(B, K)'}, "
+                         f"got {tuple(query.shape)}")
+    return memory_read(memory_write(kg_seq, lengths, relations, all_steps), relations, query, gamma)
 
 
 # ----------------------------------------------------------------------------
-# 3. The sequence encoder
+# 4. The sequence encoder
 
 class GRU(nn.Module):
     """RecBole's encoder: nn.GRU(D -> H, num_layers, bias=False, batch_first).
 
-    forward(x (B, L, D), lengths (B,), all_steps, dropout) -> h (B, H) at each row's last
-    valid step, or with all_steps=True (B, L, H) after every step (values at padding steps
-    unspecified). `dropout` (a module) is applied to the inputs.
-    packed=False: nn.GRU over all L steps, padding included (the reference).
-    packed=True: kernels.packed_gru, which runs only the valid steps (the same function).
+    forward(x (B, L, D), lengths (B,), all_steps) -> h (B, H) at each row's last valid step,
+    or with all_steps=True (B, L, H) after every step (values at padding steps unspecified).
+    It runs over all L steps, padding included; padding comes after the valid steps, so it
+    never changes h at a valid step.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers, packed=True):
+    def __init__(self, input_size, hidden_size, num_layers):
         super().__init__()
         self.gru = nn.GRU(input_size, hidden_size, num_layers, bias=False, batch_first=True)
-        self.packed = packed
 
-    def forward(self, x, lengths, all_steps=False, dropout=None):
-        if self.packed:
-            return kernels.packed_gru(self.gru, x, lengths, all_steps, dropout)
-        out = self.gru(x if dropout is None else dropout(x))[0]  # (B, L, H)
+    def forward(self, x, lengths, all_steps=False):
+        out = self.gru(x)[0]  # (B, L, H)
         return out if all_steps else out[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
 # ----------------------------------------------------------------------------
-# 4. The model
+# 5. The model
 
 class KSR(nn.Module):
     """GRU + knowledge-enhanced key-value memory.
@@ -107,35 +112,24 @@ class KSR(nn.Module):
     item_kg      (n_items + 1, K) pretrained KG vector e_i of each item (TransE), row 0 zero
     relation_kg  (R, K) pretrained relation vectors r_a: the memory keys, kept constant
     no_memory    a plain GRU4Rec: p_u = W h_t, q_i = x_i (the baseline)
-    memory_impl  which code computes kv_memory (all equal; tests/test_fast_paths.py,
-                 tests/test_kernels.py):
-                   "reference"  kv_memory above, autograd through every step
-                   "sorted"     kernels.sorted_kv_memory: rows sorted by length, only active
-                                rows touched; no autograd with a frozen KG (the default)
-                   "fused"      kernels.fused_kv_memory: one Triton kernel (a CUDA GPU)
-    packed_gru   True: kernels.packed_gru (the default); False: nn.GRU over padding too
     pad_slot     one more memory slot whose key is the zero vector, as RecBole's memory has
                  (its padding relation keeps a zero vector); it holds e_i itself
+    memory       the function that computes kv_memory: this file's (the default), or a fast
+                 one of kernels/ with the same signature (train.build_model chooses)
+    The other options are RecBole's (KSR.yaml); their defaults are set once, in cli.DEFAULTS.
     """
 
-    def __init__(self, n_items, item_kg, relation_kg, embedding_size=64, hidden_size=128, num_layers=1,
-                 dropout_prob=0.1, gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, packed_gru=True,
-                 memory_impl="sorted", pad_slot=False):
+    def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,
+                 gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
             raise ValueError(f"loss_type must be CE or BPR, not {loss_type!r}")
-        impls = {"reference": kv_memory, "sorted": kernels.sorted_kv_memory, "fused": kernels.fused_kv_memory}
-        if memory_impl not in impls:
-            raise ValueError(f"memory_impl must be one of {', '.join(impls)}, not {memory_impl!r}")
-        if memory_impl == "fused" and not no_memory and (why := kernels.unavailable_reason()):
-            raise RuntimeError(f"memory_impl fused: {why}")
-        self.memory_impl, self.kv_memory = memory_impl, impls[memory_impl]
         item_kg = torch.as_tensor(item_kg, dtype=torch.float32)
         K = item_kg.shape[1]
-        self.n_items, self.gamma, self.loss_type, self.no_memory = n_items, gamma, loss_type, no_memory
+        self.n_items, self.gamma, self.loss_type, self.no_memory, self.memory = n_items, gamma, loss_type, no_memory, memory
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)  # x_i
         self.emb_dropout = nn.Dropout(dropout_prob)
-        self.gru = GRU(embedding_size, hidden_size, num_layers, packed=packed_gru)
+        self.gru = GRU(embedding_size, hidden_size, num_layers)
         if no_memory:
             self.dense_layer_u = nn.Linear(hidden_size, embedding_size)
         else:
@@ -155,28 +149,19 @@ class KSR(nn.Module):
             self.entity_embedding.weight.data.copy_(item_kg)
             self.entity_embedding.weight.requires_grad_(not freeze_kg)
 
-    @property
-    def frozen_kg(self):
-        return not self.no_memory and not self.entity_embedding.weight.requires_grad
-
-    def forward(self, item_seq, lengths, all_steps=False, V=None):
-        """User representations p_u (B, D) for item_seq (B, L) with `lengths` valid steps,
-        or with all_steps=True p_u after every step (B, L, D) (--train_mode sequence).
-
-        V: the memory already written for item_seq ((B, R, K), or (B, L, R, K) with
-        all_steps). With a frozen KG the write depends on no trained weight, so train.py
-        writes it once per training sample (kernels.memory_write) and passes it here.
-        """
-        x = self.item_embedding(item_seq)  # (B, L, D)
-        h = self.gru(x, lengths, all_steps, dropout=self.emb_dropout)  # h_t: (B, H), or (B, L, H)
+    def forward(self, item_seq, lengths, targets=None, negatives=None, all_steps=False):
+        """User representations p_u (B, D) of item_seq (B, L) with `lengths` valid steps, or
+        with all_steps=True p_u after every step (B, L, D) (--train_mode sequence); and, given
+        targets ((B,), or (B, L) with 0 for none) the loss (KSR.loss), else None."""
+        x = self.emb_dropout(self.item_embedding(item_seq))  # (B, L, D)
+        h = self.gru(x, lengths, all_steps)  # h_t: (B, H), or (B, L, H)
         if self.no_memory:
-            return self.dense_layer_u(h)
-        s = self.read_query(h)  # s_t = W_s h_t: (B, K), or (B, L, K)
-        if V is not None:  # written ahead of time: only the read is left
-            m = memory_read(V, self.relations, s, self.gamma)
-        else:  # write + read, by self.memory_impl
-            m = self.kv_memory(self.entity_embedding(item_seq), lengths, self.relations, s, self.gamma, all_steps)
-        return self.dense_layer_u(torch.cat([h, m], dim=-1))  # p_u = W_u [h_t ; m_t]
+            p = self.dense_layer_u(h)
+        else:
+            s = self.read_query(h)  # s_t = W_s h_t: (B, K), or (B, L, K)
+            m = self.memory(self.entity_embedding(item_seq), lengths, self.relations, s, self.gamma, all_steps)  # m_t
+            p = self.dense_layer_u(torch.cat([h, m], dim=-1))  # p_u = W_u [h_t ; m_t]
+        return p, (None if targets is None else self.loss(p, targets, negatives))
 
     def item_representations(self, items=None):
         """q_i = W_i [x_i ; e_i] for `items` (any shape), or for all items (N + 1, D)."""

@@ -63,6 +63,7 @@ import numpy as np
 
 import data
 from cli import Parser, UsageError, cli, number, positive
+from files import replacing
 
 PRESETS = {
     "tiny": dict(users=200, items=500, interactions=6_000, triples=8_000),
@@ -398,8 +399,8 @@ def format_rows(fields):
 
 def write_file(path, header, blocks):
     """An atomic file from blocks of fields (format_rows), WRITE_ROWS rows at a time, written
-    whole or not at all (data.replaced_atomically)."""
-    with data.replaced_atomically(path) as tmp, open(tmp, "wb") as f:
+    whole or not at all (files.replacing)."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(("\t".join(header) + "\n").encode())
         for fields in blocks:
             n = next(len(v) for _, v in fields if v is not None)
@@ -423,7 +424,7 @@ def dataset_files(folder, name):
 def derived_files(folder, name):
     """What data.load_dataset caches beside a dataset (TransE vectors): stale once it changes."""
     out = []
-    for kg in ("freebase", "attributes"):
+    for kg in ("files", "attributes"):
         ent, rel = data.feature_paths(folder, name, kg)
         out += [ent, rel, ent + ".json"]
     return out

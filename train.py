@@ -6,13 +6,15 @@
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
     python train.py explain ...   /   python train.py tune ...   (explain.py, tune.py)
 
-The path of a run, top to bottom: main -> parse_args -> run: data.load_dataset, build_model,
-memory_cache, then per epoch train_epoch (KSR.forward, KSR.loss, Adam) and evaluate on valid
-(full ranking); early stopping on valid MRR@10; the best checkpoint is tested.
+The path of a run, top to bottom: main -> parse_args (options and defaults: cli.py) -> run:
+data.load_dataset, build_model (ksr.KSR with the memory --memory_impl names), then per epoch
+train_epoch (p, loss = model(seq, lengths, targets); loss.backward(); opt.step()) and
+evaluate on valid (full ranking); early stopping on valid MRR@10; the best checkpoint is tested.
 """
 import math
 import os
 import platform
+import runpy
 import sys
 import time
 
@@ -21,60 +23,13 @@ import torch
 
 import data
 import distributed
+import files
 import kernels
-from cli import Parser, UsageError, UserError, cli, given_options, number, positive, str2bool, topk_list
-from ksr import KSR, sample_negatives
+import ksr
+from cli import (DEFAULTS, MODE_DEFAULTS, DataError, UsageError, UserError, cli, default_kg, given_options, option_parser,
+                 transe_settings)
 
-# -----------------------------------------------------------------------------
-# Defaults: RecBole's names and values (KSR.yaml, overall.yaml), the one place they are set.
-# data.py, explain.py, tune.py and the bench scripts read their options from here.
-DEFAULTS = dict(
-    dataset="ml-100k", data_path="dataset", kg=None, keep_unlinked=False,  # kg None: data.default_kg
-    embedding_size=64, kg_embedding_size=64, hidden_size=128, num_layers=1, dropout_prob=0.1,
-    gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, pad_slot=False,
-    learning_rate=0.001, train_batch_size=2048, eval_batch_size=4096, epochs=300, stopping_step=10,
-    MAX_ITEM_LIST_LENGTH=50, topk=[10], valid_metric="MRR@10", seed=2020, device="cpu",
-    memory_impl="sorted", max_steps=0, out_dir=None, overwrite=False, eval_only=None,
-    train_mode="sequence", window_stride=None,
-)
-# --train_mode sequence: a batch counts windows (~2,000 per epoch on ml-100k), not prefixes
-SEQUENCE_DEFAULTS = dict(train_batch_size=16, learning_rate=0.001)  # chosen on valid MRR@10 (docs/results.md)
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision")
-MEMORY_CACHE_BYTES = 2 * 2 ** 30  # the frozen-KG memory cache's budget (memory_cache)
-
-
-def option_parser(prog, description, names=None):
-    """An argparse parser with train.py's options (all, or those in `names`), defaults from DEFAULTS."""
-    ap = Parser(prog=prog, description=description, allow_abbrev=False)
-    pint, pfloat, d, sd = positive(int), positive(float), DEFAULTS, SEQUENCE_DEFAULTS
-    options = [
-        ("dataset", {}), ("data_path", {}),
-        ("kg", dict(choices=["freebase", "attributes"], help="freebase: the dataset's .kg/.link files (ml-100k: "
-                    "RecBole's mislinked ones); attributes: a KG from the .item file; default: attributes for ml-100k")),
-        ("keep_unlinked", dict(type=str2bool, help="keep interactions whose item has no KG link (zero KG vector)")),
-        *[(name, dict(type=pint)) for name in ("embedding_size", "kg_embedding_size", "hidden_size", "num_layers")],
-        ("dropout_prob", dict(type=number(float))), ("gamma", dict(type=number(float))),
-        ("loss_type", dict(choices=["CE", "BPR"])), ("freeze_kg", dict(type=str2bool)),
-        ("no_memory", dict(action="store_true", help="plain GRU4Rec: no knowledge memory")),
-        ("pad_slot", dict(type=str2bool, help="one more memory slot with a zero key, as RecBole's padding relation gives")),
-        ("learning_rate", dict(type=pfloat, default=None, help=f"default {d['learning_rate']} (sequence: {sd['learning_rate']})")),
-        ("train_batch_size", dict(type=pint, default=None, help=f"default {d['train_batch_size']} (sequence: {sd['train_batch_size']})")),
-        ("train_mode", dict(choices=["prefix", "sequence"], help="RecBole's prefix samples, or windows (README)")),
-        ("window_stride", dict(type=pint, help="sequence mode: a window every this many steps (default: no overlap)")),
-        *[(name, dict(type=pint)) for name in ("eval_batch_size", "epochs", "stopping_step", "MAX_ITEM_LIST_LENGTH")],
-        ("topk", dict(type=topk_list)), ("valid_metric", {}),
-        ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
-        ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that computes the memory "
-                             "(ksr.KSR): fused is the Triton kernel (a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
-        ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),
-        ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),
-        ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),
-        ("eval_only", dict(metavar="CHECKPOINT", help="re-evaluate a saved model.pt")),
-    ]
-    for name, kw in options:
-        if names is None or name in names:
-            ap.add_argument("--" + name, **{"default": d[name], **kw})
-    return ap
 
 
 def parse_args(argv=None, ap=None):
@@ -82,13 +37,13 @@ def parse_args(argv=None, ap=None):
     ap = ap or option_parser("train.py", "Train KSR (RecBole's protocol) and report test metrics. More commands: "
                              "`train.py explain` and `train.py tune` (see --help of each).")
     args = ap.parse_args(argv)
-    mode_defaults = SEQUENCE_DEFAULTS if args.train_mode == "sequence" else DEFAULTS
-    for key in ("learning_rate", "train_batch_size"):
+    for key, value in MODE_DEFAULTS[args.train_mode].items():  # the defaults that depend on the training mode
         if getattr(args, key) is None:
-            setattr(args, key, mode_defaults[key])
-    args.kg = args.kg or data.default_kg(args.dataset)
+            setattr(args, key, value)
+    args.kg = args.kg or default_kg(args.dataset)
     if args.window_stride and args.window_stride > args.MAX_ITEM_LIST_LENGTH:
         ap.error(f"--window_stride: must be at most MAX_ITEM_LIST_LENGTH ({args.MAX_ITEM_LIST_LENGTH}), got {args.window_stride}")
+    args.window_stride = args.window_stride or args.MAX_ITEM_LIST_LENGTH
     name, _, k = args.valid_metric.partition("@")
     if not args.eval_only and (name.lower() not in METRICS or not k.isdigit() or int(k) not in args.topk):
         ap.error(f"--valid_metric: {args.valid_metric!r} is not one of {METRICS} at a k in --topk {args.topk} (e.g. MRR@10)")
@@ -155,7 +110,8 @@ def evaluate(model, split, cfg, device):
     model.eval()
     mine = {}  # batch start -> ranks of its users
     for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device, distributed.rank(), distributed.world_size()):
-        scores = model.full_scores(model(seq, lengths))
+        p, _ = model(seq, lengths)  # p_u after each user's last item
+        scores = model.full_scores(p)
         bad = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
         mine[i] = f"{bad} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if bad else \
             rank_of_target(scores, targets).cpu()
@@ -170,44 +126,31 @@ def evaluate(model, split, cfg, device):
 # Training
 
 MODEL_OPTIONS = ("embedding_size", "hidden_size", "num_layers", "dropout_prob", "gamma", "loss_type", "freeze_kg",
-                 "no_memory", "memory_impl", "pad_slot")
+                 "no_memory", "pad_slot")
+# --memory_impl: the function that computes ksr.kv_memory (each proven equal to it by the tests)
+MEMORY_IMPLS = {"reference": ksr.kv_memory, "sorted": kernels.sorted_kv_memory, "fused": kernels.fused_kv_memory}
 
 
 def build_model(cfg, ds):
-    return KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS})
+    """ksr.KSR with RecBole's options and the memory --memory_impl names: the one seam between
+    the reference (ksr.py alone: --memory_impl reference) and the fast paths of kernels/."""
+    return ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
+                   memory=MEMORY_IMPLS[cfg["memory_impl"]])
 
 
 def make_optimizer(model, cfg):
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"])
 
 
-@torch.no_grad()
-def memory_cache(model, split, all_steps, device, log):
-    """With a frozen KG a training sample's memory V depends on no trained weight: write it
-    once per run (kernels.memory_write), not once per epoch; train_epoch hands it to
-    KSR.forward. For memory_impl "sorted" only (the others run as they are); None when it
-    does not apply or would exceed MEMORY_CACHE_BYTES."""
-    if not model.frozen_kg or model.memory_impl != "sorted":
-        return None
-    R, K = model.relations.shape
-    shape = (len(split),) + ((split.width,) if all_steps else ()) + (R, K)
-    size = math.prod(shape) * 4 * distributed.local_world_size()  # every process on this machine holds one
-    if size > MEMORY_CACHE_BYTES:
-        log(f"memory cache: {size / 2 ** 30:.1f} GiB is over the {MEMORY_CACHE_BYTES / 2 ** 30:.0f} GiB budget; writing the memory every batch")
-        return None
-    t0 = time.time()
-    V = torch.empty(shape, device=device)
-    for i, seq, lengths, _ in batches(split, 1024, device):
-        V[i:i + len(seq)] = kernels.memory_write(model.entity_embedding(seq), lengths, model.relations, all_steps)
-    log(f"memory cache: wrote the memory of {len(split)} training samples once ({size / 2 ** 20:.0f} MiB, {time.time() - t0:.1f}s)")
-    return V
+def train_epoch(model, opt, split, cfg, device, gen, progress):
+    """One pass over `split` in a random order; returns the mean loss per target.
 
-
-def train_epoch(model, step, opt, split, cfg, device, gen, progress, V_cache=None):
-    """One pass over `split` in a random order; returns the mean loss per target. `step` is
-    distributed.wrap(model): with N processes each computes its contiguous slice of every
-    batch, and the gradients add up to the step one process takes."""
+    `model` is the KSR or, under torchrun, the KSR inside DistributedDataParallel: then every
+    process takes its contiguous slice of each batch, DDP averages the gradients over the
+    processes, and the loss is scaled so that the average is the one-process step."""
     model.train()
+    ddp = distributed.world_size() > 1
+    raw_model = model.module if ddp else model  # the KSR itself
     all_steps = cfg["train_mode"] == "sequence"  # windows: a target after every step
     rank, world = distributed.rank(), distributed.world_size()
     order = torch.randperm(len(split), generator=gen)  # the same on every rank: same seed, same draws
@@ -217,18 +160,19 @@ def train_epoch(model, step, opt, split, cfg, device, gen, progress, V_cache=Non
     for b in range(n_batches):
         batch = order[b * cfg["train_batch_size"]:(b + 1) * cfg["train_batch_size"]].numpy()
         seq, lengths, targets = map(torch.as_tensor, split.cut(batch))  # targets (B,), or (B, L) with 0 = none
-        negatives = sample_negatives(targets, model.n_items, gen) if cfg["loss_type"] == "BPR" else None  # whole batch
+        negatives = ksr.sample_negatives(targets, raw_model.n_items, gen) if cfg["loss_type"] == "BPR" else None
+        n_total = int((targets > 0).sum())
         part = np.array_split(np.arange(len(batch)), world)[rank]  # this process's rows (one process: all)
-        seq, lengths = seq[part].to(device), lengths[part].to(device)
-        V = V_cache[torch.as_tensor(batch[part], device=device)] if V_cache is not None else None
-        mine, n_total = targets[part].to(device), int((targets > 0).sum())
-        loss = step(seq, lengths, mine, negatives[part].to(device) if negatives is not None else None, V, all_steps)
-        n_mine = int((mine > 0).sum())
+        n_mine = int((targets[part] > 0).sum())
+        if len(part) == 0:  # DDP: every process joins every step; an empty slice computes row 0 and weighs it 0
+            part = np.arange(1)
+        to = lambda x: None if x is None else x[part].to(device)
+        _, loss = model(to(seq), to(lengths), to(targets), to(negatives), all_steps=all_steps)
         loss_sum = distributed.all_sum([loss.item() * n_mine], device)[0]  # the batch's, on every rank
         if not math.isfinite(loss_sum):  # stop before the step: the weights stay finite
             raise NonFiniteError(f"batch {b + 1}/{n_batches}: the training loss is {loss_sum / n_total}")
         opt.zero_grad(set_to_none=True)
-        (loss * (n_mine * world / n_total)).backward()  # DDP averages over ranks: the batch mean's gradient
+        (loss * (n_mine * world / n_total)).backward()  # one process: loss * 1; DDP averages: the batch mean's gradient
         opt.step()
         total += loss_sum
         count += n_total
@@ -245,40 +189,39 @@ def make_progress(enabled):
 
 def load_data(cfg, log):
     return data.load_dataset(cfg["dataset"], cfg["data_path"], cfg["kg"], cfg["keep_unlinked"],
-                             cfg["kg_embedding_size"], cfg["MAX_ITEM_LIST_LENGTH"], log=log)
+                             cfg["kg_embedding_size"], cfg["MAX_ITEM_LIST_LENGTH"], transe_settings(cfg), log=log)
 
 
 def run(cfg, log=print):
     """Train with early stopping, test the best checkpoint; returns the results dict. Under
     torchrun every process runs this; only rank 0 logs and writes files."""
-    t_start, main = time.time(), distributed.rank() == 0
-    log = log if main else (lambda m: None)
+    t_start, is_main = time.time(), distributed.rank() == 0
+    log = log if is_main else (lambda m: None)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     device = torch.device(cfg["device"])
     out_dir = cfg["out_dir"] or os.path.join("runs", f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
     ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
-    distributed.main_first(lambda: main and data.prepare_run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"]))
+    distributed.main_first(lambda: is_main and files.prepare_run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"]))
     ds = distributed.main_first(lambda: load_data(cfg, log))
     log(f"data: {ds.n_users} users, {ds.n_items} items, {len(ds.train)} train / {len(ds.valid)} valid / "
         f"{len(ds.test)} test samples, {len(ds.relation_tokens)} relations (kg={cfg['kg']})")
     model = build_model(cfg, ds).to(device)
-    opt, step = make_optimizer(model, cfg), distributed.wrap(model, cfg["device"])
+    opt, train_model = make_optimizer(model, cfg), distributed.wrap(model, cfg["device"])  # under torchrun: DDP(model)
     gen = torch.Generator().manual_seed(cfg["seed"])
     train_split, all_steps = ds.train, cfg["train_mode"] == "sequence"
     if all_steps:
         train_split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
         log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
-            f"{train_split.n_targets()} targets, stride {cfg['window_stride'] or cfg['MAX_ITEM_LIST_LENGTH']}")
-    V_cache = memory_cache(model, train_split, all_steps, device, log)
+            f"{train_split.n_targets()} targets, stride {cfg['window_stride']}")
     valid_key = cfg["valid_metric"].lower()
-    progress = make_progress(main and sys.stderr.isatty())
+    progress = make_progress(is_main and sys.stderr.isatty())
     epoch_seconds, eval_seconds, valid_hist, losses = [], [], [], []  # epoch: training + valid evaluation
     best, best_epoch, bad = float("-inf"), -1, 0
     for epoch in range(cfg["epochs"]):
         t0 = time.time()
         try:
-            loss, t1 = train_epoch(model, step, opt, train_split, cfg, device, gen, progress, V_cache), time.time()
+            loss, t1 = train_epoch(train_model, opt, train_split, cfg, device, gen, progress), time.time()
             valid = evaluate(model, ds.valid, cfg, device)
         except NonFiniteError as e:
             kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
@@ -291,8 +234,8 @@ def run(cfg, log=print):
         if improved:  # every rank keeps the best weights in memory (no shared disk needed); rank 0 saves them
             best, best_epoch, bad = valid[valid_key], epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if main:
-                data.save_atomic({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
+            if is_main:
+                files.save({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
                                   "model": best_state}, ckpt_path)
         else:
             bad += 1
@@ -312,8 +255,8 @@ def run(cfg, log=print):
         "test": test, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path, "world_size": distributed.world_size(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
-    if main:
-        data.save_atomic(results, results_path)
+    if is_main:
+        files.save(results, results_path)
     log(f"best valid {cfg['valid_metric']} {best:.4f} at epoch {best_epoch}; test metrics of that checkpoint:")
     log(metrics_table(test, cfg["topk"]))
     log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
@@ -334,18 +277,18 @@ def load_checkpoint(path, cfg_overrides, log=print):
         if "memory_backend" in cfg:  # memory_impl's earlier name and values
             cfg["memory_impl"] = {"torch": "sorted", "triton": "fused"}.get(cfg.pop("memory_backend"), "sorted")
     except Exception as e:
-        raise data.DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
+        raise DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
     cfg.update(cfg_overrides)
     ds = load_data(cfg, log)
     if ds.fingerprint != ckpt["fingerprint"]:
-        raise data.DataError(f"{path}: the checkpoint was trained on data with fingerprint {ckpt['fingerprint']}, "
+        raise DataError(f"{path}: the checkpoint was trained on data with fingerprint {ckpt['fingerprint']}, "
                              f"but {cfg['data_path']}/{cfg['dataset']} (kg={cfg['kg']}) now has {ds.fingerprint}")
     model = build_model(cfg, ds).to(cfg["device"])
     state = {k.replace("dense.", "read_query.") if k.startswith("dense.") else k: v for k, v in ckpt["model"].items()}
     try:  # (read_query was called dense in earlier checkpoints)
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise data.DataError(f"{path}: its weights do not fit its own config ({str(e).splitlines()[-1].strip()})") from None
+        raise DataError(f"{path}: its weights do not fit its own config ({str(e).splitlines()[-1].strip()})") from None
     return cfg, ds, model, ckpt["epoch"]
 
 
@@ -376,7 +319,6 @@ def train_main(argv):
                              f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
         eval_only(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
     else:
-        kernels.keep_freed_memory()  # process-wide, so here in the program, not in run()
         distributed.setup(args.device)  # under torchrun: join the other processes (distributed.py)
         try:
             run(vars(args))
@@ -385,14 +327,15 @@ def train_main(argv):
     return 0
 
 
+# `python train.py explain ...` runs explain.py, and so on: they import train.py, never the reverse
+COMMANDS = {"explain": "explain.py", "tune": "tune.py"}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["tune"]:
-        import tune
-        return tune.main(argv[1:])
-    if argv[:1] == ["explain"]:
-        import explain
-        return explain.main(argv[1:])
+    if argv[:1] and argv[0] in COMMANDS:
+        program = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), COMMANDS[argv[0]]))
+        return program["main"](argv[1:])
     return cli(train_main, argv)
 
 

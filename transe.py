@@ -16,10 +16,20 @@ import numpy as np
 import torch
 
 HITS_SAMPLE = 2000  # held-out triples that Hits@10 ranks against every entity
+# fixed here, not options: (dim, epochs, lr, seed) are, with their defaults in cli.DEFAULTS
+BATCH_SIZE, MARGIN, HOLDOUT = 4096, 1.0, 0.05
 
 
-def train_transe(triples, n_entities, n_relations, dim=64, epochs=60, batch_size=4096, margin=1.0,
-                 lr=0.005, holdout=0.05, seed=2020, log=print):
+def record(dim, epochs, lr, seed):
+    """What vectors of train_transe(dim, epochs, lr, seed) are made with: data.py writes it beside
+    them and trains again when a cached record differs (a changed method or setting)."""
+    return {"method": "TransE", "optimiser": "Adam without momentum, rows of the batch only (LazyAdam, beta2 0.999)",
+            "dim": dim, "epochs": epochs, "learning_rate": lr, "seed": seed, "batch_size": BATCH_SIZE,
+            "margin": MARGIN, "holdout": HOLDOUT, "hits_sample": HITS_SAMPLE}
+
+
+def train_transe(triples, n_entities, n_relations, *, dim, epochs, lr, seed, batch_size=BATCH_SIZE, margin=MARGIN,
+                 holdout=HOLDOUT, log=print):
     """TransE on (T, 3) integer triples (head, relation, tail). Returns (entity vectors, relation vectors, raw tail
     Hits@10 on a sample of n held-out triples, n = min(HITS_SAMPLE = 2000, number held out)). The held-out triples
     (a `holdout` share) are not trained on.

@@ -17,13 +17,11 @@ import random
 import socket
 import sys
 
-import data
 import distributed
-import kernels
+import files
 import train
-from cli import Parser, UsageError, cli, given_options, positive
-from data import save_atomic
-from train import DEFAULTS, parse_args
+from cli import DEFAULTS, Parser, UsageError, cli, given_options, positive
+from train import parse_args
 
 SEARCH_KINDS = ("choice", "uniform", "loguniform", "quniform")
 NOT_TUNABLE = ("dataset", "data_path", "out_dir", "eval_only")
@@ -180,7 +178,7 @@ def locked(folder):
         except FileExistsError:
             with open(path) as f:
                 pid, _, host = f.read().strip().partition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not data.process_alive(int(pid)):
+            if host == socket.gethostname() and pid.isdigit() and not files.process_alive(int(pid)):
                 os.remove(path)  # stale: its process is gone
                 continue
             raise UsageError(f"tune.py: error: --out_dir {folder} is in use by another search (process {pid} on {host}, "
@@ -267,7 +265,7 @@ def search(space, settings, n_trials, fixed_argv, out_dir, base, args):
                         res = train.run(cfg, log=lambda m: print(m, file=logf, flush=True))
                     except train.NonFiniteError as e:  # a diverged trial: recorded as failed, never selected
                         res = {"config": cfg, "failed": str(e)}
-                        save_atomic(res, res_path)
+                        files.save(res, res_path)
             done = f"trial {i + 1}/{n_trials}{' (finished earlier)' if resumed else ''}: {_params_str(params)}  "
             if "failed" in res:
                 trials.append({"trial": i, "params": params, "failed": res["failed"], "run_dir": cfg["out_dir"]})
@@ -279,7 +277,7 @@ def search(space, settings, n_trials, fixed_argv, out_dir, base, args):
                 print(done + f"valid {valid_key} {res['best_valid'][valid_key]:.4f}  test ndcg@10 "
                       f"{res['test'].get('ndcg@10', float('nan')):.4f}  epochs {len(res['valid'])} (best {res['best_epoch']})  "
                       f"{res['total_seconds']:.0f}s", flush=True)
-            save_atomic(dict(head, trials=trials, best=best_trial(trials, valid_key)), os.path.join(out_dir, "tune.json"))
+            files.save(dict(head, trials=trials, best=best_trial(trials, valid_key)), os.path.join(out_dir, "tune.json"))
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(trials)} finished trials are kept in {out_dir}/tune.json; "
               f"run the same command again to continue", file=sys.stderr)
@@ -309,7 +307,6 @@ def tune_table(trials, valid_key):
 
 
 def main(argv=None):
-    kernels.keep_freed_memory()
     return cli(tune, sys.argv[1:] if argv is None else list(argv))
 
 

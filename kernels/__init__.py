@@ -1,14 +1,13 @@
-"""The fast paths beside ksr.py's reference; each computes the same function (tests prove it).
+"""Fast memories beside ksr.py's reference; each has ksr.kv_memory's signature and computes the
+same function (tests prove it). train.build_model hands the one --memory_impl names to ksr.KSR.
 
-    fast_torch.py  packed_gru, memory_write, MemoryWriteFunction, sorted_kv_memory (plain torch);
-                   keep_freed_memory (the allocator: programs call it once)
-    kv_memory.py   fused_kv_memory: the whole memory in one Triton kernel (optional)
+    fast_torch.py  sorted_kv_memory (the default), memory_write, MemoryWriteFunction: plain torch
+    kv_memory.py   fused_kv_memory: the whole memory in one Triton kernel (optional, a CUDA GPU)
 
 Importing never fails and never touches a GPU: without triton (macOS, Windows)
 `unavailable_reason()` says why and `fused_kv_memory` raises that reason.
 """
-from .fast_torch import MemoryWriteFunction, keep_freed_memory, memory_write, packed_gru, sorted_kv_memory
+from .fast_torch import MemoryWriteFunction, memory_write, sorted_kv_memory
 from .kv_memory import fused_kv_memory, unavailable_reason
 
-__all__ = ["packed_gru", "memory_write", "MemoryWriteFunction", "sorted_kv_memory", "fused_kv_memory",
-           "unavailable_reason", "keep_freed_memory"]
+__all__ = ["memory_write", "MemoryWriteFunction", "sorted_kv_memory", "fused_kv_memory", "unavailable_reason"]

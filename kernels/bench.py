@@ -94,17 +94,15 @@ def main():
                 extra = f"floor {floor_bytes(B, L, R, K, True) / 1e6:.1f} MB, {bw_f:.0f}/{bw_fb:.0f} GB/s"
             print(f"{B:>6} {row:<16} {f * 1e3:>9.2f} {fb * 1e3:>11.2f} {extra:>26}")
     if args.epoch:
-        import distributed
         import train
         for impl in ["sorted"] + (["fused"] if fused_ok else []):
             cfg = vars(train.parse_args(["--kg", "freebase", "--train_mode", "prefix", "--device", device, "--memory_impl", impl]))
             ds = train.load_data(cfg, log=lambda m: None)
             model = train.build_model(cfg, ds).to(device)
             opt = train.make_optimizer(model, cfg)
-            V = train.memory_cache(model, ds.train, False, device, log=lambda m: None)
             gen = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
-            train.train_epoch(model, distributed.TrainStep(model), opt, ds.train, cfg, device, gen, lambda *a: None, V)
+            train.train_epoch(model, opt, ds.train, cfg, device, gen, lambda *a: None)
             if device == "cuda":
                 torch.cuda.synchronize()
             print(f"ml-100k (freebase) prefix training epoch, memory_impl={impl}: {time.perf_counter() - t0:.1f}s")

@@ -10,11 +10,14 @@ import pytest
 import torch
 from hypothesis import settings, strategies as st
 
+import cli
 import ksr
 
 # Shared, noisy machines: no per-example deadline (a slow example is not a wrong one).
 settings.register_profile("ksr", deadline=None)
 settings.load_profile("ksr")
+
+TRANSE = cli.transe_settings(cli.DEFAULTS)  # what data.load_dataset trains KG vectors with
 
 
 def write_tiny_dataset(root, name="tiny", n_users=12, n_items=15, n_inter=(4, 9), n_relations=3,
@@ -85,13 +88,14 @@ def memory_inputs(draw, max_len=7, all_steps=None):
     return item_kg, lengths, relations, query, gamma, all_steps
 
 
-def small_model(no_memory=False, freeze_kg=True, loss_type="CE", seed=0, n_items=13, R=4, K=6, memory_impl="sorted"):
+def small_model(no_memory=False, freeze_kg=True, loss_type="CE", seed=0, n_items=13, R=4, K=6, memory=ksr.kv_memory):
+    """A small KSR in float64; by default the reference (ksr.py alone), or with another `memory`."""
     torch.manual_seed(seed)
     item_kg = torch.nn.functional.normalize(torch.randn(n_items + 1, K), dim=-1)
     item_kg[0] = 0
     rel = torch.nn.functional.normalize(torch.randn(R, K), dim=-1)
-    return ksr.KSR(n_items, item_kg, rel, embedding_size=8, hidden_size=10, dropout_prob=0.0, loss_type=loss_type,
-                   freeze_kg=freeze_kg, no_memory=no_memory, memory_impl=memory_impl).double()
+    return ksr.KSR(n_items, item_kg, rel, embedding_size=8, hidden_size=10, num_layers=1, dropout_prob=0.0, gamma=10.0,
+                   loss_type=loss_type, freeze_kg=freeze_kg, no_memory=no_memory, pad_slot=False, memory=memory).double()
 
 
 def random_batch(n_items=13, B=6, L=8, seed=1):

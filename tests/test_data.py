@@ -9,15 +9,16 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+import atomic_files
 import data
 import transe
-from conftest import write_tiny_dataset
+from conftest import TRANSE, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load(name, root, kg="freebase", keep_unlinked=False, kg_embedding_size=8, log=print):
-    return data.load_dataset(name, root, kg, keep_unlinked, kg_embedding_size, 50, log=log)
+def load(name, root, kg="files", keep_unlinked=False, kg_embedding_size=8, log=print):
+    return data.load_dataset(name, root, kg, keep_unlinked, kg_embedding_size, 50, TRANSE, log=log)
 
 
 # ---------------------------------------------------------------- the split
@@ -158,8 +159,8 @@ def test_arrow_reader_and_line_reader_agree(tmp_path):
     lines.insert(70_000, "")  # blank lines are skipped by both
     path = _write(tmp_path / "x.inter", "user_id:token\titem_id:token\trating:float\tvec:float_seq\n" + "\n".join(lines) + "\r\n")
     fast = data.read_atomic(path)
-    names, types = data._read_header(path, ())
-    slow = data._read_lines(path, names, types)
+    names, types = atomic_files._read_header(path, ())
+    slow = atomic_files._read_lines(path, names, types)
     for name in names:
         if isinstance(slow[name], data.Tokens):
             assert fast[name].vocab == slow[name].vocab and np.array_equal(fast[name].codes, slow[name].codes)
@@ -190,7 +191,7 @@ def test_remap_is_a_bijection_from_one(tokens):
 def test_transe_learns_planted_structure():
     # 200 heads, 5 relations; relation a sends head h to tail 200 + a * 10 + h % 10
     triples = [(h, a, 200 + a * 10 + h % 10) for h in range(200) for a in range(5)]
-    ent, rel, hits = transe.train_transe(triples, 250, 5, dim=16, epochs=40, batch_size=256, seed=0, log=lambda m: None)
+    ent, rel, hits = transe.train_transe(triples, 250, 5, dim=16, epochs=40, lr=0.005, batch_size=256, seed=0, log=lambda m: None)
     assert ent.shape == (250, 16) and rel.shape == (5, 16)
     assert np.allclose(np.linalg.norm(ent, axis=1), 1, atol=1e-5)
     assert hits > 0.5  # random ranking gives 10 / 250 = 0.04
@@ -205,7 +206,7 @@ def test_transe_is_the_same_on_any_number_of_threads():
     runs = []
     for n in (2, 2, 1):
         torch.set_num_threads(n)
-        runs.append(transe.train_transe(triples, 300, 4, epochs=2, seed=0, log=lambda m: None)[0])
+        runs.append(transe.train_transe(triples, 300, 4, dim=64, epochs=2, lr=0.005, seed=0, log=lambda m: None)[0])
         assert torch.get_num_threads() == n  # restored afterwards
     torch.set_num_threads(threads)
     for ent in runs[1:]:
@@ -216,7 +217,7 @@ def test_transe_leaves_the_rows_no_batch_uses_unchanged():
     # 40 triples among entities 0..9 of 5000: a batch uses those, plus one corrupted entity per triple
     rng = np.random.default_rng(0)
     triples = np.stack([rng.integers(0, 10, 40), rng.integers(0, 2, 40), rng.integers(0, 10, 40)], 1)
-    run = lambda epochs: transe.train_transe(triples, 5000, 2, dim=8, epochs=epochs, batch_size=10, holdout=0,
+    run = lambda epochs: transe.train_transe(triples, 5000, 2, dim=8, epochs=epochs, lr=0.005, batch_size=10, holdout=0,
                                              seed=0, log=lambda m: None)[0]
     start, trained = run(0), run(3)  # epochs=0: the initial vectors, after the final renormalisation
     changed = np.flatnonzero((start != trained).any(1))
@@ -293,7 +294,7 @@ def test_transe_hits_at_10_ranks_a_sample_of_the_held_out_triples(monkeypatch, n
     monkeypatch.setattr(transe, "transe_hits_at_10", lambda ent, rel, test: scored.append(test) or hits_at_10(ent, rel, test))
     rng = np.random.default_rng(0)
     triples = np.stack([rng.integers(0, 1000, n_triples), rng.integers(0, 3, n_triples), rng.integers(0, 1000, n_triples)], 1)
-    hits = transe.train_transe(triples, 1000, 3, dim=8, epochs=0, seed=0, log=lambda m: None)[2]
+    hits = transe.train_transe(triples, 1000, 3, dim=8, epochs=0, lr=0.005, seed=0, log=lambda m: None)[2]
     (test,) = scored
     assert len(test) == min(transe.HITS_SAMPLE, round(0.05 * n_triples))  # 2000 of 3000 held out; all 500 of 500
     assert 0 <= hits <= 1 and hits == round(hits * len(test)) / len(test)  # a share of the sample

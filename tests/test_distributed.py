@@ -20,7 +20,7 @@ import distributed
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--dataset", "tiny", "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8",
+SMALL = ["--dataset", "tiny", "--kg", "files", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8",
          "--dropout_prob", "0"]  # dropout masks are drawn per process: off, so that the trajectories can be equal
 
 
@@ -39,11 +39,9 @@ def steps(cfg, k):
     opt = train.make_optimizer(model, cfg)
     split = ds.train
     if cfg["train_mode"] == "sequence":
-        split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"])
-    V = train.memory_cache(model, split, cfg["train_mode"] == "sequence", "cpu", log=lambda m: None)
+        split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
     gen = torch.Generator().manual_seed(cfg["seed"])
-    train.train_epoch(model, distributed.wrap(model, "cpu"), opt, split, dict(cfg, max_steps=k), "cpu", gen,
-                      lambda *a: None, V)
+    train.train_epoch(distributed.wrap(model, "cpu"), opt, split, dict(cfg, max_steps=k), "cpu", gen, lambda *a: None)
     metrics = {name: train.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")}
     return {k: v.clone() for k, v in model.state_dict().items()}, metrics
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import explain
 import train
+from cli import DEFAULTS
 from ksr import KSR
 from test_train import tiny_cfg
 
@@ -17,8 +18,9 @@ from test_train import tiny_cfg
 def test_relation_terms_sum_to_the_score(B, L, R, E, num_layers, pad_slot, seed):
     g = torch.Generator().manual_seed(seed)
     N, K, H = 9, 4, 5
-    model = KSR(N, torch.randn(N + 1, K, generator=g), torch.randn(R, K, generator=g), embedding_size=E,
-                hidden_size=H, num_layers=num_layers, pad_slot=pad_slot).eval()
+    options = {**{k: DEFAULTS[k] for k in train.MODEL_OPTIONS}, "embedding_size": E, "hidden_size": H,
+               "num_layers": num_layers, "pad_slot": pad_slot}
+    model = KSR(N, torch.randn(N + 1, K, generator=g), torch.randn(R, K, generator=g), **options).eval()
     for p in model.parameters():  # beyond the initialisation: biases too
         p.data.normal_(0, 1, generator=g)
     lengths = torch.randint(1, L + 1, (B,), generator=g)
@@ -27,7 +29,7 @@ def test_relation_terms_sum_to_the_score(B, L, R, E, num_layers, pad_slot, seed)
     assert p_rel.shape == (B, R + pad_slot, E)
     q = model.item_representations().detach()
     with torch.no_grad():
-        scores = model.full_scores(model(seq, lengths))[:, 1:]
+        scores = model.full_scores(model(seq, lengths)[0])[:, 1:]
     terms = p_seq @ q[1:].T + (p_rel @ q[1:].T).sum(1)  # sequence term + one term per relation
     torch.testing.assert_close(terms, scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(w.sum(1), torch.ones(B))

@@ -16,12 +16,14 @@ import torch
 
 import data
 import explain
+import files
 import train
+import transe
 import tune
-from conftest import write_tiny_dataset
+from conftest import TRANSE, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--dataset", "tiny", "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8",
+TINY = ["--dataset", "tiny", "--kg", "files", "--kg_embedding_size", "8", "--embedding_size", "8",
         "--hidden_size", "8", "--epochs", "2", "--train_batch_size", "16"]
 
 
@@ -103,7 +105,7 @@ def test_nan_never_ranks_first():
 
 
 def test_nan_scores_stop_evaluation(tiny_dataset):
-    cfg = dict(train.DEFAULTS, dataset="tiny", data_path=tiny_dataset, kg="freebase", kg_embedding_size=8)
+    cfg = dict(vars(train.parse_args([])), dataset="tiny", data_path=tiny_dataset, kg="files", kg_embedding_size=8)
     ds = train.load_data(cfg, log=lambda m: None)
     model = train.build_model(cfg, ds)
     with torch.no_grad():
@@ -190,14 +192,40 @@ def test_users_feature_file_is_never_replaced(tmp_path, capsys):
 
 
 def test_generated_feature_files_are_regenerated(tiny_dataset):
-    load = lambda: data.load_dataset("tiny", tiny_dataset, "freebase", False, 8, 50, log=lambda m: None)
+    load = lambda: data.load_dataset("tiny", tiny_dataset, "files", False, 8, 50, TRANSE, log=lambda m: None)
     first = load()
     os.remove(os.path.join(tiny_dataset, "tiny", "tiny.rel_feature"))  # ours (the .json says so): made again
     assert (load().item_kg == first.item_kg).all()
 
 
-def test_kg_embedding_size_must_match_the_vectors(tiny_dataset, tmp_path, capsys):
+def test_kg_vector_cache_records_what_made_it(tiny_dataset, tmp_path, capsys):
+    """Our cached vectors (the .json marks them) are reused only when made with the same TransE
+    settings; another --kg_embedding_size or TransE setting, or a damaged record, trains them again."""
+    msgs = []
+    load = lambda dim=8, **kw: data.load_dataset("tiny", tiny_dataset, "files", False, dim, 50, {**TRANSE, **kw},
+                                                 log=msgs.append)
+    first = load()
+    meta = os.path.join(tiny_dataset, "tiny", "tiny.ent_feature.json")
+    with open(meta) as f:
+        assert json.load(f)["made_with"] == transe.record(8, TRANSE["epochs"], TRANSE["learning_rate"], TRANSE["seed"])
+    msgs.clear()
+    assert (load().item_kg == first.item_kg).all() and not any("TransE" in m for m in msgs)  # the same: reused
+    four = load(dim=4)
+    assert four.item_kg.shape[1] == 4 and any("other settings (dim)" in m for m in msgs)
+    msgs.clear()
+    other = load(dim=4, seed=7)
+    assert any("other settings (seed)" in m for m in msgs)
+    assert not (other.item_kg == four.item_kg).all()  # another seed, other vectors
+    with open(meta, "w") as f:
+        f.write('{"made_with": {"method": "TransE"}}\n')  # an older record, missing settings
+    msgs.clear()
+    load(dim=4, seed=7)
+    assert any("other settings (batch_size, dim, epochs" in m for m in msgs)
+
+
+def test_a_users_vectors_of_another_size_are_refused(tiny_dataset, tmp_path, capsys):
     assert train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", str(tmp_path / "a")]) == 0
+    os.remove(os.path.join(tiny_dataset, "tiny", "tiny.ent_feature.json"))  # now the files are the user's own
     capsys.readouterr()
     rc = train.main(TINY + ["--data_path", tiny_dataset, "--kg_embedding_size", "4", "--out_dir", str(tmp_path / "b")])
     one_line_error(capsys, rc, 1, "have 8 dimensions", "--kg_embedding_size is 4")
@@ -239,10 +267,10 @@ def test_damaged_files_of_our_own_are_one_line_or_a_warning(tiny_dataset, tmp_pa
     capsys.readouterr()
     one_line_error(capsys, tune.main(argv), 2, "trial-000/results.json: not a trial's results", "remove it")
     with open(os.path.join(tiny_dataset, "tiny", "tiny.ent_feature.json"), "w") as f:
-        f.write("garbage\n")  # TransE's report: only Hits@10 is lost
+        f.write("garbage\n")  # the record of what made our vectors: without it they are made again
     msgs = []
-    ds = data.load_dataset("tiny", tiny_dataset, "freebase", False, 8, 50, log=msgs.append)
-    assert ds.transe_hits10 is None and any("not the JSON TransE writes" in m for m in msgs)
+    ds = data.load_dataset("tiny", tiny_dataset, "files", False, 8, 50, TRANSE, log=msgs.append)
+    assert ds.transe_hits10 is not None and any("has no readable record" in m for m in msgs)
 
 
 # ------------------------------------------------------------------ 3. bounded work
@@ -258,7 +286,7 @@ def test_random_search_larger_than_the_space_is_bounded(tmp_path, capsys):
     drawn = tune.random_settings(tune.read_params_file(str(q)), 100, seed=0)
     assert len(drawn) == 8 and len({tuple(s.values()) for s in drawn}) == 8  # 4 x 2, each once
     assert tune.main(["--params_file", str(path), "--algo", "random", "--max_evals", "10000000",
-                      "--dataset", "nowhere", "--kg", "freebase", "--out_dir", str(tmp_path / "t")]) == 1
+                      "--dataset", "nowhere", "--kg", "files", "--out_dir", str(tmp_path / "t")]) == 1
     assert "the space has only 2 settings" in capsys.readouterr().out
 
 
@@ -364,7 +392,7 @@ def _limit_file_size():
 def test_a_file_size_limit_names_the_file_and_leaves_nothing_half_written(tiny_dataset, tmp_path):
     # the KG vectors (a cache) of a bigger KG: the entity file is over the limit
     write_tiny_dataset(str(tmp_path), name="big", n_items=3000)
-    res = command("data.py", "--dataset", "big", "--kg", "freebase", "--data_path", str(tmp_path), preexec_fn=_limit_file_size)
+    res = command("data.py", "--dataset", "big", "--kg", "files", "--data_path", str(tmp_path), preexec_fn=_limit_file_size)
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "big.ent_feature: cannot write it: File too large" in res.stderr, res.stderr
     assert not [f for f in os.listdir(tmp_path / "big") if f.startswith("tmp-") or f == "big.ent_feature"]
@@ -380,7 +408,7 @@ def test_a_file_size_limit_names_the_file_and_leaves_nothing_half_written(tiny_d
 @pytest.mark.parametrize("script", ["train.py", "data.py"])
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, script):
     write_tiny_dataset(str(tmp_path), n_users=60, n_items=30000)  # 90k triples: TransE runs ~10 s, long enough to be interrupted
-    args = ["--dataset", "tiny", "--kg", "freebase", "--data_path", str(tmp_path)]
+    args = ["--dataset", "tiny", "--kg", "files", "--data_path", str(tmp_path)]
     if script == "train.py":
         args += ["--epochs", "300", "--out_dir", str(tmp_path / "run")]
     # SIGINT's default action in the child even when pytest runs in a background job (which ignores
@@ -406,5 +434,5 @@ def test_stale_temporary_files_are_removed_by_the_next_writer(tmp_path):
     live.write_text("")
     mine = tmp_path / "tmp-notes.txt"  # not ours
     mine.write_text("")
-    data.save_atomic({"a": 1}, str(tmp_path / "results.json"))
+    files.save({"a": 1}, str(tmp_path / "results.json"))
     assert not any(p.exists() for p in stale) and live.exists() and mine.exists()

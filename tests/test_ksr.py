@@ -79,33 +79,33 @@ def test_all_steps_must_match_the_query():
 def test_unfrozen_kg_gets_gradients():
     model = small_model(freeze_kg=False)
     seq, lengths, targets = random_batch()
-    model.loss(model(seq, lengths), targets).backward()
+    model(seq, lengths, targets)[1].backward()
     assert model.entity_embedding.weight.grad is not None
     assert model.entity_embedding.weight.grad[seq[0, 0]].abs().sum() > 0
     frozen = small_model(freeze_kg=True)
-    frozen.loss(frozen(seq, lengths), targets).backward()
+    frozen(seq, lengths, targets)[1].backward()
     assert frozen.entity_embedding.weight.grad is None
 
 
 def test_ce_loss_is_softmax_over_real_items():
     model = small_model()
     seq, lengths, targets = random_batch()
-    p = model(seq, lengths)
+    p, loss = model(seq, lengths, targets)
     scores = p @ model.item_representations().T  # (B, N + 1)
     logp = torch.log_softmax(scores[:, 1:], dim=1)  # the padding item is not a candidate
     want = -logp[torch.arange(len(targets)), targets - 1].mean()
-    torch.testing.assert_close(model.loss(p, targets), want)
+    torch.testing.assert_close(loss, want)
 
 
 def test_bpr_loss():
     model = small_model(loss_type="BPR")
     seq, lengths, targets = random_batch()
-    p = model(seq, lengths)
     neg = ksr.sample_negatives(targets, model.n_items, torch.Generator().manual_seed(0))
+    p, loss = model(seq, lengths, targets, neg)
     q = model.item_representations()
     pos_s = (p * q[targets]).sum(1)
     neg_s = (p * q[neg]).sum(1)
-    torch.testing.assert_close(model.loss(p, targets, neg), -torch.log(torch.sigmoid(pos_s - neg_s)).mean())
+    torch.testing.assert_close(loss, -torch.log(torch.sigmoid(pos_s - neg_s)).mean())
 
 
 @given(st.integers(2, 30), st.integers(0, 2 ** 31))
@@ -125,7 +125,7 @@ def test_negatives_are_uniform_over_other_items(n_items, seed):
 def test_full_scores_exclude_padding():
     model = small_model()
     seq, lengths, _ = random_batch()
-    s = model.full_scores(model(seq, lengths))
+    s = model.full_scores(model(seq, lengths)[0])
     assert s.shape == (6, 14) and torch.all(s[:, 0] == float("-inf")) and torch.isfinite(s[:, 1:]).all()
 
 
@@ -140,9 +140,8 @@ def test_sequence_loss_equals_mean_of_prefix_losses(loss_type, freeze_kg):
     window = torch.randint(1, 14, (1, L + 1), generator=g)  # items; the window reads L, predicts L
     inputs, targets = window[:, :L], window[:, 1:]
     negatives = ksr.sample_negatives(targets, model.n_items, g)
-    seq_loss = model.loss(model(inputs, torch.tensor([L]), all_steps=True), targets, negatives)
+    seq_loss = model(inputs, torch.tensor([L]), targets, negatives, all_steps=True)[1]
     prefix = []
     for t in range(1, L + 1):
-        p = model(inputs[:, :t], torch.tensor([t]))
-        prefix.append(model.loss(p, targets[:, t - 1], negatives[:, t - 1]))
+        prefix.append(model(inputs[:, :t], torch.tensor([t]), targets[:, t - 1], negatives[:, t - 1])[1])
     torch.testing.assert_close(seq_loss, torch.stack(prefix).mean())

@@ -7,6 +7,7 @@ import pytest
 
 import data
 import synthetic
+from conftest import TRANSE
 
 NAME = "syn-tiny"
 KINDS = ("inter", "item", "kg", "link")
@@ -74,7 +75,7 @@ def test_files_parse_with_the_exact_counts(tiny):
 
 def test_loads_with_load_dataset(tiny):
     root, _ = tiny
-    ds = data.load_dataset(NAME, root, "freebase", False, 16, 50, log=quiet)
+    ds = data.load_dataset(NAME, root, "files", False, 16, 50, TRANSE, log=quiet)
     preset = synthetic.PRESETS["tiny"]
     assert ds.stats["interactions"] == preset["interactions"]
     assert ds.stats["users"] == preset["users"]
@@ -115,7 +116,7 @@ def test_refuses_an_existing_dataset_unless_overwrite(tmp_path, capsys):
     argv = ["--name", NAME, "--size", "tiny", "--data_path", root]
     assert synthetic.main(argv) == 0
     before = file_bytes(root)
-    ent, _ = data.feature_paths(os.path.join(root, NAME), NAME, "freebase")
+    ent, _ = data.feature_paths(os.path.join(root, NAME), NAME, "files")
     with open(ent, "w") as f:  # TransE vectors load_dataset cached for the old dataset
         f.write("ent_id:token\tent_vec:float_seq\nitem:1\t1 2\n")
     capsys.readouterr()

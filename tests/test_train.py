@@ -10,8 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+import cli
 import data
 import kernels
+import ksr
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,12 +68,13 @@ def test_parse_recbole_names():
     assert args.freeze_kg is False and args.topk == [5, 10] and args.learning_rate == 0.001
     assert args.train_batch_size == 2048 and args.stopping_step == 10 and args.MAX_ITEM_LIST_LENGTH == 50
     seq = train.parse_args([])  # sequence mode is the default; its batch counts windows
-    assert seq.train_mode == "sequence" and seq.train_batch_size == train.SEQUENCE_DEFAULTS["train_batch_size"]
+    assert seq.train_mode == "sequence" and seq.train_batch_size == cli.MODE_DEFAULTS["sequence"]["train_batch_size"]
+    assert seq.window_stride == seq.MAX_ITEM_LIST_LENGTH and seq.kg == "attributes"
     assert train.parse_args(["--train_batch_size", "7"]).train_batch_size == 7
 
 
 def tiny_cfg(root, out_dir, **kw):
-    cfg = dict(train.DEFAULTS, dataset="tiny", data_path=root, kg="freebase", kg_embedding_size=8,
+    cfg = dict(vars(train.parse_args([])), dataset="tiny", data_path=root, kg="files", kg_embedding_size=8,
                embedding_size=8, hidden_size=12, epochs=2, train_batch_size=16, eval_batch_size=7,
                out_dir=out_dir, topk=[5, 10], train_mode="prefix")
     cfg.update(kw)
@@ -111,15 +114,17 @@ def test_variants_run(tiny_dataset, tmp_path, kw):
     assert np.isfinite(res["train_loss"][0])
 
 
-def test_memory_cache_matches_per_batch_write(tiny_dataset):
-    cfg = tiny_cfg(tiny_dataset, None)
-    ds = train.load_data(cfg, log=lambda m: None)
-    model = train.build_model(cfg, ds)
-    V = train.memory_cache(model, ds.train, False, "cpu", log=lambda m: None)
-    seq, lengths, _ = map(torch.as_tensor, ds.train.cut(np.arange(9)))
-    torch.testing.assert_close(V[:9], kernels.memory_write(model.entity_embedding(seq), lengths, model.relations))
-    assert train.memory_cache(train.build_model(dict(cfg, memory_impl="reference"), ds), ds.train, False, "cpu",
-                              log=lambda m: None) is None  # the reference runs as it is
+@pytest.mark.parametrize("train_mode", ["prefix", "sequence"])
+def test_memory_impl_reference_runs_the_reference(tiny_dataset, tmp_path, train_mode):
+    """--memory_impl reference builds KSR with ksr.kv_memory (the reference alone, GRU included:
+    there is no other GRU); it trains to the same losses as the default, sorted_kv_memory."""
+    losses = {}
+    for impl in ("reference", "sorted"):
+        cfg = tiny_cfg(tiny_dataset, str(tmp_path / impl), epochs=2, memory_impl=impl, train_mode=train_mode, dropout_prob=0.0)
+        ds = train.load_data(cfg, log=lambda m: None)
+        assert train.build_model(cfg, ds).memory is {"reference": ksr.kv_memory, "sorted": kernels.sorted_kv_memory}[impl]
+        losses[impl] = train.run(cfg, log=lambda m: None)["train_loss"]
+    np.testing.assert_allclose(losses["reference"], losses["sorted"], rtol=1e-5)
 
 
 def test_eval_only_command(tiny_dataset, tmp_path):

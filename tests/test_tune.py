@@ -116,7 +116,7 @@ def test_tune_resumes_and_skips_finished_trials(tiny_dataset, tmp_path, capsys):
     path = write(tmp_path, "num_layers choice [1, 2]\nloss_type choice ['CE', 'BPR']\n")
     out = str(tmp_path / "tune")
     argv = ["tune", "--params_file", path, "--out_dir", out, "--dataset", "tiny", "--data_path", tiny_dataset,
-            "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1",
+            "--kg", "files", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1",
             "--algo", "grid", "--max_evals", "3"]
     assert train.main(argv) == 0
     with open(os.path.join(out, "tune.json")) as f:
@@ -157,7 +157,7 @@ def test_ctrl_c_keeps_finished_trials(tiny_dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "run", run_then_interrupt)
     argv = ["tune", "--params_file", path, "--out_dir", out, "--dataset", "tiny", "--data_path", tiny_dataset,
-            "--kg", "freebase", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1"]
+            "--kg", "files", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8", "--epochs", "1"]
     assert train.main(argv) == 130
     with open(os.path.join(out, "tune.json")) as f:
         assert [t["params"] for t in json.load(f)["trials"]] == [{"num_layers": 1}]
