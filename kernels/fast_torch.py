@@ -37,26 +37,27 @@ def memory_write(kg_seq, lengths, relations, all_steps=False):
     after every step (B, L, R, K) (0 at padding steps).
 
     With a frozen KG nothing in the write is trained: rows sorted by length, only the rows
-    still active at step t updated, in place.
+    still active at step t updated, in place (all_steps: written straight into the step's
+    slot of the result, every step's attribute vectors E made in one operation).
     """
     B, L, K = kg_seq.shape
-    order, x, active = _by_length(kg_seq, lengths)
+    order, x, active = _by_length(kg_seq, lengths)  # x (L, B, K), rows sorted
     V = kg_seq.new_zeros(B, relations.shape[0], K)
-    states = kg_seq.new_zeros(B, L, relations.shape[0], K) if all_steps else None
-    for t in range(L):
-        n = active[t]
+    if all_steps:
+        E_all = x[:, :, None, :] + relations  # (L, B, R, K): sum(lengths) x R x K floats, as the result
+        states = kg_seq.new_zeros(L, B, relations.shape[0], K)  # states[t, :n]: the memory after step t
+    for t, n in enumerate(active):
         if n == 0:
             break
-        Vn = V[:n]  # a view: the in-place update below writes V
-        E = x[t, :n, None, :] + relations  # (n, R, K) attribute vectors
+        Vn = V[:n]  # a view: the first n rows are the ones still active
+        E = E_all[t, :n] if all_steps else x[t, :n, None, :] + relations  # (n, R, K) attribute vectors
         z = torch.sigmoid((Vn * E).sum(-1, keepdim=True))  # (n, R, 1)
-        Vn.add_(z * (E - Vn))  # (1 - z) V + z E
         if all_steps:
-            states[order[:n], t] = Vn
-    if all_steps:
-        return states
-    out = torch.empty_like(V)
-    out[order] = V
+            V = torch.addcmul(Vn, z, E - Vn, out=states[t, :n])  # (1 - z) V + z E, kept as step t's
+        else:
+            Vn.addcmul_(z, E - Vn)  # (1 - z) V + z E, in place
+    out = torch.empty_like(states.transpose(0, 1) if all_steps else V)
+    out[order] = states.transpose(0, 1) if all_steps else V
     return out
 
 
