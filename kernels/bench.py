@@ -3,7 +3,7 @@
     python kernels/bench.py                    # a GPU if there is one; else the torch rows on the CPU
     python kernels/bench.py --epoch            # also one ml-100k training epoch per memory_impl
 
-For B in {256, 2048, 8192}, L=50, R=24, K=64, float32, query (B, K), trainable item_kg: forward
+For B in {256, 2048, 8192}, L=50, R=24, K=64, float32, query (B, K), trainable kg_seq: forward
 and forward+backward times (median of --reps, after warm-up), the speed-up of the kernel over
 each torch row, and the bytes the kernel must move at the least (each input read once, each
 output written once) against the achieved bandwidth.
@@ -39,11 +39,11 @@ def timed(fn, reps, device):
 
 def floor_bytes(B, L, R, K, backward):
     f = 4
-    read = B * L * K * f + B * 8 + R * K * f + B * K * f      # item_kg, lengths, relations, query
+    read = B * L * K * f + B * 8 + R * K * f + B * K * f      # kg_seq, lengths, relations, query
     written = B * K * f                                      # m
     if backward:
         read += B * K * f + read                              # dm, and the inputs again
-        written += B * K * f + B * L * K * f                  # dq, d item_kg
+        written += B * K * f + B * L * K * f                  # ds, d kg_seq
     return read + written
 
 
@@ -57,7 +57,7 @@ def main():
     fused_ok = kernels.unavailable_reason() is None and device == "cuda"
     L, R, K, gamma = 50, 24, 64, 10.0
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    print(f"{name}, torch {torch.__version__}, L={L} R={R} K={K} float32, query (B, K), trainable item_kg")
+    print(f"{name}, torch {torch.__version__}, L={L} R={R} K={K} float32, query (B, K), trainable kg_seq")
     if not fused_ok:
         print("fused kernel: not measured here (" + (kernels.unavailable_reason() or "needs a CUDA GPU") + ")")
     compiled = torch.compile(ksr.kv_memory) if device == "cuda" else None
