@@ -149,10 +149,10 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
     process takes its contiguous slice of each batch, DDP averages the gradients over the
     processes, and the loss is scaled so that the average is the one-process step."""
     model.train()
-    ddp = distributed.world_size() > 1
+    rank, world = distributed.rank(), distributed.world_size()
+    ddp = world > 1
     raw_model = model.module if ddp else model  # the KSR itself
     all_steps = cfg["train_mode"] == "sequence"  # windows: a target after every step
-    rank, world = distributed.rank(), distributed.world_size()
     order = torch.randperm(len(split), generator=gen)  # the same on every rank: same seed, same draws
     n_batches = math.ceil(len(split) / cfg["train_batch_size"])
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
