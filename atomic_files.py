@@ -9,6 +9,7 @@
 Bad input is a DataError whose one line names the file and the line.
 """
 import os
+import re
 
 import numpy as np
 
@@ -16,6 +17,7 @@ import files
 from cli import DataError
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+LINE_END = re.compile("\r\n|\r|\n")  # what pyarrow's CSV reader (and pandas', RecBole's) ends a line at
 
 
 class Tokens:
@@ -41,20 +43,23 @@ class Tokens:
         return map(self.vocab.__getitem__, self.codes.tolist())
 
 
-def read_atomic(path, required=()):
+def read_atomic(path, required=(), types=None):
     """Read a RecBole atomic file into {column name: values}.
 
     token -> Tokens, token_seq -> list[list[str]], float -> float64 array (n,),
-    float_seq -> float32 array (n, d). `required` names columns that must be present.
+    float_seq -> float32 array (n, d). `required` names columns that must be present;
+    `types` ({column: type}) the type a column must have where it is present (RecBole lets
+    a header declare any type: a `timestamp:token` would sort by order of appearance).
     Bad input (not UTF-8, a repeated column, a value that does not parse, NaN or inf in a
-    float, vectors of different lengths) is a DataError naming file and line.
+    float, vectors of different lengths) is a DataError naming file and line. Lines end
+    at \n, \r\n or a lone \r, as for pyarrow and pandas (RecBole's reader).
 
     pyarrow's CSV reader parses the file in C++ on every core (20M lines in seconds, no
     Python object per value). A file it refuses, or whose values fail our checks, is read
     again line by line by _read_lines, which names the first bad line (or reads what arrow
     would not: both accept the same files).
     """
-    names, types = _read_header(path, required)
+    names, types = _read_header(path, required, types)
     try:
         cols = _read_arrow(path, names, types)
     except _Refused:
@@ -68,13 +73,16 @@ class _Refused(Exception):
     """The fast reader's values fail a check: _read_lines finds the line."""
 
 
-def _read_header(path, required):
+def _read_header(path, required, want=None):
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        raw = f.readline()
     try:
-        header = raw.decode("utf-8").rstrip("\r\n")
+        with open(path, "rb") as f:
+            raw = f.readline().split(b"\r")[0]  # a lone \r ends the line too
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        header = raw.decode("utf-8").rstrip("\n")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: line 1: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
     if not header:
@@ -91,6 +99,10 @@ def _read_header(path, required):
     for name in required:
         if name not in names:
             raise DataError(f"{path}: line 1: missing column {name!r} (header has {names})")
+    for name, typ in zip(names, types):
+        if (want or {}).get(name, typ) != typ:
+            raise DataError(f"{path}: line 1: column {name!r} is declared {name}:{typ}, but it must be "
+                            f"{name}:{want[name]}")
     return names, types
 
 
@@ -130,26 +142,33 @@ def _read_arrow(path, names, types):
                                   minlength=len(col))
             if len(col) and (per_row != per_row[0]).any():
                 raise _Refused
-            values = pc.cast(pc.filter(words, real), pa.float64()).to_numpy()
-            if not np.isfinite(values).all():
+            try:
+                with np.errstate(over="ignore"):  # 1e39 is finite in float64 only: refused just below, without a warning
+                    values = pc.cast(pc.filter(words, real), pa.float64()).to_numpy().astype(np.float32)
+            except pa.ArrowInvalid:  # a word that is not a number
+                raise _Refused from None
+            if not np.isfinite(values).all():  # checked in float32
                 raise _Refused
-            cols[name] = values.astype(np.float32).reshape(len(col), per_row[0] if len(col) else 0)
+            cols[name] = values.reshape(len(col), per_row[0] if len(col) else 0)
     return cols
 
 
 def _read_lines(path, names, types):
     """The same file, line by line in Python: slow, but it names the line that is wrong."""
-    with open(path, "rb") as f:
-        raw = f.read()
     try:
-        lines = raw.decode("utf-8").split("\n")
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:  # an I/O error after the header was read (arrow's own is a refusal, read again here)
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
+        line = len(LINE_END.findall(raw[:e.start].decode("utf-8"))) + 1  # the bytes before the first bad one decode
         raise DataError(f"{path}: line {line}: byte {e.start} (0x{raw[e.start]:02x}) is not UTF-8") from None
+    lines = LINE_END.split(text) if "\r" in text else text.split("\n")  # \r is rare: the fast split without it
     cols = {n: [] for n in names}
     vec_len = {}
     for lineno, line in enumerate(lines[1:], start=2):
-        line = line.rstrip("\r")
         if not line:
             continue
         parts = line.split("\t")
@@ -162,7 +181,8 @@ def _read_lines(path, names, types):
                 cols[name].append(value.split())
             else:
                 try:
-                    v = float(value) if typ == "float" else np.array(value.split(), dtype=np.float32)
+                    with np.errstate(over="ignore"):  # a float32 overflow is the "not finite" line below, not a warning
+                        v = float(value) if typ == "float" else np.array(value.split(), dtype=np.float32)
                 except ValueError:
                     raise DataError(f"{path}: line {lineno}: column {name!r}: cannot parse {value!r} as {typ}") from None
                 if not np.all(np.isfinite(v)):

@@ -1,12 +1,14 @@
 """How every program here talks to its user: the options and their defaults (the one place
 they are set), option types that refuse bad values, one line per error, and exit codes
-(2: a bad option, 1: bad data or a failed run, 130: Ctrl-C).
+(2: a bad option, 1: bad data or a failed run, 130: Ctrl-C, 143: stopped by torchrun).
 
 train.py, data.py, explain.py, tune.py and the bench scripts build their parsers here
 (option_parser); this module imports no other module of the project.
 """
 import argparse
 import math
+import os
+import re
 import sys
 
 # -----------------------------------------------------------------------------
@@ -52,6 +54,11 @@ class DataError(UserError):
     """Bad input (or a file that cannot be written): one line naming the file (and line) and what is wrong."""
 
 
+class Stopped(BaseException):
+    """torchrun stopped this process (its SIGTERM, distributed.setup): another process failed or the
+    job was stopped. A BaseException, as KeyboardInterrupt: no `except Exception` swallows it."""
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (cli() catches it)
         raise UsageError(f"{self.prog}: error: {message}")
@@ -80,6 +87,14 @@ def positive(cast):
     return number(cast, positive=True)
 
 
+def dataset_name(v):
+    """--dataset: the name of a folder under --data_path ("name/" would look for name/name/name.inter)."""
+    if not v or "/" in v or os.sep in v or v in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{v!r} is not a dataset's name (its files are <data_path>/NAME/NAME.inter, ...): "
+                                         f"give it without a '/'; the folder above it is --data_path")
+    return v
+
+
 def topk_list(v):
     ks = [k.strip() for k in v.strip("[]").split(",") if k.strip()]
     if not ks or not all(k.isdigit() and int(k) > 0 for k in ks):
@@ -98,7 +113,7 @@ def option_parser(prog, description, names=None):
     pint, pfloat, d, md = positive(int), positive(float), DEFAULTS, MODE_DEFAULTS
     by_mode = lambda key: f"default {md['sequence'][key]} (prefix mode: {md['prefix'][key]})"
     options = [
-        ("dataset", {}), ("data_path", {}),
+        ("dataset", dict(type=dataset_name)), ("data_path", {}),
         ("kg", dict(choices=KG_CHOICES, help="files: the dataset's .kg/.link files (for ml-100k RecBole's Freebase "
                     "files, also called freebase); attributes: a KG from the .item file; default: attributes for "
                     "ml-100k, files for any other dataset")),
@@ -136,8 +151,11 @@ def option_parser(prog, description, names=None):
 
 def cli(program, argv):
     """Run program(argv) as a command: a bad option is one line and exit 2; bad data, a failed
-    run or running out of memory one line and exit 1; Ctrl-C one line and exit 130. Files are written whole or not at
-    all (files.replacing), so an interrupted run leaves nothing half-written."""
+    run or running out of memory one line and exit 1; Ctrl-C one line and exit 130; stopped by
+    torchrun (SIGTERM) one line and exit 143. Files are written whole or not at all
+    (files.replacing), so an interrupted run leaves nothing half-written. Under torchrun the
+    job's own ends (Ctrl-C, torchrun stopping it, a process that died) are said once, by rank 0."""
+    job_line = lambda line: os.environ.get("RANK", "0") == "0" and print(line, file=sys.stderr)
     try:
         return program(argv)
     except UsageError as e:
@@ -147,14 +165,21 @@ def cli(program, argv):
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
-        if type(e).__name__ == "DistBackendError":  # under torchrun: another process died or stopped answering
-            print(f"error: the job lost a process ({str(e).splitlines()[0][:160]})", file=sys.stderr)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if type(e).__name__ == "DistBackendError" or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and "gloo" in first):
+            # under torchrun: another process died or stopped answering (gloo: "[.../pair.cc:537] Read error ...:
+            # Connection reset by peer. This is typically caused by ...": the words between)
+            why = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:160]
+            job_line(f"error: the job lost a process: another process died or stopped answering ({why})")
             return 1
-        if isinstance(e, RuntimeError) and "allocate" not in str(e) and "out of memory" not in str(e):
+        if isinstance(e, RuntimeError) and "allocate" not in first and "out of memory" not in first:
             raise  # any other RuntimeError is a bug: keep its traceback
-        print(f"error: out of memory ({str(e).splitlines()[0][:120] or 'MemoryError'}); smaller sizes or batches need less",
-              file=sys.stderr)
+        print(f"error: out of memory ({first[:120]}); smaller sizes or batches need less", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: every file written so far is complete; nothing is half-written", file=sys.stderr)
+        job_line("\ninterrupted: every file written so far is complete; nothing is half-written")
         return 130
+    except Stopped:
+        job_line("stopped by torchrun (another process of the job failed, or the job was stopped): every file "
+                 "written so far is complete; nothing is half-written")
+        return 143

@@ -58,27 +58,30 @@ def fetch_ml100k(data_path, log=print):
     manual = (f"put {', '.join(ML100K_FILES)} (from recbole/dataset_example/ml-100k/ in the "
               f"{ML100K_WHEEL} wheel or RecBole's repository) into {target}/ by hand")
     remove_stale(data_path)
-    with tempfile.TemporaryDirectory(dir=data_path, prefix=f".fetch-{os.getpid()}-") as tmp:
-        log(f"ml-100k: downloading the {ML100K_WHEEL} wheel (it carries ml-100k as atomic files)...")
-        cmd = [sys.executable, "-m", "pip", "download", ML100K_WHEEL, "--no-deps", "--quiet", "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
-        if proc.returncode != 0 or len(wheels) != 1:
-            why = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise DataError(f"{target}: missing, and downloading {ML100K_WHEEL} failed ({why}); {manual}")
-        whl = os.path.join(tmp, wheels[0])
-        verify_sha256(whl, ML100K_WHEEL_SHA256, manual)
-        out = os.path.join(tmp, "ml-100k")
-        os.makedirs(out)
-        with zipfile.ZipFile(whl) as z:
-            for name in ML100K_FILES:
-                with z.open(f"recbole/dataset_example/ml-100k/{name}") as src, open(os.path.join(out, name), "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        try:
-            os.rename(out, target)  # atomic: the folder appears complete or not at all
-        except OSError:
-            if not os.path.isdir(target):
-                raise
+    try:  # a full disk or a file-size limit while extracting: one line, as for any file (files.replacing)
+        with tempfile.TemporaryDirectory(dir=data_path, prefix=f".fetch-{os.getpid()}-") as tmp:
+            log(f"ml-100k: downloading the {ML100K_WHEEL} wheel (it carries ml-100k as atomic files)...")
+            cmd = [sys.executable, "-m", "pip", "download", ML100K_WHEEL, "--no-deps", "--quiet", "-d", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+            if proc.returncode != 0 or len(wheels) != 1:
+                why = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+                raise DataError(f"{target}: missing, and downloading {ML100K_WHEEL} failed ({why}); {manual}")
+            whl = os.path.join(tmp, wheels[0])
+            verify_sha256(whl, ML100K_WHEEL_SHA256, manual)
+            out = os.path.join(tmp, "ml-100k")
+            os.makedirs(out)
+            with zipfile.ZipFile(whl) as z:
+                for name in ML100K_FILES:
+                    with z.open(f"recbole/dataset_example/ml-100k/{name}") as src, open(os.path.join(out, name), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            try:
+                os.rename(out, target)  # atomic: the folder appears complete or not at all
+            except OSError:
+                if not os.path.isdir(target):  # not another run that put it there first
+                    raise
+    except OSError as e:  # (the temporary folder is gone with the with-block)
+        raise DataError(f"{target}: cannot write it: {e.strerror or e}") from None
     log(f"ml-100k: {len(ML100K_FILES)} files in {target}")
     return target
 
@@ -301,8 +304,8 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
         write_atomic(ent_path, ["ent_id:token", "ent_vec:float_seq"], ([e, fmt(v)] for e, v in zip(entity_tokens, entity_kg)))
         log(f"KG vectors: wrote {ent_path} and {rel_path}; TransE raw tail Hits@10 on a sample of held-out triples = {hits:.4f}")
     # always read the vectors back from the files, so a fresh run and a cached run see the same numbers
-    ef = read_atomic(ent_path, required=("ent_id", "ent_vec"))
-    rf = read_atomic(rel_path, required=("rel_id", "rel_vec"))
+    ef = read_atomic(ent_path, required=("ent_id", "ent_vec"), types=COLUMN_TYPES)
+    rf = read_atomic(rel_path, required=("rel_id", "rel_vec"), types=COLUMN_TYPES)
     K, K_rel = ef["ent_vec"].shape[1], rf["rel_vec"].shape[1]
     if K != K_rel:
         raise DataError(f"{ent_path}: entity vectors have length {K}, but relation vectors in {rel_path} have {K_rel}")
@@ -368,9 +371,12 @@ def check_memory(inter_path, log):
     """Refuse, in one line and before any work, a dataset that would not fit in memory: the
     number of interactions (estimated from the file's size and its first lines) times
     BYTES_PER_INTERACTION, against the memory this machine has available now."""
-    size = os.path.getsize(inter_path)
-    with open(inter_path, "rb") as f:
-        head = f.read(1 << 20)
+    try:
+        size = os.path.getsize(inter_path)
+        with open(inter_path, "rb") as f:
+            head = f.read(1 << 20)
+    except OSError as e:  # gone, a folder, no permission: the reader's own line
+        raise DataError(f"{inter_path}: cannot read it ({e.strerror or e})") from None
     lines = max(1, size * max(head.count(b"\n") - 1, 1) // max(len(head), 1))
     need = lines * BYTES_PER_INTERACTION
     available = available_memory()
@@ -394,13 +400,20 @@ def available_memory():
     return None
 
 
+# The type each column this project reads must have (RecBole's headers may declare any type)
+COLUMN_TYPES = {"user_id": "token", "item_id": "token", "timestamp": "float", "head_id": "token", "relation_id": "token",
+                "tail_id": "token", "entity_id": "token", "ent_id": "token", "ent_vec": "float_seq", "rel_id": "token",
+                "rel_vec": "float_seq", "movie_title": "token_seq", "class": "token_seq", "genre": "token_seq",
+                "release_year": "token"}
+
+
 def load_kg(folder, dataset, kg, item_cols=None):
     """The KG as token columns: triples (head, relation, tail) and links (item, entity), each
     a tuple of Tokens, and the files read."""
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     if kg in ("files", "freebase"):
-        kgc = read_atomic(p("kg"), required=("head_id", "relation_id", "tail_id"))
-        linkc = read_atomic(p("link"), required=("item_id", "entity_id"))
+        kgc = read_atomic(p("kg"), required=("head_id", "relation_id", "tail_id"), types=COLUMN_TYPES)
+        linkc = read_atomic(p("link"), required=("item_id", "entity_id"), types=COLUMN_TYPES)
         return ((kgc["head_id"], kgc["relation_id"], kgc["tail_id"]), (linkc["item_id"], linkc["entity_id"]),
                 [p("kg"), p("link")])
     if item_cols is None or not ("class" in item_cols or "genre" in item_cols or "release_year" in item_cols):
@@ -431,6 +444,8 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     Every step is vectorised over interactions and triples (tokens as integer codes);
     Python loops run over vocabularies (items, entities) only.
     """
+    # The order of the checks: the folder, the files, the memory they need, then their contents
+    # (the name is an option's: cli.dataset_name)
     folder = os.path.join(data_path, dataset)
     if not os.path.isdir(folder):
         if dataset == "ml-100k":
@@ -442,10 +457,13 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         raise DataError(f"--kg: unknown value {kg!r} (choose one of {', '.join(KG_CHOICES)})")
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     used = [p("inter")]
+    for path in used + ([p("kg"), p("link")] if kg in ("files", "freebase") else []):
+        if not os.path.isfile(path):  # before check_memory, which needs the .inter's size
+            raise DataError(f"{path}: file not found")
     check_memory(p("inter"), log)
 
-    inter = read_atomic(p("inter"), required=("user_id", "item_id"))
-    item_cols = read_atomic(p("item"), required=("item_id",)) if os.path.exists(p("item")) else None
+    inter = read_atomic(p("inter"), required=("user_id", "item_id"), types=COLUMN_TYPES)
+    item_cols = read_atomic(p("item"), required=("item_id",), types=COLUMN_TYPES) if os.path.exists(p("item")) else None
 
     # --- knowledge graph: triples and item -> entity links
     (heads, rels, tails), (link_items, link_entities), kg_files = load_kg(folder, dataset, kg, item_cols)
@@ -581,7 +599,7 @@ def prepare(args):
     if args.check_links:
         folder = os.path.join(args.data_path, args.dataset)
         item_file = os.path.join(folder, f"{args.dataset}.item")
-        item_cols = read_atomic(item_file) if os.path.exists(item_file) else None
+        item_cols = read_atomic(item_file, types=COLUMN_TYPES) if os.path.exists(item_file) else None
         stats["link_check"] = {}
         for kg in ("files", "attributes"):
             with contextlib.suppress(DataError):  # a KG this dataset does not have

@@ -13,13 +13,17 @@ single-process identity, so `python train.py` is exactly the one-process run. Th
     process computes them, and gathers the integer ranks: the metrics are the same, bit for bit;
   * rank 0 prepares data and run folders first; an error there is raised on every rank, so
     every process prints the same one line; a dead process ends the job (its peers' next
-    collective fails, and torchrun stops the rest), never a hang.
+    collective fails, and torchrun stops the rest with SIGTERM), never a hang. The job's own
+    ends (Ctrl-C, torchrun's SIGTERM, a lost process) are one line, from rank 0 (cli.cli).
 """
 import datetime
 import os
+import signal
 
 import torch
 import torch.distributed as dist
+
+from cli import Stopped
 
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("KSR_DIST_TIMEOUT", 600)))  # the bound on any wait for a peer
 
@@ -36,12 +40,23 @@ def setup(device):
         return
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    signal.signal(signal.SIGTERM, _stopped)  # torchrun's way of ending its workers (Ctrl-C reaches them as SIGINT)
     dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=TIMEOUT)
+
+
+def _stopped(signum, frame):
+    """torchrun sends SIGTERM when another process failed or the job is stopped: raised as cli.Stopped,
+    so that `finally` blocks run (the run folder's lock is released) and cli() says it in one line."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the cleanup short
+    raise Stopped
 
 
 def shutdown():
     if dist.is_initialized():
         dist.destroy_process_group()
+        # the job is over for this process: a SIGTERM now (torchrun reacting to a dead peer) must not turn
+        # into an exception while cli() prints its last line, or after it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def rank():

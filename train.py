@@ -11,6 +11,7 @@ data.load_dataset, build_model (ksr.KSR with the memory --memory_impl names), th
 train_epoch (p, loss = model(seq, lengths, targets); loss.backward(); opt.step()) and
 evaluate on valid (full ranking); early stopping on valid MRR@10; the best checkpoint is tested.
 """
+import contextlib
 import math
 import os
 import platform
@@ -194,15 +195,24 @@ def load_data(cfg, log):
 
 def run(cfg, log=print):
     """Train with early stopping, test the best checkpoint; returns the results dict. Under
-    torchrun every process runs this; only rank 0 logs and writes files."""
+    torchrun every process runs this; only rank 0 logs and writes files. Rank 0 holds the run
+    folder (files.run_folder: its .lock) from the check that it holds no run to the last write,
+    so a second run into the same --out_dir is refused instead of mixing its files in."""
+    out_dir = cfg["out_dir"] or os.path.join("runs", f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_files = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
+    with contextlib.ExitStack() as held:
+        distributed.main_first(lambda: distributed.rank() == 0 and held.enter_context(
+            files.run_folder(out_dir, run_files, cfg["overwrite"])))
+        return train_and_test(cfg, *run_files, log)
+
+
+def train_and_test(cfg, ckpt_path, results_path, log):
+    """run()'s work, in a folder that run() holds."""
     t_start, is_main = time.time(), distributed.rank() == 0
     log = log if is_main else (lambda m: None)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     device = torch.device(cfg["device"])
-    out_dir = cfg["out_dir"] or os.path.join("runs", f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
-    distributed.main_first(lambda: is_main and files.prepare_run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"]))
     ds = distributed.main_first(lambda: load_data(cfg, log))
     log(f"data: {ds.n_users} users, {ds.n_items} items, {len(ds.train)} train / {len(ds.valid)} valid / "
         f"{len(ds.test)} test samples, {len(ds.relation_tokens)} relations (kg={cfg['kg']})")
@@ -278,6 +288,13 @@ def load_checkpoint(path, cfg_overrides, log=print):
             cfg["memory_impl"] = {"torch": "sorted", "triton": "fused"}.get(cfg.pop("memory_backend"), "sorted")
     except Exception as e:
         raise DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
+    # train.py never saves a NaN (a non-finite loss stops the run): one here was edited or damaged, and would
+    # give NaN scores that explain prints as numbers
+    bad = [f"its config's {k} is {v}" for k, v in ckpt["config"].items() if isinstance(v, float) and not math.isfinite(v)]
+    bad += [f"its weight {k} holds NaN or inf" for k, v in ckpt["model"].items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise DataError(f"{path}: {bad[0]} (a damaged or hand-edited checkpoint; train it again)")
     cfg.update(cfg_overrides)
     ds = load_data(cfg, log)
     if ds.fingerprint != ckpt["fingerprint"]:

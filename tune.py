@@ -8,13 +8,11 @@ the best checkpoint) in <out_dir>/trial-NNN/. Selection reads only the valid met
 finished trial is kept (its results.json); the same command again skips it.
 """
 import ast
-import contextlib
 import itertools
 import json
 import math
 import os
 import random
-import socket
 import sys
 
 import distributed
@@ -165,32 +163,6 @@ def best_trial(trials, valid_key):
     return max(done, key=lambda it: (it[1]["valid"][valid_key], -it[0]))[1] if done else None
 
 
-@contextlib.contextmanager
-def locked(folder):
-    """Hold folder/.lock for the whole search: a second tune on the same folder is refused at
-    once, naming the holder. A lock whose process is gone (a killed run) is taken over."""
-    path = os.path.join(folder, ".lock")
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            with open(path) as f:
-                pid, _, host = f.read().strip().partition(" ")
-            if host == socket.gethostname() and pid.isdigit() and not files.process_alive(int(pid)):
-                os.remove(path)  # stale: its process is gone
-                continue
-            raise UsageError(f"tune.py: error: --out_dir {folder} is in use by another search (process {pid} on {host}, "
-                             f"{path}); wait for it, or use another --out_dir") from None
-    with os.fdopen(fd, "w") as f:
-        f.write(me)
-    try:
-        yield
-    finally:
-        os.remove(path)
-
-
 def _params_str(params):
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -227,7 +199,7 @@ def tune(argv):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UsageError(f"tune.py: error: --out_dir {out_dir}: {e.strerror or e}") from None
-    with locked(out_dir):
+    with files.locked(out_dir, "search", error=UsageError, prefix="tune.py: error: "):  # held for the whole search
         return search(space, settings, n_trials, fixed_argv, out_dir, base, args)
 
 

@@ -5,6 +5,7 @@
 """
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -257,6 +258,65 @@ def test_a_second_tune_on_the_same_folder_is_refused_at_once(tiny_dataset, tmp_p
     assert not (out / ".lock").exists()
 
 
+def lock_holder(folder):
+    """Another process of this project holding folder/.lock (files.locked), until it is killed."""
+    code = ("import sys, files\nwith files.locked(sys.argv[1], 'training run'):\n    print('held', flush=True)\n"
+            "    sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, folder], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+@pytest.mark.parametrize("holder, refused", [
+    ("a live run", True),  # what two runs 0.5 s apart did: both wrote into one folder
+    ("a killed run", False),  # its lock names a dead process and no one holds its flock: taken over
+    ("another host", True),  # a pid of another machine means nothing here: never taken over
+    ("an empty lock", False),  # a run killed before it wrote its name
+])
+def test_a_run_folder_is_held_by_one_run(tiny_dataset, tmp_path, capsys, holder, refused):
+    out = tmp_path / "run"
+    out.mkdir()
+    proc, host = None, os.uname().nodename
+    if holder in ("a live run", "a killed run"):
+        proc = lock_holder(str(out))
+        if holder == "a killed run":
+            proc.kill()
+            proc.wait()
+    else:
+        (out / ".lock").write_text("" if holder == "an empty lock" else "4242 elsewhere")
+        host = "elsewhere"
+    try:
+        rc = train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", str(out)])
+    finally:
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if refused:
+        pid = proc.pid if proc else 4242
+        one_line_error(capsys, rc, 1, f"--out_dir {out} is in use by another training run (process {pid} on {host}",
+                       "wait for it")
+        assert not (out / "model.pt").exists() and not (out / "results.json").exists()
+    else:
+        assert rc == 0 and sorted(os.listdir(out)) == ["model.pt", "results.json"]  # the lock released
+
+
+def test_the_run_folder_is_held_from_the_check_to_the_last_write(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen, real_save = [], files.save
+
+    def save(obj, path):  # every file of the run is written while the run holds the folder
+        seen.append((os.path.basename(path), (out / ".lock").read_text().split()[0]))
+        real_save(obj, path)
+    monkeypatch.setattr(files, "save", save)
+    train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--out_dir", str(out)])), log=lambda m: None)
+    assert seen[-1] == ("results.json", str(os.getpid())) and {pid for _, pid in seen} == {str(os.getpid())}
+    assert "model.pt" in {name for name, _ in seen} and not (out / ".lock").exists()
+    # the folder holds a run now; held by another, it is refused for that, before its files are looked at
+    with files.locked(str(out), "training run"):
+        with pytest.raises(data.DataError, match="in use by another training run"):
+            train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--out_dir", str(out)])), log=lambda m: None)
+
+
 def test_damaged_files_of_our_own_are_one_line_or_a_warning(tiny_dataset, tmp_path, capsys):
     params = tmp_path / "p.test"
     params.write_text("num_layers choice [1]\n")
@@ -436,3 +496,138 @@ def test_stale_temporary_files_are_removed_by_the_next_writer(tmp_path):
     mine.write_text("")
     files.save({"a": 1}, str(tmp_path / "results.json"))
     assert not any(p.exists() for p in stale) and live.exists() and mine.exists()
+
+
+def _remove(folder, name):
+    os.remove(os.path.join(folder, name))
+
+
+@pytest.mark.parametrize("edit, argv, code, needle", [
+    (lambda d: _remove(d, "tiny.inter"), [], 1, "tiny/tiny.inter: file not found"),
+    (lambda d: _remove(d, "tiny.kg"), [], 1, "tiny/tiny.kg: file not found"),  # before the .inter is read
+    (lambda d: _remove(d, "tiny.inter"), ["--kg", "attributes"], 1, "tiny/tiny.inter: file not found"),
+    (lambda d: None, ["--dataset", "tiny/"], 2, "argument --dataset: 'tiny/' is not a dataset's name"),  # not tiny/tiny/.inter
+    (lambda d: None, ["--dataset", "./tiny"], 2, "without a '/'"),
+])
+def test_missing_files_are_found_before_the_memory_check(tiny_dataset, tmp_path, capsys, monkeypatch, edit, argv, code, needle):
+    """The order of the checks: the name, the folder, the files, then the memory they need (which
+    reads the .inter's size), then what they hold."""
+    edit(os.path.join(tiny_dataset, "tiny"))
+    monkeypatch.setattr(data, "check_memory", lambda *a: pytest.fail("the memory check ran before the files were found"))
+    rc = train.main(TINY + ["--data_path", tiny_dataset, "--out_dir", str(tmp_path / "r")] + argv)
+    one_line_error(capsys, rc, code, needle)
+
+
+def test_the_memory_check_comes_before_reading(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "available_memory", lambda: 10_000)  # bytes
+    monkeypatch.setattr(data, "read_atomic", lambda *a, **k: pytest.fail("read before the memory check"))
+    rc = train.main(TINY + ["--data_path", tiny_dataset, "--out_dir", str(tmp_path / "r")])
+    one_line_error(capsys, rc, 1, "tiny.inter: about", "GiB of memory")
+
+
+@pytest.mark.parametrize("where, column, typ, needle", [
+    ("tiny.inter", "timestamp", "token", "column 'timestamp' is declared timestamp:token, but it must be timestamp:float"),
+    ("tiny.inter", "timestamp", "token_seq", "it must be timestamp:float"),
+    ("tiny.inter", "timestamp", "float_seq", "it must be timestamp:float"),
+    ("tiny.inter", "user_id", "float", "it must be user_id:token"),
+    ("tiny.kg", "relation_id", "token_seq", "it must be relation_id:token"),
+    ("tiny.link", "entity_id", "float", "it must be entity_id:token"),
+    ("tiny.item", "class", "float", "it must be class:token_seq"),
+])
+def test_a_column_of_the_wrong_type_is_one_line(tiny_dataset, tmp_path, capsys, where, column, typ, needle):
+    """RecBole lets a header give any column any type; a timestamp:token would order each user's
+    items by the order its values first appear in the file, not by time. Refused, naming the type."""
+    path = os.path.join(tiny_dataset, "tiny", where)
+    with open(path) as f:
+        header, rest = f.read().split("\n", 1)
+    with open(path, "w") as f:
+        f.write("\t".join(f"{column}:{typ}" if c.split(":")[0] == column else c for c in header.split("\t")) + "\n" + rest)
+    rc = train.main(TINY + ["--data_path", tiny_dataset, "--out_dir", str(tmp_path / "r")])
+    one_line_error(capsys, rc, 1, f"{where}: line 1:", needle)
+
+
+def test_a_full_disk_while_fetching_ml100k_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import zipfile
+
+    def pip_download(cmd, **kw):  # the wheel, as pip would put it in the temporary folder
+        with zipfile.ZipFile(os.path.join(cmd[cmd.index("-d") + 1], "recbole-1.2.1-py3-none-any.whl"), "w") as z:
+            for name in data.ML100K_FILES:
+                z.writestr(f"recbole/dataset_example/ml-100k/{name}", "x" * 100_000)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    copied = []
+
+    def copy_until_full(src, dst):  # the disk fills during the third file, after part of it is written
+        copied.append(dst.name)
+        dst.write(src.read(50_000))
+        if len(copied) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        dst.write(src.read())
+    monkeypatch.setattr(data.subprocess, "run", pip_download)
+    monkeypatch.setattr(data, "verify_sha256", lambda *a, **k: None)
+    monkeypatch.setattr(data.shutil, "copyfileobj", copy_until_full)
+    root = tmp_path / "dataset"
+    rc = data.main(["--data_path", str(root)])
+    one_line_error(capsys, rc, 1, f"{root / 'ml-100k'}: cannot write it: No space left on device")
+    assert len(copied) == 3 and os.listdir(root) == []  # no ml-100k folder, no temporary one
+
+
+@pytest.fixture(scope="module")
+def ddp_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("ddp"))
+    write_tiny_dataset(root)
+    train.load_data(vars(train.parse_args(TINY + ["--data_path", root])), log=lambda m: None)  # TransE once, here
+    return root
+
+
+def rank_of(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv).get(b"RANK")
+
+
+@pytest.mark.parametrize("stop, lines", [
+    ("SIGINT to torchrun", ["interrupted: every file written so far is complete"]),  # Ctrl-C (exit 130)
+    ("SIGTERM to torchrun", ["stopped by torchrun"]),  # a scheduler ending the job (exit 143)
+    # rank 0 sees its peer's socket close (gloo: exit 1), or torchrun's SIGTERM first (exit 143): one line either way
+    ("rank 1 killed", ["error: the job lost a process: another process died", "stopped by torchrun"]),
+])
+def test_torchrun_ends_in_one_line_from_rank_0(ddp_root, tmp_path, stop, lines):
+    from test_distributed import children, torchrun
+    out = tmp_path / "run"
+    job = torchrun(*TINY, "--data_path", ddp_root, "--epochs", "100000", "--stopping_step", "100000",
+                   "--out_dir", str(out), start_new_session=True)
+    try:
+        for line in job.stdout:
+            if line.startswith("epoch   0"):  # training, with a checkpoint written
+                break
+        workers = {rank_of(pid): int(pid) for pid in children(job.pid)}
+        if stop == "rank 1 killed":
+            os.kill(workers[b"1"], signal.SIGKILL)
+        else:
+            os.kill(job.pid, getattr(signal, stop.split()[0]))
+        _, err = job.communicate(timeout=90)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    ours = [line for line in err.splitlines() if any(line.startswith(w) for w in lines)]
+    assert len(ours) == 1, err  # said once, by rank 0
+    assert job.returncode != 0 and "[rank" not in err and f'File "{ROOT}/' not in err, err  # no traceback of ours
+    if stop == "rank 1 killed":  # torchrun's summary of the failed job: rank 0 ended by our exit code, not a signal
+        assert re.search(r"rank +: 0 \(local_rank: 0\)\n +exitcode +: (1|143) ", err), err
+    assert sorted(os.listdir(out)) == ["model.pt"]  # the best checkpoint kept; the lock released
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda c: c["model"]["dense_layer_u.weight"].view(-1).__setitem__(0, float("nan")), "its weight dense_layer_u.weight holds NaN"),
+    (lambda c: c["config"].__setitem__("gamma", float("nan")), "its config's gamma is nan"),
+])
+def test_a_checkpoint_holding_a_nan_is_refused_by_explain_and_eval_only(tiny_dataset, tmp_path, capsys, damage, needle):
+    run = tmp_path / "run"
+    assert train.main(TINY + ["--data_path", tiny_dataset, "--epochs", "1", "--out_dir", str(run)]) == 0
+    ckpt = torch.load(run / "model.pt", weights_only=False)
+    damage(ckpt)  # edited or damaged by hand: train.py never saves a NaN
+    torch.save(ckpt, run / "model.pt")
+    capsys.readouterr()
+    one_line_error(capsys, explain.main(["--run", str(run), "--summary"]), 1, "model.pt: ", needle)
+    one_line_error(capsys, explain.main(["--run", str(run), "--user", "u1"]), 1, needle)
+    one_line_error(capsys, train.main(["--eval_only", str(run / "model.pt")]), 1, needle)
