@@ -51,8 +51,13 @@ def _stopped(signum, frame):
     raise Stopped
 
 
-def shutdown():
+def shutdown(finished=True):
+    """Leave the process group. finished: this process got to the end, as every other will: wait
+    for them first (a barrier), so that none tears the group down while another still uses it
+    (gloo then aborts a process now and then). After an error, no waiting for peers that may be gone."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
         # the job is over for this process: a SIGTERM now (torchrun reacting to a dead peer) must not turn
         # into an exception while cli() prints its last line, or after it
@@ -65,11 +70,6 @@ def rank():
 
 def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def local_world_size():
-    """Processes on this machine: they share its memory."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) if dist.is_initialized() else 1
 
 
 def main_first(fn):

@@ -339,8 +339,10 @@ def train_main(argv):
         distributed.setup(args.device)  # under torchrun: join the other processes (distributed.py)
         try:
             run(vars(args))
-        finally:
-            distributed.shutdown()
+        except BaseException:
+            distributed.shutdown(finished=False)
+            raise
+        distributed.shutdown()
     return 0
 
 

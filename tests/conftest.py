@@ -56,6 +56,16 @@ def write_tiny_dataset(root, name="tiny", n_users=12, n_items=15, n_inter=(4, 9)
     return folder
 
 
+def prepared_tiny_dataset(tmp_path_factory, argv):
+    """A tiny dataset in a fresh folder with its KG vectors already trained (TransE once, for a
+    module's runs, before processes that would each train it start)."""
+    import train
+    root = str(tmp_path_factory.mktemp("tiny"))
+    write_tiny_dataset(root)
+    train.load_data(vars(train.parse_args(argv + ["--data_path", root])), log=lambda m: None)
+    return root
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path):
     write_tiny_dataset(str(tmp_path))

@@ -55,17 +55,16 @@ def _worker(rank, world, port, cfgs, k, out):
         results = [steps(cfg, k) for cfg in cfgs]
         if rank == 0:
             torch.save(results, out)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(finished=False)
+        raise
+    distributed.shutdown()
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    from conftest import write_tiny_dataset
-    root = str(tmp_path_factory.mktemp("ddp"))
-    write_tiny_dataset(root)
-    train.load_data(vars(train.parse_args(SMALL + ["--data_path", root])), log=lambda m: None)  # TransE once, here
-    return root
+    from conftest import prepared_tiny_dataset
+    return prepared_tiny_dataset(tmp_path_factory, SMALL)
 
 
 # (train_mode, loss_type, train_batch_size): batches that do not divide by 2, and batch 1 (the second process
@@ -113,8 +112,10 @@ def _eval_worker(rank, world, port, cfgs, out):
         got = evaluations(cfgs)
         if rank == 0:
             torch.save(got, out)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(finished=False)
+        raise
+    distributed.shutdown()
 
 
 @pytest.mark.parametrize("world", [2, 3])

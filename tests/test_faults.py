@@ -21,7 +21,7 @@ import files
 import train
 import transe
 import tune
-from conftest import TRANSE, write_tiny_dataset
+from conftest import TRANSE, prepared_tiny_dataset, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "tiny", "--kg", "files", "--kg_embedding_size", "8", "--embedding_size", "8",
@@ -574,10 +574,7 @@ def test_a_full_disk_while_fetching_ml100k_is_one_line(tmp_path, capsys, monkeyp
 
 @pytest.fixture(scope="module")
 def ddp_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("ddp"))
-    write_tiny_dataset(root)
-    train.load_data(vars(train.parse_args(TINY + ["--data_path", root])), log=lambda m: None)  # TransE once, here
-    return root
+    return prepared_tiny_dataset(tmp_path_factory, TINY)
 
 
 def rank_of(pid):
