@@ -33,7 +33,7 @@ KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for
 
 def default_kg(dataset):
     """ml-100k: the attribute KG (RecBole's Freebase links for it point at other films, see
-    data.link_check); any other dataset: its own .kg/.link files."""
+    link_check.py); any other dataset: its own .kg/.link files."""
     return "attributes" if dataset == "ml-100k" else "files"
 
 

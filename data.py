@@ -10,14 +10,12 @@ Reading order:
   4. kg_vectors          - the dataset's .ent_feature/.rel_feature, or TransE (transe.py), cached
                            with a record of what made them
   5. load_dataset        - all of the above into one `Dataset`, memory O(interactions)
-  6. link_check          - do the KG's genres agree with the dataset's own genre labels?
 The files themselves are read by atomic_files.py (RecBole's format) and written through
 files.py (whole or absent).
 
 `python data.py --dataset ml-100k [--kg files|attributes] [--json]` prepares everything and
 prints the statistics (options and defaults: cli.py's).
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -536,56 +534,11 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 
 
 # ----------------------------------------------------------------------------
-# 6. Are the links right? Genre agreement between the KG and the item labels
-
-def link_check(triples, links, item_cols, label_column="class", seed=0):
-    """How much do the KG's genre facts agree with the dataset's own genre labels?
-
-    Take pairs of items that share a genre entity in the KG (a relation whose name
-    contains "genre", from the item's entity to the genre). If the links are right, such
-    pairs share a label in `label_column` of the .item file far more often than random
-    pairs do; the ratio is the lift (1.0: the KG's genres say nothing about the labels).
-    `triples` and `links` are token tuples as load_kg returns them.
-    """
-    if item_cols is None or label_column not in item_cols:
-        return None
-    labels = dict(zip(item_cols["item_id"], (frozenset(x) for x in item_cols[label_column])))
-    item_of = {e: i for i, e in links if i in labels}
-    rels = sorted({r for _, r, _ in triples if "genre" in r.lower()})
-    members = {}  # genre entity -> items
-    for h, r, t in triples:
-        if r in rels and h in item_of:
-            members.setdefault(t, set()).add(item_of[h])
-    items = sorted(set(item_of.values()))
-    if not members or len(items) < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    a, b = rng.integers(len(items), size=(2, 200_000))
-    keep = a != b
-    base = float(np.mean([bool(labels[items[x]] & labels[items[y]]) for x, y in zip(a[keep], b[keep])]))
-    share = total = 0
-    for group in members.values():
-        m = sorted(group)
-        if len(m) < 2:
-            continue
-        x, y = np.triu_indices(len(m), 1)
-        if len(x) > 20_000:  # sample the pairs of the big genres
-            k = rng.integers(len(x), size=20_000)
-            x, y = x[k], y[k]
-        share += sum(bool(labels[m[i]] & labels[m[j]]) for i, j in zip(x, y))
-        total += len(x)
-    given = share / max(total, 1)
-    return {"relations": rels, "pairs": int(total), "p_share_label_given_kg": given,
-            "p_share_label_random": base, "lift": given / base if base else float("nan")}
-
-
-# ----------------------------------------------------------------------------
 
 def main(argv=None):
     ap = option_parser("data.py", "Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.",
                        names=("dataset", "data_path", "kg", "keep_unlinked", "kg_embedding_size", "MAX_ITEM_LIST_LENGTH",
                               "transe_epochs", "transe_learning_rate", "transe_seed"))
-    ap.add_argument("--check_links", action="store_true", help="also print the KG/label genre agreement")
     ap.add_argument("--json", action="store_true", help="print the statistics as one JSON object on the last line")
     return cli(lambda argv: prepare(ap.parse_args(argv)), sys.argv[1:] if argv is None else list(argv))
 
@@ -596,25 +549,8 @@ def prepare(args):
     ds = load_dataset(args.dataset, args.data_path, args.kg, args.keep_unlinked, args.kg_embedding_size,
                       args.MAX_ITEM_LIST_LENGTH, transe_settings(vars(args)), log=log)
     stats = dict(ds.stats)
-    if args.check_links:
-        folder = os.path.join(args.data_path, args.dataset)
-        item_file = os.path.join(folder, f"{args.dataset}.item")
-        item_cols = read_atomic(item_file, types=COLUMN_TYPES) if os.path.exists(item_file) else None
-        stats["link_check"] = {}
-        for kg in ("files", "attributes"):
-            with contextlib.suppress(DataError):  # a KG this dataset does not have
-                triples, links, _ = load_kg(folder, args.dataset, kg, item_cols)
-                stats["link_check"][kg] = link_check(list(zip(*triples)), list(zip(*links)), item_cols)
     for k, v in stats.items():
-        if k != "link_check":
-            log(f"{k:>30}: {v}")
-    for kg, lc in (stats.get("link_check") or {}).items():
-        if lc is None:
-            log(f"link check, {kg} KG: needs an .item file with a 'class' column and a KG relation named *genre*")
-        else:
-            log(f"link check, {kg} KG ({', '.join(lc['relations'])}): items that share a KG genre share a "
-                f".item genre label {lc['p_share_label_given_kg']:.3f} of the time, random pairs "
-                f"{lc['p_share_label_random']:.3f}: lift {lc['lift']:.2f} (1.0 = the KG's genres say nothing)")
+        log(f"{k:>30}: {v}")
     if args.json:
         print(json.dumps(stats))
     return 0

@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import atomic_files
 import data
+import link_check
 import transe
 from conftest import TRANSE, write_tiny_dataset
 
@@ -350,12 +351,12 @@ def test_link_check_separates_right_and_wrong_links(tiny_dataset):
     folder = os.path.join(tiny_dataset, "tiny")
     item_cols = data.read_atomic(os.path.join(folder, "tiny.item"))
     triples, links = data.attribute_kg(item_cols)
-    right = data.link_check(triples, links, item_cols)
+    right = link_check.link_check(triples, links, item_cols)
     assert right["p_share_label_given_kg"] == 1.0 and right["lift"] > 2
     # links shuffled (as in ml-100k's Freebase table): the genres now belong to other films
     perm = np.random.default_rng(1).permutation(len(links))
     shuffled = [(links[p][0], e) for p, (_, e) in zip(perm, links)]
-    wrong = data.link_check(triples, shuffled, item_cols)
+    wrong = link_check.link_check(triples, shuffled, item_cols)
     assert wrong["lift"] < 0.6 * right["lift"]
 
 
@@ -485,3 +486,10 @@ def test_windows_cover_every_training_target_once(log, max_len, draw):
             assert s + L <= n_train
         assert sorted(covered) == list(range(1, n_train + 1))  # every training target exactly once
         assert covered == sorted(covered)
+
+
+def test_link_check_command(tiny_dataset, capsys):
+    assert link_check.main(["--dataset", "tiny", "--data_path", tiny_dataset, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "attributes KG (genre)" in out and json.loads(out.splitlines()[-1])["attributes"]["lift"] > 2
+    assert link_check.main(["--dataset", "nowhere", "--data_path", tiny_dataset]) == 1
