@@ -104,10 +104,16 @@ class NonFiniteError(UserError):
     """A NaN or inf loss or score: the run stops (cli() prints one line, exit 1)."""
 
 
-@torch.no_grad()
 def evaluate(model, split, cfg, device):
-    """Full-ranking metrics of `split`. With N processes each ranks whole batches, round-robin,
-    as one process would, and the integer ranks are gathered: the same metrics, exactly."""
+    """Full-ranking metrics of `split` (Recall, MRR, NDCG, Hit, Precision at every --topk)."""
+    return metrics_from_ranks(rank_all(model, split, cfg, device), cfg["topk"])
+
+
+@torch.no_grad()
+def rank_all(model, split, cfg, device):
+    """The rank of each sample's target among all items (split order). With N processes each
+    ranks whole batches, round-robin, as one process would, and the integer ranks are gathered:
+    the same ranks, exactly."""
     model.eval()
     mine = {}  # batch start -> ranks of its users
     for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device, distributed.rank(), distributed.world_size()):
@@ -120,7 +126,7 @@ def evaluate(model, split, cfg, device):
     errors = [r for r in ranks.values() if isinstance(r, str)]
     if errors:
         raise NonFiniteError(errors[0])
-    return metrics_from_ranks(torch.cat([ranks[k] for k in sorted(ranks)]), cfg["topk"])
+    return torch.cat([ranks[k] for k in sorted(ranks)])
 
 
 # -----------------------------------------------------------------------------
@@ -232,7 +238,8 @@ def train_and_test(cfg, ckpt_path, results_path, log):
         t0 = time.time()
         try:
             loss, t1 = train_epoch(train_model, opt, train_split, cfg, device, gen, progress), time.time()
-            valid = evaluate(model, ds.valid, cfg, device)
+            valid_ranks = rank_all(model, ds.valid, cfg, device)
+            valid = metrics_from_ranks(valid_ranks, cfg["topk"])
         except NonFiniteError as e:
             kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
             raise NonFiniteError(f"epoch {epoch}, {e}: training stopped; {kept}") from None
@@ -242,7 +249,7 @@ def train_and_test(cfg, ckpt_path, results_path, log):
         valid_hist.append(valid)
         improved = valid[valid_key] >= best  # RecBole's early_stopping: a tie also counts as better
         if improved:  # every rank keeps the best weights in memory (no shared disk needed); rank 0 saves them
-            best, best_epoch, bad = valid[valid_key], epoch, 0
+            best, best_epoch, bad, best_valid_ranks = valid[valid_key], epoch, 0, valid_ranks
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if is_main:
                 files.save({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
@@ -257,12 +264,16 @@ def train_and_test(cfg, ckpt_path, results_path, log):
             break
 
     model.load_state_dict(best_state)
-    t1, test = time.time(), evaluate(model, ds.test, cfg, device)
+    t1, test_ranks = time.time(), rank_all(model, ds.test, cfg, device)
+    test = metrics_from_ranks(test_ranks, cfg["topk"])
+    # every user's rank of the target: metrics recomputed, or compared user by user across runs, afterwards
+    per_user = lambda split, ranks: {"user": [ds.user_tokens[u] for u in split.users.tolist()], "rank": ranks.tolist()}
     results = {
         "config": cfg, "dataset": ds.stats, "train_samples": len(train_split), "epoch_seconds": epoch_seconds,
         "eval_seconds": eval_seconds, "test_seconds": time.time() - t1, "train_loss": losses,
         "valid": valid_hist, "best_epoch": best_epoch, "best_valid": valid_hist[best_epoch],
-        "test": test, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path, "world_size": distributed.world_size(),
+        "test": test, "ranks": {"valid": per_user(ds.valid, best_valid_ranks), "test": per_user(ds.test, test_ranks)},
+        "total_seconds": time.time() - t_start, "checkpoint": ckpt_path, "world_size": distributed.world_size(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }
     if is_main:

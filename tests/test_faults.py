@@ -173,7 +173,7 @@ def test_overwrite_removes_the_old_results_first(tiny_dataset, tmp_path, monkeyp
 
     def killed(*a, **kw):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "evaluate", killed)  # killed during the first epoch of the new run
+    monkeypatch.setattr(train, "rank_all", killed)  # killed during the first epoch of the new run
     with pytest.raises(KeyboardInterrupt):
         train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--overwrite", "--out_dir", out])), log=lambda m: None)
     assert not os.path.exists(os.path.join(out, "results.json"))  # never an old results.json beside a new model.pt

@@ -147,3 +147,19 @@ def test_changed_data_is_refused(tiny_dataset, tmp_path):
         f.write("u1\t3\t4\t9999999\n")
     with pytest.raises(data.DataError, match="fingerprint"):
         train.eval_only(os.path.join(out, "model.pt"), {}, log=lambda m: None)
+
+
+def test_per_user_ranks_recompute_the_stored_metrics(tiny_dataset, tmp_path):
+    """results.json keeps every valid (best epoch) and test user's rank of the target: the
+    metrics recomputed from them are exactly the stored ones, user by user as the split has them."""
+    out = tmp_path / "run"
+    res = train.run(tiny_cfg(tiny_dataset, str(out), epochs=3), log=lambda m: None)
+    with open(out / "results.json") as f:
+        stored = json.load(f)
+    ds = train.load_data(tiny_cfg(tiny_dataset, None), log=lambda m: None)
+    for split, metrics in (("valid", stored["best_valid"]), ("test", stored["test"])):
+        per_user = stored["ranks"][split]
+        assert per_user["user"] == [ds.user_tokens[u] for u in getattr(ds, split).users]
+        assert all(1 <= r <= ds.n_items for r in per_user["rank"])
+        assert train.metrics_from_ranks(torch.tensor(per_user["rank"]), [5, 10]) == metrics
+    assert stored["test"] == res["test"]
