@@ -252,7 +252,7 @@ def sequence_windows(seqs, train, max_len, stride):
 
 def feature_paths(folder, dataset, kg):
     """The dataset's own KG vector files (RecBole's names), or ours beside them for the attribute KG."""
-    stem = dataset if kg in ("files", "freebase") else f"{dataset}.{kg}"
+    stem = dataset if kg == "files" else f"{dataset}.{kg}"
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
 
@@ -453,9 +453,10 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
                             f"{dataset}.inter, .kg, .link there)")
     if kg not in KG_CHOICES:
         raise DataError(f"--kg: unknown value {kg!r} (choose one of {', '.join(KG_CHOICES)})")
+    kg = "files" if kg == "freebase" else kg  # two names for the dataset's own files: one from here on
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     used = [p("inter")]
-    for path in used + ([p("kg"), p("link")] if kg in ("files", "freebase") else []):
+    for path in used + ([p("kg"), p("link")] if kg == "files" else []):
         if not os.path.isfile(path):  # before check_memory, which needs the .inter's size
             raise DataError(f"{path}: file not found")
     check_memory(p("inter"), log)
@@ -520,8 +521,7 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 
     ds = Dataset(dataset, kg, user_tokens, item_tokens, seqs, splits["train"], splits["valid"], splits["test"],
                  entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits)
-    source = "files" if kg == "freebase" else kg  # two names, the same data
-    ds.fingerprint = _fingerprint(used, {"kg": source, "keep_unlinked": keep_unlinked, "max_len": max_len})
+    ds.fingerprint = _fingerprint(used, {"kg": kg, "keep_unlinked": keep_unlinked, "max_len": max_len})
     ds.stats = {
         "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": len(seqs.items),
         "dropped_unlinked_interactions": n_raw - len(seqs.items), "short_users": short,

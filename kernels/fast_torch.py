@@ -57,8 +57,9 @@ def memory_write(kg_seq, lengths, relations, all_steps=False):
             V = torch.addcmul(Vn, z, E - Vn, out=states[t, :n])  # (1 - z) V + z E, kept as step t's
         else:
             Vn.addcmul_(z, E - Vn)  # (1 - z) V + z E, in place
-    out = torch.empty_like(states.transpose(0, 1) if all_steps else V)
-    out[order] = states.transpose(0, 1) if all_steps else V
+    result = states.transpose(0, 1) if all_steps else V  # rows still sorted by length
+    out = torch.empty_like(result)
+    out[order] = result
     return out
 
 
