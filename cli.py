@@ -23,7 +23,7 @@ DEFAULTS = dict(
     topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", memory_impl="sorted", max_steps=0,
     out_dir=None, overwrite=False, eval_only=None,
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
-    transe_epochs=60, transe_learning_rate=0.005, transe_seed=2020,
+    transe_epochs=60, transe_learning_rate=0.005, transe_seed=2020, transe_optimizer="lazy",
 )
 # A batch counts prefixes in RecBole's prefix mode, windows (~2,000 an epoch on ml-100k) in sequence mode
 MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # RecBole's
@@ -39,7 +39,8 @@ def default_kg(dataset):
 
 def transe_settings(cfg):
     """What TransE is trained with, from a run's options (data.load_dataset records it with the vectors)."""
-    return {"epochs": cfg["transe_epochs"], "learning_rate": cfg["transe_learning_rate"], "seed": cfg["transe_seed"]}
+    return {"epochs": cfg["transe_epochs"], "learning_rate": cfg["transe_learning_rate"], "seed": cfg["transe_seed"],
+            "optimizer": cfg["transe_optimizer"]}
 
 
 class UsageError(Exception):
@@ -142,6 +143,8 @@ def option_parser(prog, description, names=None):
         ("transe_learning_rate", dict(type=pfloat, help="TransE's learning rate (Adam without momentum)")),
         ("transe_seed", dict(type=number(int, 0, 2 ** 32 - 1), help="TransE's seed: the vectors belong to the "
                              "dataset, not to a training run's --seed")),
+        ("transe_optimizer", dict(choices=["lazy", "dense"], help="lazy: Adam without momentum on a batch's rows "
+                                  "(scales to 1M triples); dense: Adam on the whole tables (small KGs; transe.py)")),
     ]
     for name, kw in options:
         if names is None or name in names:

@@ -30,7 +30,7 @@ import numpy as np
 
 import transe
 from atomic_files import Tokens, read_atomic, remap, renumber, rows_of, write_atomic  # noqa: F401 (remap: tests)
-from cli import KG_CHOICES, DataError, cli, default_kg, option_parser, transe_settings
+from cli import DEFAULTS, KG_CHOICES, DataError, cli, default_kg, option_parser, transe_settings
 from files import remove_stale
 
 ML100K_WHEEL = "recbole==1.2.1"
@@ -250,9 +250,13 @@ def sequence_windows(seqs, train, max_len, stride):
 # ----------------------------------------------------------------------------
 # 4. Knowledge-graph vectors: the dataset's own, or TransE (transe.py), cached
 
-def feature_paths(folder, dataset, kg):
-    """The dataset's own KG vector files (RecBole's names), or ours beside them for the attribute KG."""
-    stem = dataset if kg == "files" else f"{dataset}.{kg}"
+DEFAULT_TRANSE = transe_settings(DEFAULTS)
+
+
+def feature_paths(folder, dataset, kg, tag=None):
+    """The dataset's own KG vector files (RecBole's names), or ours beside them for the attribute KG
+    (and for TransE settings other than the defaults: `tag`)."""
+    stem = (dataset if kg == "files" else f"{dataset}.{kg}") + (f".{tag}" if tag else "")
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
 
@@ -266,8 +270,13 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
     TransE, another setting) is trained again and replaced, never silently reused.
     """
     ent_path, rel_path = feature_paths(folder, dataset, kg)
+    if transe_settings != DEFAULT_TRANSE and (os.path.exists(ent_path + ".json") or not os.path.exists(ent_path)):
+        # ours with other TransE settings than the defaults: a cache of their own beside the default one (whose names
+        # are RecBole's), so runs with other settings (compare.py, side by side) never replace each other's vectors
+        ent_path, rel_path = feature_paths(folder, dataset, kg, "transe-{optimizer}-e{epochs}-lr{learning_rate}-s{seed}"
+                                           .format(**transe_settings))
     meta_path = ent_path + ".json"
-    want = transe.record(dim, transe_settings["epochs"], transe_settings["learning_rate"], transe_settings["seed"])
+    want = transe.record(dim, **{"lr" if k == "learning_rate" else k: v for k, v in transe_settings.items()})
     ours = os.path.exists(meta_path)
     have = [f for f in (ent_path, rel_path) if os.path.exists(f)]
     if len(have) == 1 and not ours:
@@ -293,7 +302,7 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
             f"{len(relation_tokens)} relations, K={dim})")
         entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens), dim=dim,
                                                            epochs=want["epochs"], lr=want["learning_rate"],
-                                                           seed=want["seed"], log=log)
+                                                           seed=want["seed"], optimizer=transe_settings["optimizer"], log=log)
         fmt = lambda v: " ".join(map("{:.6g}".format, v.tolist()))  # Python floats: formatted twice as fast
         meta = {"transe_hits@10": hits, "triples": int(len(triples)), "made_with": want}
         write_atomic(meta_path, [json.dumps(meta)], [])
@@ -538,7 +547,7 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 def main(argv=None):
     ap = option_parser("data.py", "Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.",
                        names=("dataset", "data_path", "kg", "keep_unlinked", "kg_embedding_size", "MAX_ITEM_LIST_LENGTH",
-                              "transe_epochs", "transe_learning_rate", "transe_seed"))
+                              "transe_epochs", "transe_learning_rate", "transe_seed", "transe_optimizer"))
     ap.add_argument("--json", action="store_true", help="print the statistics as one JSON object on the last line")
     return cli(lambda argv: prepare(ap.parse_args(argv)), sys.argv[1:] if argv is None else list(argv))
 

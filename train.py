@@ -4,7 +4,7 @@
     python train.py --dataset ml-100k --kg freebase        # RecBole's own (mislinked) Freebase files
     python train.py --dataset ml-100k --no_memory          # plain GRU4Rec baseline
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
-    python train.py explain ...   /   python train.py tune ...   (explain.py, tune.py)
+    python train.py explain|tune|compare ...               (explain.py, tune.py, compare.py)
 
 The path of a run, top to bottom: main -> parse_args (options and defaults: cli.py) -> run:
 data.load_dataset, build_model (ksr.KSR with the memory --memory_impl names), then per epoch
@@ -358,7 +358,7 @@ def train_main(argv):
 
 
 # `python train.py explain ...` runs explain.py, and so on: they import train.py, never the reverse
-COMMANDS = {"explain": "explain.py", "tune": "tune.py"}
+COMMANDS = {"explain": "explain.py", "tune": "tune.py", "compare": "compare.py"}
 
 
 def main(argv=None):

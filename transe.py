@@ -3,11 +3,15 @@
 RecBole's KSR needs .ent_feature/.rel_feature files and does not say how to make them;
 data.load_dataset calls train_transe when they are missing and writes them in RecBole's
 format. h + r ~ t, a margin ranking loss against triples with a corrupted head or tail,
-entity vectors on the unit sphere, Adam without momentum (LazyAdam), a fixed seed.
+entity vectors on the unit sphere, a fixed seed, one of two optimisers (--transe_optimizer):
 
-An epoch costs ~ triples x dim, not triples x entities x dim: a batch renormalises and
-updates only the rows it uses (LazyAdam: the same step as a dense one), and Hits@10 ranks
-a sample of held-out triples.
+  lazy   Adam without momentum on the rows a batch uses (LazyAdam, the same step as a dense
+         one): an epoch costs ~ triples x dim, not triples x entities x dim, so 1M triples fit.
+  dense  torch's Adam (beta1 0.9) on the whole tables, every entity renormalised every batch:
+         momentum keeps moving a row for ~10 steps after its gradient, which no sparse update
+         can do cheaply. Costs entities x dim per batch: for small KGs.
+
+Hits@10 ranks a sample of held-out triples.
 """
 import contextlib
 import time
@@ -20,16 +24,19 @@ HITS_SAMPLE = 2000  # held-out triples that Hits@10 ranks against every entity
 BATCH_SIZE, MARGIN, HOLDOUT = 4096, 1.0, 0.05
 
 
-def record(dim, epochs, lr, seed):
-    """What vectors of train_transe(dim, epochs, lr, seed) are made with: data.py writes it beside
-    them and trains again when a cached record differs (a changed method or setting)."""
-    return {"method": "TransE", "optimiser": "Adam without momentum, rows of the batch only (LazyAdam, beta2 0.999)",
-            "dim": dim, "epochs": epochs, "learning_rate": lr, "seed": seed, "batch_size": BATCH_SIZE,
+OPTIMIZERS = {"lazy": "Adam without momentum, rows of the batch only (LazyAdam, beta2 0.999)",
+              "dense": "Adam (beta1 0.9, beta2 0.999) on the whole tables, every entity renormalised every batch"}
+
+
+def record(dim, epochs, lr, seed, optimizer):
+    """What vectors of train_transe(dim, epochs, lr, seed, optimizer) are made with: data.py writes it
+    beside them and trains again when a cached record differs (a changed method or setting)."""
+    return {"method": "TransE", "optimiser": OPTIMIZERS[optimizer], "dim": dim, "epochs": epochs, "learning_rate": lr, "seed": seed, "batch_size": BATCH_SIZE,
             "margin": MARGIN, "holdout": HOLDOUT, "hits_sample": HITS_SAMPLE}
 
 
-def train_transe(triples, n_entities, n_relations, *, dim, epochs, lr, seed, batch_size=BATCH_SIZE, margin=MARGIN,
-                 holdout=HOLDOUT, log=print):
+def train_transe(triples, n_entities, n_relations, *, dim, epochs, lr, seed, optimizer="lazy", batch_size=BATCH_SIZE,
+                 margin=MARGIN, holdout=HOLDOUT, log=print):
     """TransE on (T, 3) integer triples (head, relation, tail). Returns (entity vectors, relation vectors, raw tail
     Hits@10 on a sample of n held-out triples, n = min(HITS_SAMPLE = 2000, number held out)). The held-out triples
     (a `holdout` share) are not trained on.
@@ -40,7 +47,8 @@ def train_transe(triples, n_entities, n_relations, *, dim, epochs, lr, seed, bat
     vectors everywhere.
     """
     with one_thread():
-        return _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, log)
+        return _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed,
+                             optimizer, log)
 
 
 @contextlib.contextmanager
@@ -59,7 +67,7 @@ def unit(x):
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, log):
+def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, optimizer, log):
     g = torch.Generator().manual_seed(seed)
     triples = torch.as_tensor(np.asarray(triples), dtype=torch.long)
     perm = torch.randperm(len(triples), generator=g)
@@ -68,7 +76,11 @@ def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, mar
     bound = 6.0 / dim ** 0.5
     ent = (torch.rand(n_entities, dim, generator=g) * 2 - 1) * bound
     rel = unit((torch.rand(n_relations, dim, generator=g) * 2 - 1) * bound)
-    ent_adam, rel_adam = LazyAdam(ent, lr), LazyAdam(rel, lr)
+    if optimizer == "lazy":
+        ent_adam, rel_adam = LazyAdam(ent, lr), LazyAdam(rel, lr)
+    else:
+        adam = torch.optim.Adam([ent.requires_grad_(), rel.requires_grad_()], lr=lr)
+    loss_of = lambda eh, er, et, eh2, et2: torch.relu(margin + (eh + er - et).norm(dim=1) - (eh2 + er - et2).norm(dim=1)).mean()
     t0 = time.time()
     for epoch in range(epochs):
         order = torch.randperm(len(train), generator=g)
@@ -80,21 +92,27 @@ def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, mar
             head_side = torch.rand(h.shape, generator=g) < 0.5
             h2 = torch.where(head_side, corrupt, h)
             t2 = torch.where(head_side, t, corrupt)
-            # the batch's own rows, copied out: x[at] are the vectors of h, t, h2, t2; y[r_at] of r
-            rows, at = torch.cat([h, t, h2, t2]).unique(return_inverse=True)
-            rel_rows, r_at = r.unique(return_inverse=True)
-            x = unit(ent.index_select(0, rows)).requires_grad_()  # on the unit sphere, as in the paper
-            y = rel.index_select(0, rel_rows).requires_grad_()
-            eh, et, eh2, et2 = x.index_select(0, at).view(4, len(h), dim)
-            er = y.index_select(0, r_at)
-            loss = torch.relu(margin + (eh + er - et).norm(dim=1) - (eh2 + er - et2).norm(dim=1)).mean()
-            loss.backward()
-            ent_adam.step(rows, x.detach(), x.grad)
-            rel_adam.step(rel_rows, y.detach(), y.grad)
+            if optimizer == "dense":
+                with torch.no_grad():
+                    ent.copy_(unit(ent))  # every entity on the unit sphere, as in the paper
+                loss = loss_of(ent[h], rel[r], ent[t], ent[h2], ent[t2])
+                adam.zero_grad()
+                loss.backward()
+                adam.step()
+            else:  # lazy: the batch's own rows, copied out: x[at] are the vectors of h, t, h2, t2; y[r_at] of r
+                rows, at = torch.cat([h, t, h2, t2]).unique(return_inverse=True)
+                rel_rows, r_at = r.unique(return_inverse=True)
+                x = unit(ent.index_select(0, rows)).requires_grad_()  # on the unit sphere, as in the paper
+                y = rel.index_select(0, rel_rows).requires_grad_()
+                eh, et, eh2, et2 = x.index_select(0, at).view(4, len(h), dim)
+                loss = loss_of(eh, y.index_select(0, r_at), et, eh2, et2)
+                loss.backward()
+                ent_adam.step(rows, x.detach(), x.grad)
+                rel_adam.step(rel_rows, y.detach(), y.grad)
             total += loss.item() * len(h)
         if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
             log(f"TransE epoch {epoch + 1}/{epochs}: loss {total / max(len(train), 1):.4f} ({time.time() - t0:.0f}s)")
-    ent = unit(ent)
+    ent, rel = unit(ent.detach()), rel.detach()
     # perm is a seeded shuffle, so the first HITS_SAMPLE held-out triples are a uniform sample of them
     return ent.numpy(), rel.numpy(), transe_hits_at_10(ent, rel, test[:HITS_SAMPLE])
 
