@@ -189,10 +189,12 @@ def test_remap_is_a_bijection_from_one(tokens):
 
 # ---------------------------------------------------------------- TransE
 
-def test_transe_learns_planted_structure():
+@pytest.mark.parametrize("optimizer, lr", [("lazy", 0.005), ("dense", 0.01)])
+def test_transe_learns_planted_structure(optimizer, lr):
     # 200 heads, 5 relations; relation a sends head h to tail 200 + a * 10 + h % 10
     triples = [(h, a, 200 + a * 10 + h % 10) for h in range(200) for a in range(5)]
-    ent, rel, hits = transe.train_transe(triples, 250, 5, dim=16, epochs=40, lr=0.005, batch_size=256, seed=0, log=lambda m: None)
+    ent, rel, hits = transe.train_transe(triples, 250, 5, dim=16, epochs=40, lr=lr, batch_size=256, seed=0,
+                                         optimizer=optimizer, log=lambda m: None)
     assert ent.shape == (250, 16) and rel.shape == (5, 16)
     assert np.allclose(np.linalg.norm(ent, axis=1), 1, atol=1e-5)
     assert hits > 0.5  # random ranking gives 10 / 250 = 0.04
@@ -227,9 +229,10 @@ def test_transe_leaves_the_rows_no_batch_uses_unchanged():
     assert 0 < len(changed) - 10 <= 120
 
 
-def dense_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed):
+def dense_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, beta1=0.0):
     """The reference train_transe must equal: the whole table renormalised before every batch,
-    dense gradients, torch.optim.Adam with betas (0, 0.999) on every row. Same random draws."""
+    dense gradients, torch.optim.Adam with betas (beta1, 0.999) on every row. Same random draws.
+    beta1 0: the lazy optimiser's step; 0.9: the dense optimiser's (torch's Adam as it is)."""
     g = torch.Generator().manual_seed(seed)
     triples = torch.as_tensor(np.asarray(triples), dtype=torch.long)
     perm = torch.randperm(len(triples), generator=g)
@@ -238,7 +241,7 @@ def dense_transe(triples, n_entities, n_relations, dim, epochs, batch_size, marg
     bound = 6.0 / dim ** 0.5
     ent = ((torch.rand(n_entities, dim, generator=g) * 2 - 1) * bound).requires_grad_()
     rel = transe.unit((torch.rand(n_relations, dim, generator=g) * 2 - 1) * bound).requires_grad_()
-    opt = torch.optim.Adam([ent, rel], lr=lr, betas=(0.0, 0.999))
+    opt = torch.optim.Adam([ent, rel], lr=lr, betas=(beta1, 0.999))
     for _ in range(epochs):
         order = torch.randperm(len(train), generator=g)
         for i in range(0, len(train), batch_size):
@@ -271,6 +274,26 @@ def test_transe_sparse_step_equals_the_dense_reference(n_entities, n_relations, 
         torch.set_default_dtype(torch.float32)
     np.testing.assert_allclose(ent, ent_ref, rtol=0, atol=1e-9)
     np.testing.assert_allclose(rel, rel_ref, rtol=0, atol=1e-9)
+
+
+@given(st.integers(5, 60), st.integers(1, 4), st.integers(20, 300), st.integers(7, 64), st.integers(0, 2 ** 16))
+@settings(max_examples=10, deadline=None)
+def test_transe_dense_optimizer_is_adam_with_momentum_on_the_whole_tables(n_entities, n_relations, n_triples,
+                                                                          batch_size, seed):
+    torch.set_default_dtype(torch.float64)
+    try:
+        rng = np.random.default_rng(seed)
+        triples = np.stack([rng.integers(0, n_entities, n_triples), rng.integers(0, n_relations, n_triples),
+                            rng.integers(0, n_entities, n_triples)], 1)
+        args = dict(dim=5, epochs=3, batch_size=batch_size, margin=1.0, lr=0.05, holdout=0.1, seed=seed)
+        ent, rel, _ = transe.train_transe(triples, n_entities, n_relations, optimizer="dense", log=lambda m: None, **args)
+        ent_ref, rel_ref = dense_transe(triples, n_entities, n_relations, beta1=0.9, **args)
+        ent_lazy, _, _ = transe.train_transe(triples, n_entities, n_relations, log=lambda m: None, **args)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    np.testing.assert_allclose(ent, ent_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rel, rel_ref, rtol=0, atol=1e-12)
+    assert not np.allclose(ent, ent_lazy, atol=1e-6)  # momentum: another optimiser, other vectors
 
 
 def test_transe_lazy_adam_moves_only_the_rows_it_is_given():
