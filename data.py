@@ -27,10 +27,12 @@ import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 import transe
 from atomic_files import Tokens, read_atomic, remap, renumber, rows_of, write_atomic  # noqa: F401 (remap: tests)
-from cli import DEFAULTS, KG_CHOICES, DataError, cli, default_kg, option_parser, transe_settings
+from cli import (DATA_ARGS, DEFAULTS, KG_CHOICES, DataError, cli, default_kg, option_parser, parse_intervals,
+                 transe_settings)
 from files import remove_stale
 
 ML100K_WHEEL = "recbole==1.2.1"
@@ -188,7 +190,7 @@ def ragged_arange(counts):
     return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
-def build_sequences(users, items, times, max_len):
+def build_sequences(users, items, times, max_len, ratios=None):
     """RecBole's sequential protocol from interaction arrays (user id, item id, time).
 
     Each user's interactions are sorted by time (stable, so ties keep file order). A user
@@ -197,6 +199,8 @@ def build_sequences(users, items, times, max_len):
     `_split_index_by_leave_one_out(.., 2)`: the last sample is test, the one before it
     valid, the rest train. Short users, exactly as RecBole: n=1 gives no sample; n=2 one
     train sample and no valid/test; n=3 one train and one test sample, no valid.
+    ratios (train, valid, test): RecBole's RS split instead (split_by_ratio grouped by user, on the
+    samples in time order): each user's first samples train, the next valid, the last test.
     Returns (UserItems, {"train": Split, "valid": Split, "test": Split}).
     """
     order = np.lexsort((times, users))  # by user, then time; lexsort is stable
@@ -206,18 +210,39 @@ def build_sequences(users, items, times, max_len):
     offsets = np.concatenate([[0], np.cumsum(counts)])
     u = np.flatnonzero(counts)  # users with interactions
     n_samples = counts[u] - 1
-    n_eval = np.minimum(2, np.maximum(n_samples - 1, 0))  # RecBole's legal_leave_one_num
-    n_train = n_samples - n_eval
+    if ratios is None:
+        n_eval = np.minimum(2, np.maximum(n_samples - 1, 0))  # RecBole's legal_leave_one_num
+        n_valid, n_test = (n_eval == 2).astype(np.int64), (n_eval >= 1).astype(np.int64)
+    else:
+        n_valid, n_test = ratio_split(n_samples, ratios)
+    n_train = n_samples - n_valid - n_test
     width = max(1, min(max_len, int(n_samples.max()) if len(u) else 1))  # padded width: no wider than needed
 
     def split(users, t):  # sample items[:t] -> items[t] of each user, t >= 1
         s = offsets[users]
         return Split(items, users, s + np.maximum(0, t - max_len), s + t, width)
-    return UserItems(items, offsets), {
-        "train": split(np.repeat(u, n_train), ragged_arange(n_train) + 1),  # t = 1..n_train of each user
-        "valid": split(u[n_eval == 2], n_train[n_eval == 2] + 1),
-        "test": split(u[n_eval >= 1], n_samples[n_eval >= 1]),
+    return UserItems(items, offsets), {  # t = 1..n_train of each user, then the valid t, then the test t
+        "train": split(np.repeat(u, n_train), ragged_arange(n_train) + 1),
+        "valid": split(np.repeat(u, n_valid), np.repeat(n_train, n_valid) + ragged_arange(n_valid) + 1),
+        "test": split(np.repeat(u, n_test), np.repeat(n_train + n_valid, n_test) + ragged_arange(n_test) + 1),
     }
+
+
+def ratio_split(tot, ratios):
+    """(valid, test) sample counts of each user with `tot` samples: RecBole's Dataset._calcu_split_ids
+    for ratios (train, valid, test), vectorised. Valid and test are int(ratio * tot); train takes
+    the rest, then gives one sample to a part (test first) whose share is in (0, 1), while train
+    keeps more than one."""
+    r = np.asarray(ratios, np.float64) / sum(ratios)
+    tot = np.asarray(tot, np.int64)
+    cnt = [None, (r[1] * tot).astype(np.int64), (r[2] * tot).astype(np.int64)]
+    cnt[0] = tot - cnt[1] - cnt[2]
+    going = np.ones(len(tot), bool)
+    for i in (2, 1):  # RecBole's loop over i = 1, 2: cnt[-i] is test, then valid
+        going &= cnt[0] > 1  # its `break`
+        give = going & (r[i] * tot > 0) & (r[i] * tot < 1)
+        cnt[i], cnt[0] = cnt[i] + give, cnt[0] - give
+    return cnt[1], cnt[2]
 
 
 def sequence_windows(seqs, train, max_len, stride):
@@ -228,7 +253,7 @@ def sequence_windows(seqs, train, max_len, stride):
     samples of `train` use: inputs and targets). Window k reads items[s : s + max_len] with
     s = k * stride and is trained on the next item at each step, except at steps whose
     target an earlier window already covered (they only give context). stride = max_len
-    (the default, cli.DEFAULTS): windows do not overlap and every step has a target. A smaller stride
+    (the default, DEFAULTS): windows do not overlap and every step has a target. A smaller stride
     overlaps windows so that later targets see at least max_len - stride items of context:
     window k > 0 skips its first max_len - stride steps. Every training target is covered
     exactly once. Returns a Split with `skip` (its `cut` gives targets (B, L), 0 = no loss).
@@ -245,6 +270,154 @@ def sequence_windows(seqs, train, max_len, stride):
     width = max(1, min(max_len, int((ends - starts).max()) if len(users) else 1))
     offset = seqs.offsets[users]
     return Split(seqs.items, users, offset + starts, offset + ends, width, skip)
+
+
+# ----------------------------------------------------------------------------
+# 3b. RecBole's filters (its Dataset._data_filtering, KnowledgeBasedDataset's), in its order. Each
+#     default (DEFAULTS: rm_dup_inter None, no intervals, ...) keeps everything.
+
+def within(values, intervals):
+    """RecBole's _within_intervals: True where a value lies in one of the intervals (parse_intervals)."""
+    values = np.asarray(values, np.float64)
+    ok = np.zeros(values.shape, bool)
+    for left, low, high, right in intervals:
+        ok |= (values >= low if left == "[" else values > low) & (values <= high if right == "]" else values < high)
+    return ok
+
+
+def count_ban(counts, intervals):
+    """Codes present (count > 0) whose count lies outside `intervals` (None: no limit), as a boolean per code."""
+    return (counts > 0) & ~within(counts, parse_intervals(intervals)) if intervals else np.zeros(len(counts), bool)
+
+
+def value_mask(col, allowed, field, path):
+    """val_interval on one column: a float column's values in the interval, a token column's among the tokens."""
+    if isinstance(allowed, list):
+        if not isinstance(col, Tokens):
+            raise DataError(f"{path}: val_interval: {field} is not a token column, so it takes an interval, not a list")
+        return np.isin(np.asarray(col.vocab, dtype=object), [str(x) for x in allowed])[col.codes]
+    if not isinstance(col, np.ndarray) or col.ndim != 1:
+        raise DataError(f"{path}: val_interval: {field} is not a float column, so it takes [tokens], not an interval")
+    return within(col, parse_intervals(allowed))
+
+
+def filter_interactions(users, items, times, columns, tables, a, path):
+    """The rows of the interactions RecBole keeps, in file order, and {step: interactions left after it}.
+
+    users, items: integer codes (Tokens.codes) per interaction; times: its time; columns: the .inter's
+    columns by name (for val_interval); tables: {"user" or "item": a boolean per code, True for the ids
+    that table keeps}, for the .user/.item tables load_col loads (already filtered by val_interval).
+    The steps, in the order of RecBole's Dataset._data_filtering:
+      rm_dup_inter    first/last: of a user's interactions with an item, keep the first or the last in
+                      time (RecBole sorts by time, then drops the duplicates)
+      val_interval    {field: interval}: a float field's values in it; {field: [tokens]}: a token
+                      field's values among them (a field of the .inter; the tables' fields are theirs)
+      filter_inter_by_user_or_item: the interactions whose user (item) the .user (.item) table keeps
+      user_inter_num_interval, item_inter_num_interval: users (items) with a number of interactions
+                      in the interval, again and again until nothing changes (the k-core: dropping an
+                      item's interactions can take a user below the limit)
+    """
+    rows, left = np.arange(len(users)), {"read": len(users)}
+    if a["rm_dup_inter"]:
+        order = np.argsort(times, kind="stable")  # pandas' sort_values in RecBole; stable here: ties keep file order
+        if a["rm_dup_inter"] == "last":
+            order = order[::-1]
+        pair = users[order] * np.int64(int(items.max()) + 1) + items[order]
+        _, first = np.unique(pair, return_index=True)  # the first of each (user, item) in that order
+        rows = np.sort(order[first])
+        left["rm_dup_inter"] = len(rows)
+    for field, allowed in (a["val_interval"] or {}).items():
+        if field in columns:
+            rows = rows[value_mask(columns[field], allowed, field, path)[rows]]
+            left[f"val_interval {field}"] = len(rows)
+    if a["filter_inter_by_user_or_item"]:
+        for name, codes in (("user", users), ("item", items)):
+            if name in tables:
+                rows = rows[tables[name][codes[rows]]]
+                left[f"filter_inter_by_user_or_item ({name})"] = len(rows)
+    ui, ii = a["user_inter_num_interval"], a["item_inter_num_interval"]
+    n_users, n_items = int(users.max()) + 1 if len(users) else 0, int(items.max()) + 1 if len(items) else 0
+    rounds = 0
+    while ui or ii:  # RecBole's _filter_by_inter_num: both bans from the same counts, then both applied
+        ban_u = count_ban(np.bincount(users[rows], minlength=n_users), ui)
+        ban_i = count_ban(np.bincount(items[rows], minlength=n_items), ii)
+        if not ban_u.any() and not ban_i.any():
+            break
+        rows = rows[~(ban_u[users[rows]] | ban_i[items[rows]])]
+        rounds += 1
+    if ui or ii:
+        left[f"inter_num_interval ({rounds} rounds)"] = len(rows)
+    return rows, left
+
+
+def filter_kg(triples, n_entities, n_relations, a):
+    """The triples RecBole keeps (KnowledgeBasedDataset._filter_kg_by_triple_num): entities with a
+    number of triples (as head plus as tail) in entity_kg_num_interval and relations with one in
+    relation_kg_num_interval, again and again until nothing changes. Returns a boolean mask."""
+    keep = np.ones(len(triples), bool)
+    ei, ri = a["entity_kg_num_interval"], a["relation_kg_num_interval"]
+    while ei or ri:
+        t = triples[keep]
+        ban_e = count_ban(np.bincount(t[:, 0], minlength=n_entities) + np.bincount(t[:, 2], minlength=n_entities), ei)
+        ban_r = count_ban(np.bincount(t[:, 1], minlength=n_relations), ri)
+        drop = ban_e[t[:, 0]] | ban_e[t[:, 2]] | ban_r[t[:, 1]]
+        if not drop.any():
+            break
+        keep[np.flatnonzero(keep)[drop]] = False
+    return keep
+
+
+def check_columns(a, kg, path):
+    """load_col / unload_col (RecBole loads only the columns they name): refuse one that leaves out a
+    column this run reads, where RecBole would fail or filter on nothing."""
+    need = {"inter": [a["USER_ID_FIELD"], a["ITEM_ID_FIELD"]] + ([a["TIME_FIELD"]] if a["load_col"] else [])}
+    if kg == "files":
+        need["kg"] = [a["HEAD_ENTITY_ID_FIELD"], a["RELATION_ID_FIELD"], a["TAIL_ENTITY_ID_FIELD"]]
+        need["link"] = [a["ITEM_ID_FIELD"], a["ENTITY_ID_FIELD"]]
+    for field in a["val_interval"] or {}:
+        if a["load_col"] and not any(c == "*" or field in c for c in a["load_col"].values()):
+            raise DataError(f"{path}: val_interval: field {field!r} is in no file's load_col")
+    for suffix, cols in need.items():
+        loaded = (a["load_col"] or {}).get(suffix, "*" if not a["load_col"] else [])
+        unloaded = (a["unload_col"] or {}).get(suffix, [])
+        for c in cols:
+            if (loaded != "*" and c not in loaded) or c in unloaded:
+                raise DataError(f"{path}: load_col/unload_col leave out {suffix}'s column {c!r}, which this run reads")
+
+
+def eval_negatives(ds, split, mode, gen):
+    """RecBole's sampled evaluation (eval_args mode uniN / popN): for each sample of `split`, N distinct
+    items the user has not interacted with, uniformly or in proportion to popularity (how often an item
+    is a target, train, valid and test: RecBole's popularity). "Interacted": every item of the user up
+    to this split's last target (RecBole's used ids of the phases so far); for benchmark files, the
+    sample's own items. RecBole draws with replacement and ranks the distinct items drawn (a repeat
+    counts once), so it ranks a few fewer than N; here exactly N. Returns (len(split), N) int64."""
+    n = int(mode[3:])
+    targets = np.concatenate([s.items[s.ends] for s in (ds.train, ds.valid, ds.test)])
+    weight = np.bincount(targets, minlength=ds.n_items + 1).astype(np.float64) if mode.startswith("pop") else \
+        np.ones(ds.n_items + 1)
+    weight[0] = 0  # the padding item
+    if ds.benchmark:
+        lo, hi = split.starts, split.ends + 1
+    else:
+        last = np.zeros(len(ds.seqs), np.int64)
+        np.maximum.at(last, split.users, split.ends + 1)
+        lo, hi = ds.seqs.offsets[split.users], last[split.users]
+    out = np.zeros((len(split), n), np.int64)
+    for c in range(0, len(split), 1024):  # (1024, n_items) at a time
+        rows = np.arange(c, min(c + 1024, len(split)))
+        w = np.broadcast_to(weight, (len(rows), len(weight))).copy()
+        counts = hi[rows] - lo[rows]
+        seen = ragged_arange(counts) + np.repeat(lo[rows], counts)
+        w[np.repeat(np.arange(len(rows)), counts), split.items[seen]] = 0
+        short = (w > 0).sum(1) < n
+        if short.any():
+            u = ds.user_tokens[split.users[rows[np.argmax(short)]]]
+            raise DataError(f"{mode}: user {u!r} has fewer than {n} items to sample (items it has not interacted "
+                            f"with{', and with a popularity above 0' if mode.startswith('pop') else ''}): a smaller N, "
+                            f"or full")
+        out[rows] = torch.multinomial(torch.as_tensor(w), n, replacement=False, generator=gen).numpy()
+    return out
 
 
 # ----------------------------------------------------------------------------
@@ -348,6 +521,7 @@ class Dataset:
     relation_kg: np.ndarray  # (R, K) pretrained relation vectors
     item_titles: list = None
     transe_hits10: float = None
+    benchmark: bool = False  # splits read from benchmark_filename's files: samples, no per-user sequences (seqs None)
     fingerprint: str = ""
     stats: dict = field(default_factory=dict)
 
@@ -411,16 +585,33 @@ def available_memory():
 COLUMN_TYPES = {"user_id": "token", "item_id": "token", "timestamp": "float", "head_id": "token", "relation_id": "token",
                 "tail_id": "token", "entity_id": "token", "ent_id": "token", "ent_vec": "float_seq", "rel_id": "token",
                 "rel_vec": "float_seq", "movie_title": "token_seq", "class": "token_seq", "genre": "token_seq",
-                "release_year": "token"}
+                "release_year": "token", "item_id_list": "token_seq"}
 
 
-def load_kg(folder, dataset, kg, item_cols=None):
+def read_fields(path, required, fields=None):
+    """read_atomic with RecBole's field names: `fields` maps our column name to the file's
+    (USER_ID_FIELD, ITEM_ID_FIELD, ...: DATA_ARGS); the columns come back under our names."""
+    theirs = {ours: (fields or {}).get(ours, ours) for ours in COLUMN_TYPES}
+    cols = read_atomic(path, required=[theirs[c] for c in required],
+                       types={theirs[c]: t for c, t in COLUMN_TYPES.items()})
+    ours = {f: c for c, f in theirs.items() if c != f}
+    return {ours.get(k, k): v for k, v in cols.items()}
+
+
+def field_names(a):
+    """{our column name: the files' name} from RecBole's *_FIELD settings."""
+    return {"user_id": a["USER_ID_FIELD"], "item_id": a["ITEM_ID_FIELD"], "timestamp": a["TIME_FIELD"],
+            "head_id": a["HEAD_ENTITY_ID_FIELD"], "tail_id": a["TAIL_ENTITY_ID_FIELD"],
+            "relation_id": a["RELATION_ID_FIELD"], "entity_id": a["ENTITY_ID_FIELD"]}
+
+
+def load_kg(folder, dataset, kg, item_cols=None, fields=None):
     """The KG as token columns: triples (head, relation, tail) and links (item, entity), each
-    a tuple of Tokens, and the files read."""
+    a tuple of Tokens, and the files read. fields: RecBole's field names (read_fields)."""
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     if kg in ("files", "freebase"):
-        kgc = read_atomic(p("kg"), required=("head_id", "relation_id", "tail_id"), types=COLUMN_TYPES)
-        linkc = read_atomic(p("link"), required=("item_id", "entity_id"), types=COLUMN_TYPES)
+        kgc = read_fields(p("kg"), ("head_id", "relation_id", "tail_id"), fields)
+        linkc = read_fields(p("link"), ("item_id", "entity_id"), fields)
         return ((kgc["head_id"], kgc["relation_id"], kgc["tail_id"]), (linkc["item_id"], linkc["entity_id"]),
                 [p("kg"), p("link")])
     if item_cols is None or not ("class" in item_cols or "genre" in item_cols or "release_year" in item_cols):
@@ -428,6 +619,74 @@ def load_kg(folder, dataset, kg, item_cols=None):
     triples, links = attribute_kg(item_cols)
     columns = lambda rows, n: tuple(Tokens.encode([row[c] for row in rows]) for c in range(n))
     return columns(triples, 3), columns(links, 2), [p("item")]
+
+
+def id_tables(a, p, fields, item_cols, users_tok, items_tok, inter_columns):
+    """The .user/.item tables RecBole loads (those load_col names), each filtered by val_interval on its
+    own fields: {"user" or "item": a boolean per code of the .inter's users (items), True where the
+    table keeps the id} (filter_interactions' `tables`). A val_interval field in none of the files
+    loaded is refused, as RecBole refuses it."""
+    tables, seen = {}, set(inter_columns)
+    for name, tok in (("user", users_tok), ("item", items_tok)):
+        if not (a["load_col"] and name in a["load_col"] and os.path.exists(p(name))):
+            continue
+        cols = item_cols if name == "item" else read_fields(p("user"), ("user_id",), fields)
+        ok = np.ones(len(cols[f"{name}_id"]), bool)
+        for field, allowed in (a["val_interval"] or {}).items():
+            if field in cols:
+                ok &= value_mask(cols[field], allowed, field, p(name))
+        seen |= set(cols)
+        ids = cols[f"{name}_id"]
+        kept = set(np.asarray(ids.vocab, dtype=object)[np.unique(ids.codes[ok])].tolist())
+        tables[name] = np.array([t in kept for t in tok.vocab], dtype=bool)
+    for field in a["val_interval"] or {}:
+        if field not in seen:
+            raise DataError(f"{p('inter')}: val_interval: field {field!r} is in none of the files loaded (RecBole: "
+                            f"'Field [{field}] not defined in dataset')")
+    return tables
+
+
+def benchmark_splits(parts, paths):
+    """RecBole's benchmark_filename for a sequential model: three files (train, valid, test) of
+    samples, one a line: a user, the items before the target (<ITEM_ID_FIELD>_list, a token_seq,
+    oldest first) and the target (ITEM_ID_FIELD). Used as given: RecBole filters none of them and
+    cuts no list. Returns (None, {"train", "valid", "test": Split}, user tokens, item tokens)."""
+    users, items, flat, bounds = {}, {}, [], []
+    for cols, path in zip(parts, paths):
+        starts, ends, who = [], [], []
+        for k, (u, before, target) in enumerate(zip(cols["user_id"], cols["item_id_list"], cols["item_id"])):
+            if not before:
+                raise DataError(f"{path}: row {k + 1}: an empty item list (a sample needs an item before its target)")
+            starts.append(len(flat))
+            flat += [items.setdefault(t, len(items) + 1) for t in before]
+            ends.append(len(flat))
+            flat.append(items.setdefault(target, len(items) + 1))  # the target: items[end]
+            who.append(users.setdefault(u, len(users) + 1))
+        bounds.append((np.array(who, np.int64), np.array(starts, np.int64), np.array(ends, np.int64)))
+    flat = np.array(flat, np.int64)
+    width = max(int((e - s).max()) for _, s, e in bounds)
+    splits = {name: Split(flat, *b, width) for name, b in zip(("train", "valid", "test"), bounds)}
+    return None, splits, ["[PAD]"] + list(users), ["[PAD]"] + list(items)
+
+
+def kg_after_filters(triples, keep, relation_tokens, relation_kg, reverse):
+    """The KG the model reads after RecBole's KG filter (`keep`: the triples kept, None: all) and
+    kg_reverse_r: the relations left, renumbered; with reverse, for each triple (h, r, t) also
+    (t, r_r, h), RecBole's reverse relation "<r>_r", whose vector is minus r's (TransE: h + r = t,
+    so t - r = h; RecBole gives it whatever its rel_feature file has, a zero vector if nothing)."""
+    if keep is not None:
+        triples = triples[keep]
+        left = np.unique(triples[:, 1])  # relation ids number relations in order of first appearance: kept so
+        new = np.full(len(relation_tokens), -1, np.int64)
+        new[left] = np.arange(len(left))
+        triples = np.stack([triples[:, 0], new[triples[:, 1]], triples[:, 2]], axis=1)
+        relation_tokens, relation_kg = [relation_tokens[r] for r in left], relation_kg[left]
+    if reverse:
+        R = len(relation_tokens)
+        triples = np.concatenate([triples, np.stack([triples[:, 2], triples[:, 1] + R, triples[:, 0]], axis=1)])
+        relation_tokens = list(relation_tokens) + [f"{r}_r" for r in relation_tokens]
+        relation_kg = np.concatenate([relation_kg, -relation_kg])
+    return triples, relation_tokens, relation_kg
 
 
 def entity_ids(heads, tails):
@@ -442,15 +701,22 @@ def entity_ids(heads, tails):
     return ids[0::2] - 1, ids[1::2] - 1, [tokens[c] for c in codes]
 
 
-def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, transe_settings, log=print):
+def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, transe_settings, log=print,
+                 data_args=None):
     """Load <data_path>/<dataset>/ into a `Dataset`, preparing what is missing.
 
     kg: "files" (the dataset's own .kg/.link files; "freebase", ml-100k's name for them: RecBole's
     KG datasets link items to Freebase) or "attributes" (built from the .item file's genre and
     year columns). transe_settings: cli.transe_settings, used when the vectors are trained here.
+    data_args: RecBole's data settings (DATA_ARGS; the ones left out take DEFAULTS, which
+    change nothing): field names, load_col/unload_col, the filters (filter_interactions, filter_kg,
+    then the KG link filter: RecBole's order), split_ratio (RecBole's RS split), benchmark_filename
+    (pre-split files of samples, benchmark_splits).
     Every step is vectorised over interactions and triples (tokens as integer codes);
     Python loops run over vocabularies (items, entities) only.
     """
+    a = {**{k: DEFAULTS[k] for k in DATA_ARGS}, **(data_args or {})}
+    fields = field_names(a)
     # The order of the checks: the folder, the files, the memory they need, then their contents
     # (the name is an option's: cli.dataset_name)
     folder = os.path.join(data_path, dataset)
@@ -464,17 +730,22 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         raise DataError(f"--kg: unknown value {kg!r} (choose one of {', '.join(KG_CHOICES)})")
     kg = "files" if kg == "freebase" else kg  # two names for the dataset's own files: one from here on
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
-    used = [p("inter")]
+    used = [p(f"{b}.inter") for b in a["benchmark_filename"]] if a["benchmark_filename"] else [p("inter")]
     for path in used + ([p("kg"), p("link")] if kg == "files" else []):
         if not os.path.isfile(path):  # before check_memory, which needs the .inter's size
             raise DataError(f"{path}: file not found")
-    check_memory(p("inter"), log)
+    check_columns(a, kg, used[0])
+    check_memory(used[0], log)
 
-    inter = read_atomic(p("inter"), required=("user_id", "item_id"), types=COLUMN_TYPES)
-    item_cols = read_atomic(p("item"), required=("item_id",), types=COLUMN_TYPES) if os.path.exists(p("item")) else None
+    if a["benchmark_filename"]:
+        parts = [read_fields(path, ("user_id", "item_id", "item_id_list"), {**fields, "item_id_list": a["ITEM_ID_FIELD"]
+                                                                             + "_list"}) for path in used]
+    else:
+        inter = read_fields(p("inter"), ("user_id", "item_id"), fields)
+    item_cols = read_fields(p("item"), ("item_id",), fields) if os.path.exists(p("item")) else None
 
     # --- knowledge graph: triples and item -> entity links
-    (heads, rels, tails), (link_items, link_entities), kg_files = load_kg(folder, dataset, kg, item_cols)
+    (heads, rels, tails), (link_items, link_entities), kg_files = load_kg(folder, dataset, kg, item_cols, fields)
     used += kg_files
     head_ids, tail_ids, entity_tokens = entity_ids(heads, tails)
     relation_tokens = rels.vocab  # relations numbered from 0 in order of first appearance
@@ -486,35 +757,58 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         raise DataError(f"{p('link')}: line {k + 2}: entity {link_entities[k]!r} of item {link_items[k]!r} "
                         f"does not appear in the KG")
     item_link = dict(zip(link_items, link_entity.tolist()))  # a later row for the same item wins
+    kg_keep = None  # RecBole's KG filter: the triples kept (None: all)
+    if a["entity_kg_num_interval"] or a["relation_kg_num_interval"]:
+        kg_keep = filter_kg(triples, len(entity_tokens), len(relation_tokens), a)
+        in_kg = np.zeros(len(entity_tokens), bool)
+        in_kg[triples[kg_keep][:, [0, 2]].ravel()] = True
+        item_link = {i: e for i, e in item_link.items() if in_kg[e]}  # _filter_link: entities no longer in the KG
+        log(f"filter: KG {len(triples)} -> {int(kg_keep.sum())} triples; {len(item_link)} items still linked")
 
-    # --- interactions: drop the ones whose item has no KG link (as RecBole's KG datasets)
-    users_tok, items_tok = inter["user_id"], inter["item_id"]
-    n_raw = len(users_tok)
-    times = inter["timestamp"] if "timestamp" in inter else np.arange(n_raw, dtype=np.float64)
-    keep = np.ones(n_raw, bool)
-    if not keep_unlinked:
-        keep = np.array([i in item_link for i in items_tok.vocab], dtype=bool)[items_tok.codes]
-        if not keep.any():
-            raise DataError(f"{p('inter')}: no interaction has an item linked in {p('link')}")
-    users, user_codes = renumber(users_tok.codes[keep])
-    items, item_codes = renumber(items_tok.codes[keep])
-    user_tokens = ["[PAD]"] + [users_tok.vocab[c] for c in user_codes]
-    item_tokens = ["[PAD]"] + [items_tok.vocab[c] for c in item_codes]
-    seqs, splits = build_sequences(users, items, times[keep], max_len)
-    del inter, users_tok, items_tok, keep, users, items, times  # the interactions live on in seqs only
+    if a["benchmark_filename"]:  # RecBole applies no filter to pre-split files, its KG link filter included
+        n_filtered, left = None, None
+        seqs, splits, user_tokens, item_tokens = benchmark_splits(parts, used)
+        short = 0
+    else:
+        # --- interactions: RecBole's filters, then drop the ones whose item has no KG link (RecBole's KG datasets)
+        users_tok, items_tok = inter["user_id"], inter["item_id"]
+        n_raw = len(users_tok)
+        times = inter["timestamp"] if "timestamp" in inter else np.arange(n_raw, dtype=np.float64)
+        rows, left = filter_interactions(users_tok.codes, items_tok.codes, times, inter,
+                                         id_tables(a, p, fields, item_cols, users_tok, items_tok, inter), a, p("inter"))
+        n_filtered = len(rows)
+        if not keep_unlinked:
+            rows = rows[np.array([i in item_link for i in items_tok.vocab], dtype=bool)[items_tok.codes[rows]]]
+            if not len(rows):
+                raise DataError(f"{p('inter')}: no interaction has an item linked in {p('link')}"
+                                + (" (after the filters)" if len(left) > 1 else ""))
+            if len(left) > 1 or kg_keep is not None:
+                left["KG link"] = len(rows)
+        users, user_codes = renumber(users_tok.codes[rows])
+        items, item_codes = renumber(items_tok.codes[rows])
+        user_tokens = ["[PAD]"] + [users_tok.vocab[c] for c in user_codes]
+        item_tokens = ["[PAD]"] + [items_tok.vocab[c] for c in item_codes]
+        seqs, splits = build_sequences(users, items, times[rows], max_len, a["split_ratio"])
+        del inter, users_tok, items_tok, rows, users, items, times  # the interactions live on in seqs only
+        if len(left) > 1:
+            log("filter: interactions " + " -> ".join(f"{n} ({step})" for step, n in left.items())
+                + f"; {len(user_tokens) - 1} users, {len(item_tokens) - 1} items")
+        short = int((seqs.lengths()[1:] < 4).sum()) if a["split_ratio"] is None else 0
     if len(splits["test"]) == 0:
-        raise DataError(f"{p('inter')}: no user has the 3 interactions a train/valid/test split needs")
+        raise DataError(f"{used[-1]}: no user has the 3 interactions a train/valid/test split needs")
     if len(splits["valid"]) == 0:
-        raise DataError(f"{p('inter')}: no user has the 4 interactions a valid sample needs (early stopping reads it)")
-    short = int((seqs.lengths()[1:] < 4).sum())
+        raise DataError(f"{used[0]}: no user has the 4 interactions a valid sample needs (early stopping reads it)")
     if short:
         log(f"warning: {p('inter')}: {short} users have fewer than 4 interactions; as in RecBole, 1 gives no "
             f"sample, 2 a training sample only, 3 a training and a test sample but no valid sample")
     item_entity = np.array([-1] + [item_link.get(t, -1) for t in item_tokens[1:]], dtype=np.int64)
 
-    # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached
+    # --- pretrained KG vectors: the dataset's own, or TransE trained once and cached (on the whole KG: the
+    # vectors belong to the dataset; RecBole too reads them whole, whatever its filters keep)
     entity_kg, relation_kg, found, hits = kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens,
                                                      kg_embedding_size, transe_settings, log)
+    triples, relation_tokens, relation_kg = kg_after_filters(triples, kg_keep, relation_tokens, relation_kg,
+                                                             a["kg_reverse_r"])
     missing = int((~found[np.unique(item_entity[item_entity >= 0])]).sum())
     if missing:
         log(f"warning: {feature_paths(folder, dataset, kg)[0]}: no vector for {missing} linked item entities; "
@@ -529,16 +823,23 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         titles = ["[PAD]"] + [t.get(tok, tok) for tok in item_tokens[1:]]
 
     ds = Dataset(dataset, kg, user_tokens, item_tokens, seqs, splits["train"], splits["valid"], splits["test"],
-                 entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits)
-    ds.fingerprint = _fingerprint(used, {"kg": kg, "keep_unlinked": keep_unlinked, "max_len": max_len})
+                 entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits,
+                 benchmark=bool(a["benchmark_filename"]))
+    changed = {k: v for k, v in a.items() if v != DEFAULTS[k]}  # defaults: the fingerprint of before them
+    if a["load_col"] and "user" in a["load_col"] and os.path.exists(p("user")):
+        used.append(p("user"))  # its table filters the interactions
+    ds.fingerprint = _fingerprint(used, {"kg": kg, "keep_unlinked": keep_unlinked, "max_len": max_len, **changed})
+    n_kept = len(seqs.items) if seqs is not None else None
     ds.stats = {
-        "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": len(seqs.items),
-        "dropped_unlinked_interactions": n_raw - len(seqs.items), "short_users": short,
+        "dataset": dataset, "kg": kg, "users": ds.n_users, "items": ds.n_items, "interactions": n_kept,
+        "dropped_unlinked_interactions": n_filtered - n_kept if n_filtered is not None else 0, "short_users": short,
         "train_samples": len(ds.train), "valid_samples": len(ds.valid), "test_samples": len(ds.test),
         "entities": len(entity_tokens), "relations": len(relation_tokens), "triples": int(len(triples)),
         "linked_items": int(linked[1:].sum()), "unlinked_items": int((~linked[1:]).sum()),
         "transe_hits@10": hits, "fingerprint": ds.fingerprint,
     }
+    if left and len(left) > 1:
+        ds.stats["filters"] = left  # interactions left after each of RecBole's filters
     return ds
 
 
@@ -547,16 +848,27 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
 def main(argv=None):
     ap = option_parser("data.py", "Prepare a RecBole knowledge-aware dataset for KSR and print its statistics.",
                        names=("dataset", "data_path", "kg", "keep_unlinked", "kg_embedding_size", "MAX_ITEM_LIST_LENGTH",
-                              "transe_epochs", "transe_learning_rate", "transe_seed", "transe_optimizer"))
+                              "transe_epochs", "transe_learning_rate", "transe_seed", "transe_optimizer",
+                              "config_files", *DATA_ARGS))
     ap.add_argument("--json", action="store_true", help="print the statistics as one JSON object on the last line")
-    return cli(lambda argv: prepare(ap.parse_args(argv)), sys.argv[1:] if argv is None else list(argv))
+    return cli(lambda argv: prepare(parse_args(ap, argv)), sys.argv[1:] if argv is None else list(argv))
+
+
+def parse_args(ap, argv):
+    args = ap.parse_args(argv)
+    if args.config_files:  # a RecBole config: its data settings here (the training ones are train.py's)
+        import recbole_config
+        recbole_config.apply(ap, argv, args.config_files, other_programs=True)
+        args = ap.parse_args(argv)
+    return args
 
 
 def prepare(args):
     args.kg = args.kg or default_kg(args.dataset)
     log = lambda msg: print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
     ds = load_dataset(args.dataset, args.data_path, args.kg, args.keep_unlinked, args.kg_embedding_size,
-                      args.MAX_ITEM_LIST_LENGTH, transe_settings(vars(args)), log=log)
+                      args.MAX_ITEM_LIST_LENGTH, transe_settings(vars(args)), log=log,
+                      data_args={k: getattr(args, k) for k in DATA_ARGS})
     stats = dict(ds.stats)
     for k, v in stats.items():
         log(f"{k:>30}: {v}")

@@ -27,17 +27,28 @@ import distributed
 import files
 import kernels
 import ksr
-from cli import (DEFAULTS, MODE_DEFAULTS, DataError, UsageError, UserError, cli, default_kg, given_options, option_parser,
-                 transe_settings)
+from cli import (DATA_ARGS, DEFAULTS, MODE_DEFAULTS, DataError, UsageError, UserError, cli, default_kg, given_options,
+                 option_parser, transe_settings)
 
-METRICS = ("recall", "mrr", "ndcg", "hit", "precision")
+METRICS = ("recall", "mrr", "ndcg", "hit", "precision", "map")  # --metrics chooses among them (default: all but map)
+BENCHMARK_IGNORES = ("split_ratio", "rm_dup_inter", "val_interval", "user_inter_num_interval", "item_inter_num_interval",
+                     "entity_kg_num_interval", "relation_kg_num_interval")
 
 
-def parse_args(argv=None, ap=None):
-    """train.py's options, checked and completed (mode defaults, the KG); bad ones raise UsageError."""
+def parse_args(argv=None, ap=None, config_dict=None):
+    """train.py's options, checked and completed (mode defaults, the KG); bad ones raise UsageError.
+    RecBole config files (--config_files) and a config_dict become the options' defaults, so the
+    command line wins (recbole_config.py); args.config_sources says where each value came from."""
     ap = ap or option_parser("train.py", "Train KSR (RecBole's protocol) and report test metrics. More commands: "
                              "`train.py explain` and `train.py tune` (see --help of each).")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    sources = {name: "command line" if name in given_options(argv) else "default" for name in DEFAULTS}
+    if args.config_files or config_dict:
+        import recbole_config  # the YAML reader, only for a run that has a RecBole config
+        sources = recbole_config.apply(ap, argv, args.config_files, config_dict)
+        args = ap.parse_args(argv)
+    args.config_sources = sources
     for key, value in MODE_DEFAULTS[args.train_mode].items():  # the defaults that depend on the training mode
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -46,8 +57,18 @@ def parse_args(argv=None, ap=None):
         ap.error(f"--window_stride: must be at most MAX_ITEM_LIST_LENGTH ({args.MAX_ITEM_LIST_LENGTH}), got {args.window_stride}")
     args.window_stride = args.window_stride or args.MAX_ITEM_LIST_LENGTH
     name, _, k = args.valid_metric.partition("@")
-    if not args.eval_only and (name.lower() not in METRICS or not k.isdigit() or int(k) not in args.topk):
-        ap.error(f"--valid_metric: {args.valid_metric!r} is not one of {METRICS} at a k in --topk {args.topk} (e.g. MRR@10)")
+    chosen = [m.lower() for m in args.metrics]
+    if not args.eval_only and (name.lower() not in chosen or not k.isdigit() or int(k) not in args.topk):
+        ap.error(f"--valid_metric: {args.valid_metric!r} is not one of --metrics {args.metrics} at a k in --topk "
+                 f"{args.topk} (e.g. MRR@10)")
+    args.eval_step = min(args.eval_step, args.epochs)  # RecBole's: a run validates at least once
+    if args.benchmark_filename:
+        if args.train_mode == "sequence":
+            ap.error("--benchmark_filename: its files hold samples, not users' sequences, so they train in RecBole's "
+                     "prefix mode: add --train_mode prefix (train_mode: prefix)")
+        if (unused := [k for k in BENCHMARK_IGNORES if getattr(args, k) != DEFAULTS[k]]):
+            ap.error(f"--{unused[0]}: RecBole neither filters nor splits benchmark files (--benchmark_filename): "
+                     f"it would change nothing")
     if not 0 <= args.dropout_prob < 1:
         ap.error(f"--dropout_prob: must be in [0, 1), got {args.dropout_prob}")
     if args.memory_impl == "fused" and (why := kernels.unavailable_reason()):
@@ -72,24 +93,25 @@ def rank_of_target(scores, targets):
     return torch.where(s[:, 0].isnan(), last, 1 + higher + tied_before)
 
 
-def metrics_from_ranks(ranks, topk):
-    """Recall, MRR, NDCG, Hit, Precision @k for one ground-truth item per user, as RecBole."""
-    ranks = ranks.double()
+def metrics_from_ranks(ranks, topk, metrics=METRICS[:5]):
+    """Recall, MRR, NDCG, Hit, Precision, MAP @k for one ground-truth item per user, as RecBole
+    (`metrics`: which, in RecBole's or lower-case spelling)."""
+    ranks, chosen = ranks.double(), {m.lower() for m in metrics}
     out = {}
     for k in topk:
         hit = (ranks <= k).double()
-        out[f"recall@{k}"] = hit.mean().item()
-        out[f"mrr@{k}"] = (hit / ranks).mean().item()
-        out[f"ndcg@{k}"] = (hit / torch.log2(ranks + 1)).mean().item()
-        out[f"hit@{k}"] = hit.mean().item()
-        out[f"precision@{k}"] = (hit / k).mean().item()
+        values = {"recall": hit, "mrr": hit / ranks, "ndcg": hit / torch.log2(ranks + 1), "hit": hit,
+                  "precision": hit / k,
+                  "map": hit / ranks}  # RecBole's MAP with one relevant item: precision at its rank, 1/rank
+        out.update({f"{name}@{k}": v.mean().item() for name, v in values.items() if name in chosen})
     return out
 
 
-def metrics_table(m, topk):
+def metrics_table(m, topk, decimals=4):
     lines = ["metric     " + "".join(f"{'@' + str(k):>10}" for k in topk)]
     for name in METRICS:
-        lines.append(f"{name:<11}" + "".join(f"{m[f'{name}@{k}']:>10.4f}" for k in topk))
+        if f"{name}@{topk[0]}" in m:
+            lines.append(f"{name:<11}" + "".join(f"{m[f'{name}@{k}']:>10.{decimals}f}" for k in topk))
     return "\n".join(lines)
 
 
@@ -104,22 +126,27 @@ class NonFiniteError(UserError):
     """A NaN or inf loss or score: the run stops (cli() prints one line, exit 1)."""
 
 
-def evaluate(model, split, cfg, device):
-    """Full-ranking metrics of `split` (Recall, MRR, NDCG, Hit, Precision at every --topk)."""
-    return metrics_from_ranks(rank_all(model, split, cfg, device), cfg["topk"])
+def evaluate(model, split, cfg, device, negatives=None):
+    """Metrics of `split` (--metrics at every --topk), full ranking or among `negatives`."""
+    return metrics_from_ranks(rank_all(model, split, cfg, device, negatives), cfg["topk"], cfg["metrics"])
 
 
 @torch.no_grad()
-def rank_all(model, split, cfg, device):
-    """The rank of each sample's target among all items (split order). With N processes each
-    ranks whole batches, round-robin, as one process would, and the integer ranks are gathered:
-    the same ranks, exactly."""
+def rank_all(model, split, cfg, device, negatives=None):
+    """The rank of each sample's target among all items (split order), or among the target and its
+    row of `negatives` (sampled evaluation, data.eval_negatives). With N processes each ranks whole
+    batches, round-robin, as one process would, and the integer ranks are gathered: the same ranks,
+    exactly."""
     model.eval()
     mine = {}  # batch start -> ranks of its users
     for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device, distributed.rank(), distributed.world_size()):
         p, _ = model(seq, lengths)  # p_u after each user's last item
         scores = model.full_scores(p)
         bad = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
+        if negatives is not None:  # sampled: every item but the target and its negatives scores -inf, ranked last
+            keep = torch.as_tensor(negatives[i:i + len(seq)], device=scores.device)
+            keep = torch.cat([keep, targets[:, None]], 1)
+            scores = torch.full_like(scores, -math.inf).scatter_(1, keep, scores.gather(1, keep))
         mine[i] = f"{bad} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if bad else \
             rank_of_target(scores, targets).cpu()
     ranks = distributed.gather(mine)
@@ -145,8 +172,14 @@ def build_model(cfg, ds):
                    memory=MEMORY_IMPLS[cfg["memory_impl"]])
 
 
+# --learner: RecBole's names for torch's optimizers (trainer._build_optimizer)
+LEARNERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+            "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+
+
 def make_optimizer(model, cfg):
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"])
+    return LEARNERS[cfg["learner"]]([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"],
+                                    weight_decay=cfg["weight_decay"])
 
 
 def train_epoch(model, opt, split, cfg, device, gen, progress):
@@ -161,11 +194,14 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
     raw_model = model.module if ddp else model  # the KSR itself
     all_steps = cfg["train_mode"] == "sequence"  # windows: a target after every step
     order = torch.randperm(len(split), generator=gen)  # the same on every rank: same seed, same draws
-    n_batches = math.ceil(len(split) / cfg["train_batch_size"])
+    # BPR with N negatives per target repeats each sample N times, in batches of train_batch_size rows (RecBole's)
+    n_neg = cfg["train_neg_sample_num"] if cfg["loss_type"] == "BPR" else 1
+    size = max(cfg["train_batch_size"] // n_neg, 1)
+    n_batches = math.ceil(len(split) / size)
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
     total, count = 0.0, 0
     for b in range(n_batches):
-        batch = order[b * cfg["train_batch_size"]:(b + 1) * cfg["train_batch_size"]].numpy()
+        batch = np.repeat(order[b * size:(b + 1) * size].numpy(), n_neg)
         seq, lengths, targets = map(torch.as_tensor, split.cut(batch))  # targets (B,), or (B, L) with 0 = none
         negatives = ksr.sample_negatives(targets, raw_model.n_items, gen) if cfg["loss_type"] == "BPR" else None
         n_total = int((targets > 0).sum())
@@ -180,6 +216,8 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
             raise NonFiniteError(f"batch {b + 1}/{n_batches}: the training loss is {loss_sum / n_total}")
         opt.zero_grad(set_to_none=True)
         (loss * (n_mine * world / n_total)).backward()  # one process: loss * 1; DDP averages: the batch mean's gradient
+        if cfg["clip_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
         opt.step()
         total += loss_sum
         count += n_total
@@ -196,7 +234,21 @@ def make_progress(enabled):
 
 def load_data(cfg, log):
     return data.load_dataset(cfg["dataset"], cfg["data_path"], cfg["kg"], cfg["keep_unlinked"],
-                             cfg["kg_embedding_size"], cfg["MAX_ITEM_LIST_LENGTH"], transe_settings(cfg), log=log)
+                             cfg["kg_embedding_size"], cfg["MAX_ITEM_LIST_LENGTH"], transe_settings(cfg), log=log,
+                             data_args={k: cfg[k] for k in DATA_ARGS})
+
+
+def eval_negatives(ds, cfg, log):
+    """{"valid": ..., "test": ...}: each split's sampled negatives (--valid/test_eval_mode uniN, popN), None for
+    full ranking; drawn once per run from --seed, so every epoch is validated on the same candidates."""
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    out = {}
+    for name in ("valid", "test"):
+        mode = cfg[f"{name}_eval_mode"]
+        out[name] = None if mode == "full" else data.eval_negatives(ds, getattr(ds, name), mode, gen)
+        if out[name] is not None:
+            log(f"{name}: each target ranked among {out[name].shape[1]} sampled items ({mode})")
+    return out
 
 
 def run(cfg, log=print):
@@ -204,7 +256,7 @@ def run(cfg, log=print):
     torchrun every process runs this; only rank 0 logs and writes files. Rank 0 holds the run
     folder (files.run_folder: its .lock) from the check that it holds no run to the last write,
     so a second run into the same --out_dir is refused instead of mixing its files in."""
-    out_dir = cfg["out_dir"] or os.path.join("runs", f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir = cfg["out_dir"] or os.path.join(cfg["checkpoint_dir"], f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_files = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
     with contextlib.ExitStack() as held:
         distributed.main_first(lambda: distributed.rank() == 0 and held.enter_context(
@@ -231,25 +283,33 @@ def train_and_test(cfg, ckpt_path, results_path, log):
         log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
             f"{train_split.n_targets()} targets, stride {cfg['window_stride']}")
     valid_key = cfg["valid_metric"].lower()
-    progress = make_progress(is_main and sys.stderr.isatty())
-    epoch_seconds, eval_seconds, valid_hist, losses = [], [], [], []  # epoch: training + valid evaluation
+    negatives = eval_negatives(ds, cfg, log)
+    progress = make_progress(is_main and cfg["show_progress"] and sys.stderr.isatty())
+    epoch_seconds, eval_seconds, valid_hist, losses, valid_epochs = [], [], [], [], []  # epoch: training + valid evaluation
     best, best_epoch, bad = float("-inf"), -1, 0
     for epoch in range(cfg["epochs"]):
         t0 = time.time()
+        validate = (epoch + 1) % cfg["eval_step"] == 0  # RecBole validates every eval_step epochs
         try:
             loss, t1 = train_epoch(train_model, opt, train_split, cfg, device, gen, progress), time.time()
-            valid_ranks = rank_all(model, ds.valid, cfg, device)
-            valid = metrics_from_ranks(valid_ranks, cfg["topk"])
+            if validate:
+                valid_ranks = rank_all(model, ds.valid, cfg, device, negatives["valid"])
+                valid = metrics_from_ranks(valid_ranks, cfg["topk"], cfg["metrics"])
         except NonFiniteError as e:
             kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
             raise NonFiniteError(f"epoch {epoch}, {e}: training stopped; {kept}") from None
         epoch_seconds.append(time.time() - t0)
-        eval_seconds.append(time.time() - t1)
         losses.append(loss)
+        if not validate:
+            log(f"epoch {epoch:3d}  loss {loss:.4f}  train {epoch_seconds[-1]:.1f}s")
+            continue
+        eval_seconds.append(time.time() - t1)
         valid_hist.append(valid)
-        improved = valid[valid_key] >= best  # RecBole's early_stopping: a tie also counts as better
+        valid_epochs.append(epoch)
+        score = valid[valid_key] if cfg["metric_decimal_place"] is None else round(valid[valid_key], cfg["metric_decimal_place"])
+        improved = score >= best  # RecBole's early_stopping: a tie also counts as better
         if improved:  # every rank keeps the best weights in memory (no shared disk needed); rank 0 saves them
-            best, best_epoch, bad, best_valid_ranks = valid[valid_key], epoch, 0, valid_ranks
+            best, best_epoch, bad, best_valid_ranks, best_valid = score, epoch, 0, valid_ranks, valid
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if is_main:
                 files.save({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
@@ -264,14 +324,15 @@ def train_and_test(cfg, ckpt_path, results_path, log):
             break
 
     model.load_state_dict(best_state)
-    t1, test_ranks = time.time(), rank_all(model, ds.test, cfg, device)
-    test = metrics_from_ranks(test_ranks, cfg["topk"])
+    t1, test_ranks = time.time(), rank_all(model, ds.test, cfg, device, negatives["test"])
+    test = metrics_from_ranks(test_ranks, cfg["topk"], cfg["metrics"])
     # every user's rank of the target: metrics recomputed, or compared user by user across runs, afterwards
     per_user = lambda split, ranks: {"user": [ds.user_tokens[u] for u in split.users.tolist()], "rank": ranks.tolist()}
     results = {
-        "config": cfg, "dataset": ds.stats, "train_samples": len(train_split), "epoch_seconds": epoch_seconds,
+        "config": {k: v for k, v in cfg.items() if k != "config_sources"}, "config_sources": cfg.get("config_sources"),
+        "dataset": ds.stats, "train_samples": len(train_split), "epoch_seconds": epoch_seconds,
         "eval_seconds": eval_seconds, "test_seconds": time.time() - t1, "train_loss": losses,
-        "valid": valid_hist, "best_epoch": best_epoch, "best_valid": valid_hist[best_epoch],
+        "valid": valid_hist, "valid_epochs": valid_epochs, "best_epoch": best_epoch, "best_valid": best_valid,
         "test": test, "ranks": {"valid": per_user(ds.valid, best_valid_ranks), "test": per_user(ds.test, test_ranks)},
         "total_seconds": time.time() - t_start, "checkpoint": ckpt_path, "world_size": distributed.world_size(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
@@ -279,7 +340,7 @@ def train_and_test(cfg, ckpt_path, results_path, log):
     if is_main:
         files.save(results, results_path)
     log(f"best valid {cfg['valid_metric']} {best:.4f} at epoch {best_epoch}; test metrics of that checkpoint:")
-    log(metrics_table(test, cfg["topk"]))
+    log(metrics_table(test, cfg["topk"], 4 if cfg["metric_decimal_place"] is None else cfg["metric_decimal_place"]))
     log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
     return results
 
@@ -322,7 +383,8 @@ def load_checkpoint(path, cfg_overrides, log=print):
 
 def eval_only(path, cfg_overrides, log=print):
     cfg, ds, model, epoch = load_checkpoint(path, cfg_overrides, log)
-    out = {"valid": evaluate(model, ds.valid, cfg, cfg["device"]), "test": evaluate(model, ds.test, cfg, cfg["device"])}
+    negatives = eval_negatives(ds, cfg, log)  # the training run's candidates: the same seed draws the same items
+    out = {name: evaluate(model, getattr(ds, name), cfg, cfg["device"], negatives[name]) for name in ("valid", "test")}
     log(f"{path} (epoch {epoch}): test metrics")
     log(metrics_table(out["test"], cfg["topk"]))
     return out
@@ -355,6 +417,16 @@ def train_main(argv):
             raise
         distributed.shutdown()
     return 0
+
+
+def run_ksr(dataset=None, config_file_list=None, config_dict=None, argv=(), log=print):
+    """RecBole's quick start for ksr: run_recbole(model="KSR", dataset=..., config_file_list=...,
+    config_dict=...) becomes run_ksr(dataset=..., config_file_list=..., config_dict=...), a training run
+    with RecBole's precedence (files in order, then config_dict, then `argv`, train.py's options);
+    returns the results dict (results.json). Bad settings raise cli.UsageError, bad data cli.DataError."""
+    argv = list(argv) + (["--dataset", dataset] if dataset else []) + (["--config_files", *config_file_list]
+                                                                         if config_file_list else [])
+    return run(vars(parse_args(argv, config_dict=config_dict)), log)
 
 
 # `python train.py explain ...` runs explain.py, and so on: they import train.py, never the reverse

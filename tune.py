@@ -221,11 +221,11 @@ def search(space, settings, n_trials, fixed_argv, out_dir, base, args):
                 try:
                     with open(res_path) as f:
                         res = json.load(f)
-                    saved = {k: v for k, v in res["config"].items() if k in cfg}
+                    saved = {k: v for k, v in res["config"].items() if k in cfg and k != "config_sources"}
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
                     raise UsageError(f"tune.py: error: {res_path}: not a trial's results ({type(e).__name__}); "
                                      f"remove it to run that trial again") from None
-                if saved != cfg:
+                if saved != {k: v for k, v in cfg.items() if k != "config_sources"}:  # where a value came from: not a setting
                     raise UsageError(f"tune.py: error: {cfg['out_dir']} holds a trial with other settings; "
                                      f"use a new --out_dir for a different search")
                 resumed = True
