@@ -171,10 +171,14 @@ def finished(run):
     try:
         with open(path, encoding="utf-8") as f:
             res = json.load(f)
-        saved = {k: v for k, v in res["config"].items() if k in run["cfg"]}
+        # the same settings: every option both know (an option newer than the run: as it ran), but not the folder
+        # itself (a comparison's folder can be moved or copied whole) nor where a value was given (file, command line)
+        same = lambda cfg: {k: v for k, v in cfg.items()
+                            if k in res["config"] and k in run["cfg"] and k not in ("out_dir", "config_sources")}
+        saved = same(res["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"compare.py: error: {path}: not a run's results ({type(e).__name__}); remove it to run again") from None
-    if saved != {k: v for k, v in run["cfg"].items() if k in saved}:
+    if saved != same(run["cfg"]):
         raise UsageError(f"compare.py: error: {run['run_dir']} holds a run with other settings; use a new --out_dir "
                          f"for a different comparison")
     return res
@@ -265,12 +269,13 @@ def report(runs, valid_metric, n_boot):
             if not seeds:
                 continue
             pair = {"a": a, "b": b, "seeds": seeds}
-            for m in METRICS:
+            # test metrics, and the valid metric (of each run's best epoch): what a choice on valid is made on
+            for split, m in [("test", m) for m in METRICS] + [("valid", valid_key)]:
                 diffs, seed_diffs = [], []
                 for s in seeds:
-                    ra, rb = ok[a][s]["ranks"]["test"], ok[b][s]["ranks"]["test"]
+                    ra, rb = ok[a][s]["ranks"][split], ok[b][s]["ranks"][split]
                     if ra["user"] != rb["user"]:
-                        raise UsageError(f"compare.py: error: {a} and {b} (seed {s}) were tested on different users "
+                        raise UsageError(f"compare.py: error: {a} and {b} (seed {s}) were evaluated on different users "
                                          f"(another dataset or filter): they cannot be compared user by user")
                     d = per_user(ra["rank"], m) - per_user(rb["rank"], m)
                     diffs.append(d)
@@ -278,7 +283,7 @@ def report(runs, valid_metric, n_boot):
                 d = np.mean(diffs, axis=0)  # (U,): each user's difference, averaged over seeds
                 low, high = bootstrap_interval(d, n_boot)
                 _, t_low, t_high = t_interval(seed_diffs)
-                pair[m] = {"mean": float(d.mean()), "low": low, "high": high, "t_low": t_low, "t_high": t_high,
+                pair[m if split == "test" else "valid " + m] = {"mean": float(d.mean()), "low": low, "high": high, "t_low": t_low, "t_high": t_high,
                            "per_seed": seed_diffs, "wins": sum(x > 0 for x in seed_diffs) / len(seeds)}
             pairs.append(pair)
     return {"valid_metric": valid_metric, "n_boot": n_boot, "configs": configs, "pairs": pairs}
@@ -312,9 +317,9 @@ def markdown(rep):
                   f"per-seed differences; wins: the share of seeds in which A is higher.", "",
                   "| A - B | metric | difference | bootstrap 95% | t 95% (seeds) | wins | verdict |", "|---|---|---|---|---|---|---|"]
         for p in rep["pairs"]:
-            for m in ("ndcg@10", "hit@10"):
+            for m in ("ndcg@10", "hit@10", valid_key):
                 q = p[m]
-                lines.append(f"| {p['a']} - {p['b']} | {m} | {q['mean']:+.4f} | [{q['low']:+.4f}, {q['high']:+.4f}] | "
+                lines.append(f"| {p['a']} - {p['b']} | {m if m == valid_key else 'test ' + m} | {q['mean']:+.4f} | [{q['low']:+.4f}, {q['high']:+.4f}] | "
                              f"[{q['t_low']:+.4f}, {q['t_high']:+.4f}] | {q['wins']:.0%} | {verdict(q)} |")
     failed = [f"- {n} seed {s}: {e}" for n, c in rep["configs"].items() for s, e in c["failed"].items()]
     if failed:

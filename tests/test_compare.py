@@ -83,7 +83,7 @@ def fake_run(name, seed, ranks, users=None, epochs=(0.1, 0.2)):
     valid = [{"mrr@10": v} for v in epochs]
     return {"name": name, "seed": seed, "error": None, "argv": ["--x", "--seed", str(seed), "--out_dir", "d", "--overwrite"],
             "results": {"test": test, "best_valid": valid[-1], "valid": valid, "best_epoch": len(valid) - 1,
-                        "total_seconds": 1.0, "ranks": {"test": {"user": users, "rank": list(ranks)}}}}
+                        "total_seconds": 1.0, "ranks": {split: {"user": users, "rank": list(ranks)} for split in ("valid", "test")}}}
 
 
 def test_report_pairs_users_and_seeds():
@@ -101,6 +101,7 @@ def test_report_pairs_users_and_seeds():
     assert pair["ndcg@10"]["mean"] == pytest.approx(0.5) and pair["hit@10"]["mean"] == pytest.approx(0.5)
     assert 0.4 < pair["ndcg@10"]["low"] < 0.5 < pair["ndcg@10"]["high"] < 0.6 and pair["ndcg@10"]["wins"] == 1.0
     assert compare.verdict(pair["ndcg@10"]) == "A better"
+    assert pair["valid mrr@10"]["mean"] == pytest.approx(0.5 * (1 - 0))  # MRR@10: rank 1 -> 1, rank 20 -> 0
     assert rep["configs"]["A"]["test ndcg@10"]["per_seed"] == [0.5, 0.5, 0.5]
     with pytest.raises(compare.UsageError, match="different users"):
         compare.report([fake_run("A", 1, [1, 2]), fake_run("B", 1, [1, 2], users=["x", "y"])], "MRR@10", 100)
@@ -143,7 +144,8 @@ def test_compare_runs_reports_reuses_and_isolates_a_failing_config(tiny_root, tm
         per_seed.append(res["test"]["ndcg@10"])
     assert rep["configs"]["ksr"]["test ndcg@10"]["per_seed"] == per_seed
     assert [(p["a"], p["b"]) for p in rep["pairs"]] == [("ksr", "gru")]
-    assert "| ksr - gru | ndcg@10 |" in open(os.path.join(out, "report.md")).read()
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| ksr - gru | test ndcg@10 |" in md and "| ksr - gru | valid mrr@10 |" in md
     stamp = os.path.getmtime(os.path.join(out, "ksr", "seed-2020", "results.json"))
     assert compare.main(argv) == 0  # the same command again only reports
     assert "4 finished earlier), 2 to run" in capsys.readouterr().out  # (the failed nodata runs run again)
