@@ -24,7 +24,7 @@ DEFAULTS = dict(
     topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", memory_impl="sorted", max_steps=0,
     out_dir=None, overwrite=False, eval_only=None,
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
-    transe_epochs=60, transe_learning_rate=0.005, transe_seed=2020, transe_optimizer="lazy",
+    transe_epochs=60, transe_learning_rate=None, transe_seed=2020, transe_optimizer="auto",  # transe.resolve
 )
 # RecBole's settings beyond KSR.yaml (overall.yaml's names), each with a default that changes nothing here.
 # A RecBole YAML config (--config_files; recbole_config.py translates it) or the command line sets them.
@@ -288,11 +288,12 @@ def option_parser(prog, description, names=None):
         ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),
         ("eval_only", dict(metavar="CHECKPOINT", help="re-evaluate a saved model.pt")),
         ("transe_epochs", dict(type=number(int, 0), help="TransE epochs, when the KG vectors are trained here")),
-        ("transe_learning_rate", dict(type=pfloat, help="TransE's learning rate (Adam without momentum)")),
+        ("transe_learning_rate", dict(type=pfloat, help="TransE's learning rate (default 0.01 dense, 0.005 lazy)")),
         ("transe_seed", dict(type=number(int, 0, 2 ** 32 - 1), help="TransE's seed: the vectors belong to the "
                              "dataset, not to a training run's --seed")),
-        ("transe_optimizer", dict(choices=["lazy", "dense"], help="lazy: Adam without momentum on a batch's rows "
-                                  "(scales to 1M triples); dense: Adam on the whole tables (small KGs; transe.py)")),
+        ("transe_optimizer", dict(choices=["auto", "lazy", "dense"], help="lazy: Adam without momentum on a batch's "
+                                  "rows (scales to 1M triples); dense: Adam on the whole tables (small KGs); auto: "
+                                  "dense up to 100,000 entities (transe.py)")),
     ]
     for name, kw in options + recbole_options():
         if names is None or name in names:

@@ -16,8 +16,9 @@ The report (stdout, <out_dir>/report.md, report.json, report.png):
       per-seed values, the best epoch and the time;
   per pair (A, B): the mean difference A - B over seeds; its 95% interval from a paired
       bootstrap that resamples test users (the same users for A and B) of the per-user
-      difference averaged over seeds; a 95% t interval of the per-seed differences; and the
-      share of seeds in which A beats B.
+      difference averaged over seeds (A and B on different users, e.g. other filters: each
+      side's users resampled apart, "unpaired"); a 95% t interval of the per-seed differences;
+      and the share of seeds in which A beats B. The same for the valid metric.
 """
 import json
 import math
@@ -36,6 +37,7 @@ from train import parse_args
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS = ("ndcg@10", "hit@10", "mrr@10", "recall@10")  # the report's test metrics; valid: the --valid_metric
 NOT_PER_CONFIG = ("seed", "out_dir", "overwrite", "eval_only")  # compare sets these itself
+TRANSE_OPTIONS = ("transe_epochs", "transe_learning_rate", "transe_seed", "transe_optimizer")
 
 
 # -----------------------------------------------------------------------------
@@ -82,6 +84,25 @@ def bootstrap_interval(diff, n_boot=10000, seed=0, level=0.95):
     a = (1 - level) / 2
     low, high = np.quantile(means, [a, 1 - a])
     return float(low), float(high)
+
+
+def bootstrap_unpaired(a, b, n_boot=10000, seed=0, level=0.95):
+    """(low, high): the percentile interval of mean(a) - mean(b), a's and b's rows resampled apart:
+    for two configurations evaluated on different users (another dataset or filter)."""
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([a[rng.integers(0, len(a), (min(1000, n_boot - i), len(a)))].mean(1)
+                            - b[rng.integers(0, len(b), (min(1000, n_boot - i), len(b)))].mean(1)
+                            for i in range(0, n_boot, 1000)])
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def seed_mean(results, seeds, split, metric):
+    """{user token: the user's `metric` on `split`, averaged over the seeds' runs} (the users all runs share)."""
+    values = [dict(zip(results[s]["ranks"][split]["user"], per_user(results[s]["ranks"][split]["rank"], metric)))
+              for s in seeds]
+    users = [u for u in values[0] if all(u in v for v in values[1:])]
+    return {u: float(np.mean([v[u] for v in values])) for u in users}
 
 
 def per_user(ranks, metric):
@@ -172,9 +193,10 @@ def finished(run):
         with open(path, encoding="utf-8") as f:
             res = json.load(f)
         # the same settings: every option both know (an option newer than the run: as it ran), but not the folder
-        # itself (a comparison's folder can be moved or copied whole) nor where a value was given (file, command line)
-        same = lambda cfg: {k: v for k, v in cfg.items()
-                            if k in res["config"] and k in run["cfg"] and k not in ("out_dir", "config_sources")}
+        # itself (a comparison's folder can be moved or copied whole) nor where a value was given (file, command line),
+        # nor TransE's settings in a run that reads no KG vectors (--no_memory: GRU4Rec)
+        ignored = ("out_dir", "config_sources") + (TRANSE_OPTIONS if run["cfg"]["no_memory"] else ())
+        same = lambda cfg: {k: v for k, v in cfg.items() if k in res["config"] and k in run["cfg"] and k not in ignored}
         saved = same(res["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"compare.py: error: {path}: not a run's results ({type(e).__name__}); remove it to run again") from None
@@ -271,20 +293,18 @@ def report(runs, valid_metric, n_boot):
             pair = {"a": a, "b": b, "seeds": seeds}
             # test metrics, and the valid metric (of each run's best epoch): what a choice on valid is made on
             for split, m in [("test", m) for m in METRICS] + [("valid", valid_key)]:
-                diffs, seed_diffs = [], []
-                for s in seeds:
-                    ra, rb = ok[a][s]["ranks"][split], ok[b][s]["ranks"][split]
-                    if ra["user"] != rb["user"]:
-                        raise UsageError(f"compare.py: error: {a} and {b} (seed {s}) were evaluated on different users "
-                                         f"(another dataset or filter): they cannot be compared user by user")
-                    d = per_user(ra["rank"], m) - per_user(rb["rank"], m)
-                    diffs.append(d)
-                    seed_diffs.append(float(d.mean()))
-                d = np.mean(diffs, axis=0)  # (U,): each user's difference, averaged over seeds
-                low, high = bootstrap_interval(d, n_boot)
+                va, vb = seed_mean(ok[a], seeds, split, m), seed_mean(ok[b], seeds, split, m)
+                seed_diffs = [float(per_user(ok[a][s]["ranks"][split]["rank"], m).mean()
+                                    - per_user(ok[b][s]["ranks"][split]["rank"], m).mean()) for s in seeds]
+                paired = va.keys() == vb.keys()
+                if paired:  # the same users (in any order): each user's difference, resampled together
+                    low, high = bootstrap_interval(np.array([va[u] - vb[u] for u in va]), n_boot)
+                else:  # other users (another dataset or filter): A's users and B's users resampled apart
+                    low, high = bootstrap_unpaired(np.array(list(va.values())), np.array(list(vb.values())), n_boot)
                 _, t_low, t_high = t_interval(seed_diffs)
-                pair[m if split == "test" else "valid " + m] = {"mean": float(d.mean()), "low": low, "high": high, "t_low": t_low, "t_high": t_high,
-                           "per_seed": seed_diffs, "wins": sum(x > 0 for x in seed_diffs) / len(seeds)}
+                pair[m if split == "test" else "valid " + m] = {
+                    "mean": float(np.mean(seed_diffs)), "low": low, "high": high, "t_low": t_low, "t_high": t_high,
+                    "per_seed": seed_diffs, "wins": sum(x > 0 for x in seed_diffs) / len(seeds), "paired": paired}
             pairs.append(pair)
     return {"valid_metric": valid_metric, "n_boot": n_boot, "configs": configs, "pairs": pairs}
 
@@ -313,13 +333,14 @@ def markdown(rep):
                      f"{np.mean(c['best_epoch']):.1f} | {np.mean(c['seconds']):.0f} |")
     if rep["pairs"]:
         lines += ["", f"Paired differences A - B: mean over seeds; 95% interval from a paired bootstrap over test users "
-                  f"({rep['n_boot']} resamples, each user's difference averaged over seeds); 95% t interval over the "
+                  f"({rep['n_boot']} resamples, each user's difference averaged over seeds; unpaired: A and B were evaluated on "
+                  f"other users, each side resampled apart); 95% t interval over the "
                   f"per-seed differences; wins: the share of seeds in which A is higher.", "",
                   "| A - B | metric | difference | bootstrap 95% | t 95% (seeds) | wins | verdict |", "|---|---|---|---|---|---|---|"]
         for p in rep["pairs"]:
             for m in ("ndcg@10", "hit@10", valid_key):
                 q = p[m]
-                lines.append(f"| {p['a']} - {p['b']} | {m if m == valid_key else 'test ' + m} | {q['mean']:+.4f} | [{q['low']:+.4f}, {q['high']:+.4f}] | "
+                lines.append(f"| {p['a']} - {p['b']} | {m if m == valid_key else 'test ' + m} | {q['mean']:+.4f} | [{q['low']:+.4f}, {q['high']:+.4f}]{'' if q['paired'] else ' unpaired'} | "
                              f"[{q['t_low']:+.4f}, {q['t_high']:+.4f}] | {q['wins']:.0%} | {verdict(q)} |")
     failed = [f"- {n} seed {s}: {e}" for n, c in rep["configs"].items() for s, e in c["failed"].items()]
     if failed:

@@ -443,13 +443,14 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
     TransE, another setting) is trained again and replaced, never silently reused.
     """
     ent_path, rel_path = feature_paths(folder, dataset, kg)
+    settings = transe.resolve(transe_settings, len(entity_tokens))  # "auto": dense or lazy by the KG's size
     if transe_settings != DEFAULT_TRANSE and (os.path.exists(ent_path + ".json") or not os.path.exists(ent_path)):
         # ours with other TransE settings than the defaults: a cache of their own beside the default one (whose names
         # are RecBole's), so runs with other settings (compare.py, side by side) never replace each other's vectors
         ent_path, rel_path = feature_paths(folder, dataset, kg, "transe-{optimizer}-e{epochs}-lr{learning_rate}-s{seed}"
-                                           .format(**transe_settings))
+                                           .format(**settings))
     meta_path = ent_path + ".json"
-    want = transe.record(dim, **{"lr" if k == "learning_rate" else k: v for k, v in transe_settings.items()})
+    want = transe.record(dim, **{"lr" if k == "learning_rate" else k: v for k, v in settings.items()})
     ours = os.path.exists(meta_path)
     have = [f for f in (ent_path, rel_path) if os.path.exists(f)]
     if len(have) == 1 and not ours:
@@ -475,7 +476,7 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
             f"{len(relation_tokens)} relations, K={dim})")
         entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens), dim=dim,
                                                            epochs=want["epochs"], lr=want["learning_rate"],
-                                                           seed=want["seed"], optimizer=transe_settings["optimizer"], log=log)
+                                                           seed=want["seed"], optimizer=settings["optimizer"], log=log)
         fmt = lambda v: " ".join(map("{:.6g}".format, v.tolist()))  # Python floats: formatted twice as fast
         meta = {"transe_hits@10": hits, "triples": int(len(triples)), "made_with": want}
         write_atomic(meta_path, [json.dumps(meta)], [])

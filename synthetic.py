@@ -55,6 +55,7 @@ numpy (digits of whole columns at once) in blocks of WRITE_ROWS rows.
 Reading order: PRESETS and the constants, build_kg, user_lengths, sequences, generate,
 planted_share, main.
 """
+import glob
 import os
 import sys
 import time
@@ -427,6 +428,8 @@ def derived_files(folder, name):
     for kg in ("files", "attributes"):
         ent, rel = data.feature_paths(folder, name, kg)
         out += [ent, rel, ent + ".json"]
+        # and those of other TransE settings (data.kg_vectors: <stem>.transe-<settings>.ent_feature, ...)
+        out += sorted(glob.glob(glob.escape(ent[:-len(".ent_feature")]) + ".transe-*_feature*"))
     return out
 
 

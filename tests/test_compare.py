@@ -103,8 +103,22 @@ def test_report_pairs_users_and_seeds():
     assert compare.verdict(pair["ndcg@10"]) == "A better"
     assert pair["valid mrr@10"]["mean"] == pytest.approx(0.5 * (1 - 0))  # MRR@10: rank 1 -> 1, rank 20 -> 0
     assert rep["configs"]["A"]["test ndcg@10"]["per_seed"] == [0.5, 0.5, 0.5]
-    with pytest.raises(compare.UsageError, match="different users"):
-        compare.report([fake_run("A", 1, [1, 2]), fake_run("B", 1, [1, 2], users=["x", "y"])], "MRR@10", 100)
+    # the same users in another order are paired user by user
+    rep = compare.report([fake_run("A", 1, [1, 20, 20]), fake_run("B", 1, [20, 20, 1], users=["u2", "u1", "u0"])],
+                         "MRR@10", 500)
+    q = rep["pairs"][0]["ndcg@10"]
+    assert q["paired"] and q["mean"] == 0 and q["low"] == q["high"] == 0  # u0 ranks 1 in both: no difference at all
+    # other users: unpaired, resampled apart
+    rep = compare.report([fake_run("A", 1, [1, 2]), fake_run("B", 1, [1, 2], users=["x", "y"])], "MRR@10", 100)
+    assert rep["pairs"][0]["ndcg@10"]["paired"] is False
+
+
+def test_unpaired_bootstrap_spread_is_the_closed_form():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.1, 0.2, 900), rng.normal(0.0, 0.1, 400)
+    se = math.sqrt(a.var() / len(a) + b.var() / len(b))  # the bootstrap's: population variances over n
+    low, high = compare.bootstrap_unpaired(a, b, n_boot=20000, seed=1)
+    assert (high - low) / 2 == pytest.approx(1.95996 * se, rel=0.04) and low < a.mean() - b.mean() < high
 
 
 # -----------------------------------------------------------------------------

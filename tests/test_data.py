@@ -296,6 +296,14 @@ def test_transe_dense_optimizer_is_adam_with_momentum_on_the_whole_tables(n_enti
     assert not np.allclose(ent, ent_lazy, atol=1e-6)  # momentum: another optimiser, other vectors
 
 
+def test_transe_auto_is_dense_for_small_kgs_and_lazy_for_large_ones():
+    auto = dict(epochs=60, learning_rate=None, seed=0, optimizer="auto")
+    assert transe.resolve(auto, transe.DENSE_MAX_ENTITIES) == {**auto, "optimizer": "dense", "learning_rate": 0.01}
+    assert transe.resolve(auto, transe.DENSE_MAX_ENTITIES + 1) == {**auto, "optimizer": "lazy", "learning_rate": 0.005}
+    assert transe.resolve({**auto, "optimizer": "lazy"}, 10)["learning_rate"] == 0.005  # the chosen optimiser's lr
+    assert transe.resolve({**auto, "learning_rate": 0.3}, 10) == {**auto, "optimizer": "dense", "learning_rate": 0.3}
+
+
 def test_transe_lazy_adam_moves_only_the_rows_it_is_given():
     torch.manual_seed(0)
     w = torch.randn(6, 3)

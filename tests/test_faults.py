@@ -208,14 +208,16 @@ def test_kg_vector_cache_records_what_made_it(tiny_dataset, tmp_path, capsys):
     first = load()
     meta = os.path.join(tiny_dataset, "tiny", "tiny.ent_feature.json")
     with open(meta) as f:
-        assert json.load(f)["made_with"] == transe.record(8, TRANSE["epochs"], TRANSE["learning_rate"], TRANSE["seed"], TRANSE["optimizer"])
+        made = transe.resolve(TRANSE, 30)  # the tiny KG: dense, lr 0.01
+        assert made["optimizer"] == "dense" and made["learning_rate"] == 0.01
+        assert json.load(f)["made_with"] == transe.record(8, made["epochs"], made["learning_rate"], made["seed"], "dense")
     msgs.clear()
     assert (load().item_kg == first.item_kg).all() and not any("TransE" in m for m in msgs)  # the same: reused
     four = load(dim=4)
     assert four.item_kg.shape[1] == 4 and any("other settings (dim)" in m for m in msgs)
     msgs.clear()
     other = load(dim=4, seed=7)  # other TransE settings: vectors of their own beside the default ones, which stay
-    tag = "transe-{optimizer}-e{epochs}-lr{learning_rate}-s7".format(**{k: v for k, v in TRANSE.items() if k != "seed"})
+    tag = "transe-dense-e{epochs}-lr0.01-s7".format(**TRANSE)
     assert os.path.exists(os.path.join(tiny_dataset, "tiny", f"tiny.{tag}.ent_feature.json"))
     assert any("training TransE" in m for m in msgs) and not any("other settings" in m for m in msgs)
     assert not (other.item_kg == four.item_kg).all()  # another seed, other vectors
