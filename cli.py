@@ -293,7 +293,7 @@ def option_parser(prog, description, names=None):
                              "dataset, not to a training run's --seed")),
         ("transe_optimizer", dict(choices=["auto", "lazy", "dense"], help="lazy: Adam without momentum on a batch's "
                                   "rows (scales to 1M triples); dense: Adam on the whole tables (small KGs); auto: "
-                                  "dense up to 100,000 entities (transe.py)")),
+                                  "dense up to 100,000 triples, lazy above (transe.py)")),
     ]
     for name, kw in options + recbole_options():
         if names is None or name in names:

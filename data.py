@@ -443,7 +443,7 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
     TransE, another setting) is trained again and replaced, never silently reused.
     """
     ent_path, rel_path = feature_paths(folder, dataset, kg)
-    settings = transe.resolve(transe_settings, len(entity_tokens))  # "auto": dense or lazy by the KG's size
+    settings = transe.resolve(transe_settings, len(triples))  # "auto": dense or lazy by the KG's size
     if transe_settings != DEFAULT_TRANSE and (os.path.exists(ent_path + ".json") or not os.path.exists(ent_path)):
         # ours with other TransE settings than the defaults: a cache of their own beside the default one (whose names
         # are RecBole's), so runs with other settings (compare.py, side by side) never replace each other's vectors

@@ -10,6 +10,8 @@ entity vectors on the unit sphere, a fixed seed, one of two optimisers (--transe
   dense  torch's Adam (beta1 0.9) on the whole tables, every entity renormalised every batch:
          momentum keeps moving a row for ~10 steps after its gradient, which no sparse update
          can do cheaply. Costs entities x dim per batch: for small KGs.
+  auto   (the default) dense up to DENSE_MAX_TRIPLES triples, lazy above: on ml-100k's
+         KGs the dense vectors gave KSR the better valid MRR@10 (docs/results.md).
 
 Hits@10 ranks a sample of held-out triples.
 """
@@ -20,10 +22,11 @@ import numpy as np
 import torch
 
 HITS_SAMPLE = 2000  # held-out triples that Hits@10 ranks against every entity
-# --transe_optimizer auto: dense for a KG of at most this many entities, lazy above. Chosen on KSR's valid MRR@10
-# over 5 seeds (docs/results.md): on both ml-100k KGs (1,780 and 34,628 entities) dense Adam gave the higher valid
-# mean; a dense batch costs entities x dim, so at 1M triples (syn-20m) it would cost ~10x the lazy one.
-DENSE_MAX_ENTITIES = 100_000
+# --transe_optimizer auto: dense for a KG of at most this many triples, lazy above. Chosen on KSR's valid MRR@10
+# over 5 seeds (docs/results.md): on both ml-100k KGs (6,253 and 91,631 triples) dense Adam gave the higher valid
+# mean. A dense epoch costs (triples / batch) x entities x dim, growing with both; the lazy one is what docs/scale.md
+# measured at 1M triples (3.6 s an epoch).
+DENSE_MAX_TRIPLES = 100_000
 LEARNING_RATES = {"lazy": 0.005, "dense": 0.01}  # --transe_learning_rate's default for each
 # fixed here, not options: (dim, epochs, lr, seed) are, with their defaults in cli.DEFAULTS
 BATCH_SIZE, MARGIN, HOLDOUT = 4096, 1.0, 0.05
@@ -33,11 +36,11 @@ OPTIMIZERS = {"lazy": "Adam without momentum, rows of the batch only (LazyAdam, 
               "dense": "Adam (beta1 0.9, beta2 0.999) on the whole tables, every entity renormalised every batch"}
 
 
-def resolve(settings, n_entities):
-    """cli.transe_settings with optimizer "auto" and learning_rate None made concrete for a KG of n_entities."""
+def resolve(settings, n_triples):
+    """cli.transe_settings with optimizer "auto" and learning_rate None made concrete for a KG of n_triples."""
     optimizer = settings["optimizer"]
     if optimizer == "auto":
-        optimizer = "dense" if n_entities <= DENSE_MAX_ENTITIES else "lazy"
+        optimizer = "dense" if n_triples <= DENSE_MAX_TRIPLES else "lazy"
     return {**settings, "optimizer": optimizer, "learning_rate": settings["learning_rate"] or LEARNING_RATES[optimizer]}
 
 

@@ -298,8 +298,8 @@ def test_transe_dense_optimizer_is_adam_with_momentum_on_the_whole_tables(n_enti
 
 def test_transe_auto_is_dense_for_small_kgs_and_lazy_for_large_ones():
     auto = dict(epochs=60, learning_rate=None, seed=0, optimizer="auto")
-    assert transe.resolve(auto, transe.DENSE_MAX_ENTITIES) == {**auto, "optimizer": "dense", "learning_rate": 0.01}
-    assert transe.resolve(auto, transe.DENSE_MAX_ENTITIES + 1) == {**auto, "optimizer": "lazy", "learning_rate": 0.005}
+    assert transe.resolve(auto, transe.DENSE_MAX_TRIPLES) == {**auto, "optimizer": "dense", "learning_rate": 0.01}
+    assert transe.resolve(auto, transe.DENSE_MAX_TRIPLES + 1) == {**auto, "optimizer": "lazy", "learning_rate": 0.005}
     assert transe.resolve({**auto, "optimizer": "lazy"}, 10)["learning_rate"] == 0.005  # the chosen optimiser's lr
     assert transe.resolve({**auto, "learning_rate": 0.3}, 10) == {**auto, "optimizer": "dense", "learning_rate": 0.3}
 
