@@ -110,7 +110,8 @@ def per_user(ranks, metric):
     name, k = metric.split("@")
     r, k = np.asarray(ranks, dtype=float), int(k)
     hit = (r <= k).astype(float)
-    return {"ndcg": hit / np.log2(r + 1), "mrr": hit / r, "hit": hit, "recall": hit, "precision": hit / k}[name]
+    return {"ndcg": hit / np.log2(r + 1), "mrr": hit / r, "hit": hit, "recall": hit, "precision": hit / k,
+            "map": hit / r}[name]
 
 
 # -----------------------------------------------------------------------------
@@ -178,6 +179,9 @@ def plan(args, shared, configs, out_dir):
                 cfg, error = vars(parse_args(argv)), None
                 if cfg["eval_only"]:
                     raise UsageError("train.py: error: --eval_only: compare trains")
+                if 10 not in cfg["topk"] or any(m.split("@")[0] not in {x.lower() for x in cfg["metrics"]} for m in METRICS):
+                    raise UsageError("train.py: error: --topk/--metrics: compare reports NDCG, Hit, MRR and Recall @10: "
+                                     "keep them in --metrics and 10 in --topk")
             except UsageError as e:
                 cfg, error = None, str(e).splitlines()[0].replace("train.py: error: ", "")
             runs.append(dict(name=name, seed=seed, run_dir=run_dir, argv=argv, cfg=cfg, error=error))

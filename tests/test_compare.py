@@ -69,11 +69,11 @@ def test_identical_inputs_give_an_interval_holding_zero():
     assert low <= 0 <= high and low == high == 0
 
 
-@pytest.mark.parametrize("metric", ["ndcg@10", "mrr@10", "hit@10", "recall@5", "precision@5"])
+@pytest.mark.parametrize("metric", ["ndcg@10", "mrr@10", "hit@10", "recall@5", "precision@5", "map@10"])
 def test_per_user_metrics_average_to_trains_metrics(metric):
     ranks = torch.randint(1, 40, (500,), generator=torch.Generator().manual_seed(2))
     k = int(metric.split("@")[1])
-    want = train.metrics_from_ranks(ranks, [k])[metric]
+    want = train.metrics_from_ranks(ranks, [k], ["NDCG", "MRR", "Hit", "Recall", "Precision", "MAP"])[metric]
     assert compare.per_user(ranks.numpy(), metric).mean() == pytest.approx(want, rel=1e-12)
 
 
@@ -143,10 +143,11 @@ def test_compare_runs_reports_reuses_and_isolates_a_failing_config(tiny_root, tm
     out = str(tmp_path / "cmp")
     argv = ["--seeds", "2", "--jobs", "2", "--out_dir", out, "--n_boot", "500", "--data_path", tiny_root, *TINY,
             "--config", "ksr:", "--config", "gru:", "--no_memory", "--config", "bad:", "--dropout_prob", "2",
-            "--config", "nodata:", "--dataset", "nope"]
+            "--config", "top5:", "--topk", "5", "--valid_metric", "MRR@5", "--config", "nodata:", "--dataset", "nope"]
     assert compare.main(argv) == 0
     captured = capsys.readouterr()
     assert "bad: --dropout_prob: must be in [0, 1)" in captured.err  # one line, the others went on
+    assert "top5: --topk/--metrics: compare reports NDCG, Hit, MRR and Recall @10" in captured.err
     assert "nodata seed 2020: FAILED, exit 1" in captured.out and "nope: dataset folder not found" in captured.out
     rep = json.load(open(os.path.join(out, "report.json")))
     assert rep["configs"]["ksr"]["seeds"] == [2020, 2021] and rep["configs"]["bad"]["seeds"] == []
