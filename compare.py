@@ -128,6 +128,8 @@ def parse_command(argv):
     ap.add_argument("--n_boot", type=positive(int), default=10000, help="bootstrap resamples (default 10000)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON instead of Markdown")
     ap.add_argument("--no_run", action="store_true", help="only report the runs that are finished")
+    if "-h" in argv or "--help" in argv:
+        ap.parse_args(["--help"])  # prints compare's options and exits
     if "--config" not in argv:
         ap.error("no --config: give at least two, e.g. --config ksr: --config gru4rec: --no_memory")
     first = argv.index("--config")

@@ -124,6 +124,12 @@ def test_unpaired_bootstrap_spread_is_the_closed_form():
 # -----------------------------------------------------------------------------
 # The command
 
+def test_help_is_compares_own(capsys):
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--help"])
+    assert e.value.code == 0 and "--seeds" in capsys.readouterr().out
+
+
 def test_bad_command_lines_are_one_line_and_exit_2(capsys):
     for argv, needle in ((["--seeds", "2"], "no --config"), (["--config", "a:"], "at least two"),
                          (["--config", "a:", "--config", "a:"], "given twice"),
