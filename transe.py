@@ -47,8 +47,8 @@ def resolve(settings, n_triples):
 def record(dim, epochs, lr, seed, optimizer):
     """What vectors of train_transe(dim, epochs, lr, seed, optimizer) are made with: data.py writes it
     beside them and trains again when a cached record differs (a changed method or setting)."""
-    return {"method": "TransE", "optimiser": OPTIMIZERS[optimizer], "dim": dim, "epochs": epochs, "learning_rate": lr, "seed": seed, "batch_size": BATCH_SIZE,
-            "margin": MARGIN, "holdout": HOLDOUT, "hits_sample": HITS_SAMPLE}
+    return {"method": "TransE", "optimiser": OPTIMIZERS[optimizer], "dim": dim, "epochs": epochs, "learning_rate": lr,
+            "seed": seed, "batch_size": BATCH_SIZE, "margin": MARGIN, "holdout": HOLDOUT, "hits_sample": HITS_SAMPLE}
 
 
 def train_transe(triples, n_entities, n_relations, *, dim, epochs, lr, seed, optimizer="lazy", batch_size=BATCH_SIZE,
@@ -96,7 +96,8 @@ def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, mar
         ent_adam, rel_adam = LazyAdam(ent, lr), LazyAdam(rel, lr)
     else:
         adam = torch.optim.Adam([ent.requires_grad_(), rel.requires_grad_()], lr=lr)
-    loss_of = lambda eh, er, et, eh2, et2: torch.relu(margin + (eh + er - et).norm(dim=1) - (eh2 + er - et2).norm(dim=1)).mean()
+    loss_of = lambda eh, er, et, eh2, et2: torch.relu(margin + (eh + er - et).norm(dim=1)
+                                                      - (eh2 + er - et2).norm(dim=1)).mean()  # margin ranking
     t0 = time.time()
     for epoch in range(epochs):
         order = torch.randperm(len(train), generator=g)
