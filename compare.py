@@ -29,10 +29,11 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 import files
+import train
 from cli import Parser, UsageError, cli, positive
-from train import parse_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS = ("ndcg@10", "hit@10", "mrr@10", "recall@10")  # the report's test metrics; valid: the --valid_metric
@@ -73,26 +74,16 @@ def t_interval(values, level=0.95):
     return mean, mean - half, mean + half
 
 
-def bootstrap_interval(diff, n_boot=10000, seed=0, level=0.95):
-    """(low, high): the percentile interval of mean(diff) over `n_boot` resamples of its rows
-    (users) with replacement. diff (U,): each user's metric difference A - B, averaged over seeds,
-    so every resample takes the same users in A and B and in every seed (a paired bootstrap)."""
-    diff = np.asarray(diff, dtype=float)
+def bootstrap_interval(a, b=None, n_boot=10000, seed=0, level=0.95):
+    """(low, high): the percentile interval of mean(a), or of mean(a) - mean(b), over `n_boot` resamples of the
+    rows (users) with replacement, a's and b's apart. Paired: a (U,) is each user's difference A - B averaged over
+    seeds, so every resample takes the same users in A and B and in every seed. Unpaired (b given): two
+    configurations evaluated on different users (another dataset or filter)."""
     rng = np.random.default_rng(seed)
-    means = np.concatenate([diff[rng.integers(0, len(diff), (min(1000, n_boot - i), len(diff)))].mean(1)
-                            for i in range(0, n_boot, 1000)])  # 1,000 resamples at a time: memory stays small
-    a = (1 - level) / 2
-    low, high = np.quantile(means, [a, 1 - a])
-    return float(low), float(high)
-
-
-def bootstrap_unpaired(a, b, n_boot=10000, seed=0, level=0.95):
-    """(low, high): the percentile interval of mean(a) - mean(b), a's and b's rows resampled apart:
-    for two configurations evaluated on different users (another dataset or filter)."""
-    rng = np.random.default_rng(seed)
-    means = np.concatenate([a[rng.integers(0, len(a), (min(1000, n_boot - i), len(a)))].mean(1)
-                            - b[rng.integers(0, len(b), (min(1000, n_boot - i), len(b)))].mean(1)
-                            for i in range(0, n_boot, 1000)])
+    mean_of_resamples = lambda x, n: x[rng.integers(0, len(x), (n, len(x)))].mean(1)
+    means = np.concatenate([mean_of_resamples(np.asarray(a, float), n)
+                            - (0 if b is None else mean_of_resamples(np.asarray(b, float), n))
+                            for n in (min(1000, n_boot - i) for i in range(0, n_boot, 1000))])  # 1,000 at a time
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
 
@@ -106,12 +97,9 @@ def seed_mean(results, seeds, split, metric):
 
 
 def per_user(ranks, metric):
-    """Each user's value of `metric` (e.g. "ndcg@10") from their rank of the target, as train.metrics_from_ranks."""
+    """Each user's value of `metric` (e.g. "ndcg@10") from their rank of the target (train.user_metrics)."""
     name, k = metric.split("@")
-    r, k = np.asarray(ranks, dtype=float), int(k)
-    hit = (r <= k).astype(float)
-    return {"ndcg": hit / np.log2(r + 1), "mrr": hit / r, "hit": hit, "recall": hit, "precision": hit / k,
-            "map": hit / r}[name]
+    return train.user_metrics(torch.as_tensor(ranks), int(k))[name].numpy()
 
 
 # -----------------------------------------------------------------------------
@@ -178,7 +166,7 @@ def plan(args, shared, configs, out_dir):
             run_dir = os.path.join(out_dir, name, f"seed-{seed}")
             argv = run_argv(shared, opts, seed, run_dir)
             try:
-                cfg, error = vars(parse_args(argv)), None
+                cfg, error = vars(train.parse_args(argv)), None
                 if cfg["eval_only"]:
                     raise UsageError("train.py: error: --eval_only: compare trains")
                 if 10 not in cfg["topk"] or any(m.split("@")[0] not in {x.lower() for x in cfg["metrics"]} for m in METRICS):
@@ -304,9 +292,9 @@ def report(runs, valid_metric, n_boot):
                                     - per_user(ok[b][s]["ranks"][split]["rank"], m).mean()) for s in seeds]
                 paired = va.keys() == vb.keys()
                 if paired:  # the same users (in any order): each user's difference, resampled together
-                    low, high = bootstrap_interval(np.array([va[u] - vb[u] for u in va]), n_boot)
+                    low, high = bootstrap_interval([va[u] - vb[u] for u in va], n_boot=n_boot)
                 else:  # other users (another dataset or filter): A's users and B's users resampled apart
-                    low, high = bootstrap_unpaired(np.array(list(va.values())), np.array(list(vb.values())), n_boot)
+                    low, high = bootstrap_interval(list(va.values()), list(vb.values()), n_boot)
                 _, t_low, t_high = t_interval(seed_diffs)
                 pair[m if split == "test" else "valid " + m] = {
                     "mean": float(np.mean(seed_diffs)), "low": low, "high": high, "t_low": t_low, "t_high": t_high,

@@ -93,18 +93,20 @@ def rank_of_target(scores, targets):
     return torch.where(s[:, 0].isnan(), last, 1 + higher + tied_before)
 
 
+def user_metrics(ranks, k):
+    """Each user's Recall, MRR, NDCG, Hit, Precision, MAP @k from the rank of their one target, as RecBole
+    (float64 tensors): the metrics are their means; compare.py bootstraps them user by user."""
+    ranks = ranks.double()
+    hit = (ranks <= k).double()
+    return {"recall": hit, "mrr": hit / ranks, "ndcg": hit / torch.log2(ranks + 1), "hit": hit, "precision": hit / k,
+            "map": hit / ranks}  # RecBole's MAP with one relevant item: precision at its rank, 1/rank
+
+
 def metrics_from_ranks(ranks, topk, metrics=METRICS[:5]):
     """Recall, MRR, NDCG, Hit, Precision, MAP @k for one ground-truth item per user, as RecBole
     (`metrics`: which, in RecBole's or lower-case spelling)."""
-    ranks, chosen = ranks.double(), {m.lower() for m in metrics}
-    out = {}
-    for k in topk:
-        hit = (ranks <= k).double()
-        values = {"recall": hit, "mrr": hit / ranks, "ndcg": hit / torch.log2(ranks + 1), "hit": hit,
-                  "precision": hit / k,
-                  "map": hit / ranks}  # RecBole's MAP with one relevant item: precision at its rank, 1/rank
-        out.update({f"{name}@{k}": v.mean().item() for name, v in values.items() if name in chosen})
-    return out
+    chosen = {m.lower() for m in metrics}
+    return {f"{name}@{k}": v.mean().item() for k in topk for name, v in user_metrics(ranks, k).items() if name in chosen}
 
 
 def metrics_table(m, topk, decimals=4):

@@ -117,7 +117,7 @@ def test_unpaired_bootstrap_spread_is_the_closed_form():
     rng = np.random.default_rng(3)
     a, b = rng.normal(0.1, 0.2, 900), rng.normal(0.0, 0.1, 400)
     se = math.sqrt(a.var() / len(a) + b.var() / len(b))  # the bootstrap's: population variances over n
-    low, high = compare.bootstrap_unpaired(a, b, n_boot=20000, seed=1)
+    low, high = compare.bootstrap_interval(a, b, n_boot=20000, seed=1)
     assert (high - low) / 2 == pytest.approx(1.95996 * se, rel=0.04) and low < a.mean() - b.mean() < high
 
 
