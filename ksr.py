@@ -93,17 +93,35 @@ class GRU(nn.Module):
     never changes h at a valid step.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers):
+    def __init__(self, input_size, hidden_size, num_layers, fast=None):
         super().__init__()
         self.gru = nn.GRU(input_size, hidden_size, num_layers, bias=False, batch_first=True)
+        self.fast = fast  # None: nn.GRU; or kernels.sorted_gru, the same function on nn.GRU's weights
 
     def forward(self, x, lengths, all_steps=False):
-        out = self.gru(x)[0]  # (B, L, H)
+        if self.fast is None:
+            out = self.gru(x)[0]  # (B, L, H)
+        else:
+            out = self.fast(x, lengths, [(getattr(self.gru, f"weight_ih_l{k}"), getattr(self.gru, f"weight_hh_l{k}"))
+                                         for k in range(self.gru.num_layers)])
         return out if all_steps else out[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
 # ----------------------------------------------------------------------------
 # 5. The model
+
+def all_scores(p, q):
+    """Scores p_u . q_i of every item: p (n, D) users, q (N + 1, D) every item's q_i -> (n, N + 1);
+    the padding item 0 gets -inf, never a candidate."""
+    scores = p @ q.T
+    scores[:, 0] = float("-inf")
+    return scores
+
+
+def cross_entropy(p, q, targets):
+    """CE over all real items: softmax of p . q_i over i = 1..N, mean over the targets (n,)."""
+    return F.cross_entropy(all_scores(p, q), targets)
+
 
 class KSR(nn.Module):
     """GRU + knowledge-enhanced key-value memory.
@@ -116,20 +134,24 @@ class KSR(nn.Module):
                  (its padding relation keeps a zero vector); it holds e_i itself
     memory       the function that computes kv_memory: this file's (the default), or a fast
                  one of kernels/ with the same signature (train.build_model chooses)
+    gru, ce      the same for the GRU (None: nn.GRU; or kernels.sorted_gru) and the CE loss
+                 (cross_entropy; or kernels.all_items_cross_entropy)
     The other options are RecBole's (KSR.yaml); their defaults are set once, in cli.DEFAULTS.
     """
 
     def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,
-                 gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory):
+                 gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory, gru=None,
+                 ce=cross_entropy):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
             raise ValueError(f"loss_type must be CE or BPR, not {loss_type!r}")
         item_kg = torch.as_tensor(item_kg, dtype=torch.float32)
         K = item_kg.shape[1]
-        self.n_items, self.gamma, self.loss_type, self.no_memory, self.memory = n_items, gamma, loss_type, no_memory, memory
+        self.n_items, self.gamma, self.loss_type, self.no_memory = n_items, gamma, loss_type, no_memory
+        self.memory, self.ce = memory, ce
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)  # x_i
         self.emb_dropout = nn.Dropout(dropout_prob)
-        self.gru = GRU(embedding_size, hidden_size, num_layers)
+        self.gru = GRU(embedding_size, hidden_size, num_layers, fast=gru)
         if no_memory:
             self.dense_layer_u = nn.Linear(hidden_size, embedding_size)
         else:
@@ -173,9 +195,7 @@ class KSR(nn.Module):
 
     def full_scores(self, p):
         """Scores p_u . q_i of every item for users p (B, D) -> (B, N + 1); padding gets -inf."""
-        scores = p @ self.item_representations().T
-        scores[:, 0] = float("-inf")
-        return scores
+        return all_scores(p, self.item_representations())
 
     def loss(self, p, targets, negatives=None):
         """The mean loss over every position that has a target (0 marks none).
@@ -186,7 +206,7 @@ class KSR(nn.Module):
         keep = targets > 0
         p, targets = p[keep], targets[keep]  # (n, D), (n,)
         if self.loss_type == "CE":
-            return F.cross_entropy(self.full_scores(p), targets)
+            return self.ce(p, self.item_representations(), targets)
         pos = (p * self.item_representations(targets)).sum(-1)
         neg = (p * self.item_representations(negatives[keep])).sum(-1)
         return -F.logsigmoid(pos - neg).mean()

@@ -7,7 +7,8 @@ same function (tests prove it). train.build_model hands the one --memory_impl na
 Importing never fails and never touches a GPU: without triton (macOS, Windows)
 `unavailable_reason()` says why and `fused_kv_memory` raises that reason.
 """
-from .fast_torch import MemoryWriteFunction, memory_write, sorted_kv_memory
+from .fast_torch import MemoryWriteFunction, all_items_cross_entropy, memory_write, sorted_gru, sorted_kv_memory
 from .kv_memory import fused_kv_memory, unavailable_reason
 
-__all__ = ["memory_write", "MemoryWriteFunction", "sorted_kv_memory", "fused_kv_memory", "unavailable_reason"]
+__all__ = ["memory_write", "MemoryWriteFunction", "sorted_kv_memory", "sorted_gru", "all_items_cross_entropy",
+           "fused_kv_memory", "unavailable_reason"]
