@@ -1,15 +1,20 @@
-"""Seconds per training epoch on ml-100k, with a breakdown, next to the reference timed in the same run.
+"""Where the default command's training epoch goes, against what this machine can do.
 
-    python bench.py                                 # ml-100k, frozen KG (the default)
-    python bench.py --kg freebase --freeze_kg False # any train.py option: here a trained KG
+    python bench.py                                    # the default command's epoch
+    python bench.py --kg freebase --batch_sizes 16,64  # any train.py option, other batch sizes
 
-Prints
-  * our training epoch (train.py's own train_epoch) on RecBole's prefix samples, and a
-    --train_mode sequence epoch (the default command's): medians of --time_epochs epochs;
-  * the same two epochs with --memory_impl reference (ksr.py alone), the same weights: the
-    baseline, and the speed-up of the default's fast memory (kernels.sorted_kv_memory) over it;
-  * a breakdown of one prefix step (data, GRU, memory, loss, optimizer), from --batches batches.
-Machines are shared and noisy: compare the ratios printed here, not absolute times.
+Prints, all measured in this one run (machines are shared and noisy: compare within a run):
+  * the peak: the best float32 GFLOP/s of a 2048 x 2048 matmul at 1 thread and at all of them
+    (torch's own BLAS: what a program reaches here; a VM does not tell its clock, so the nominal
+    cores x clock x FMA width cannot be read);
+  * the floor: the floating-point work an epoch must do (its matrix products, counted from its
+    shapes by epoch_flops) / that peak; an epoch cannot take less;
+  * seconds per epoch (train.train_epoch, median of --time_epochs after a warm-up) at all threads
+    and at 1: the distance to the floor, and what the second core buys;
+  * the share of each part of a step, each timed alone (forward + backward) on the same batches:
+    batch cutting, embeddings, GRU, memory, the scores and softmax (the CE loss), W_u, optimizer;
+  * the same epoch with --memory_impl reference (ksr.py alone): what the fast paths buy;
+  * seconds per epoch and GFLOP/s at each of --batch_sizes.
 """
 import argparse
 import statistics
@@ -22,7 +27,9 @@ import data
 import train
 
 
-def timeit(fn, n):
+def median_seconds(fn, n, warmup=1):
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -31,80 +38,152 @@ def timeit(fn, n):
     return statistics.median(times)
 
 
-def epoch_seconds(cfg, ds, split, n):
+def peak_gflops(threads):
+    """The best GFLOP/s of a float32 2048 x 2048 matmul on `threads` threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = min(median_seconds(lambda: a @ b, 5, warmup=2) for _ in range(3))
+    torch.set_num_threads(old)
+    return 2 * 2048 ** 3 / best / 1e9
+
+
+def epoch_flops(cfg, ds, windows):
+    """The matrix products of one epoch, forward and backward (each product's backward is two of
+    the same size), over the valid steps only (padding needs none) and by part: what any
+    implementation must compute. Elementwise work (gates, softmax, the memory write) is not counted."""
+    _, lengths, targets = windows.cut(np.arange(len(windows)))
+    steps, n_targets = int(lengths.sum()), int((targets > 0).sum())
+    batches = -(-len(windows) // cfg["train_batch_size"])
+    D, H, K, N = cfg["embedding_size"], cfg["hidden_size"], cfg["kg_embedding_size"], ds.n_items
+    R = len(ds.relation_tokens) + cfg["pad_slot"]
+    # per layer: W_i x_t and W_h h_{t-1} at every valid step, forward and backward, but no gradient
+    # towards the start h_0 = 0 (one product of each window's first step)
+    gru = sum(6 * steps * 3 * H * ((D if layer == 0 else H) + H) - len(windows) * 2 * 3 * H * H
+              for layer in range(cfg["num_layers"]))
+    parts = {"GRU": gru, "scores + softmax": 6 * n_targets * N * D}
+    if cfg["no_memory"]:
+        parts["W_u"] = 6 * steps * H * D
+    else:
+        # s_t = W_s h_t; the read: s_t . r_a and sum_a w_a v_a, forward and backward towards s_t and w
+        # (a frozen KG's memory needs no gradient; a trained one's also towards v_a)
+        parts["memory"] = 6 * steps * H * K + (8 if cfg["freeze_kg"] else 10) * steps * R * K
+        parts["W_u"] = 6 * steps * (H + K) * D
+        parts["scores + softmax"] += batches * 6 * (N + 1) * (D + K) * D  # q_i = W_i [x_i ; e_i], every batch
+    return parts
+
+
+def epoch_seconds(cfg, ds, windows, n):
     """Median seconds of n train_epoch calls of a fresh model (same seed: same weights)."""
     torch.manual_seed(0)
     model = train.build_model(cfg, ds)
     opt, gen = train.make_optimizer(model, cfg), torch.Generator().manual_seed(0)
-    return timeit(lambda: train.train_epoch(model, opt, split, cfg, "cpu", gen, lambda *a: None), n)
+    return median_seconds(lambda: train.train_epoch(model, opt, windows, cfg, "cpu", gen, lambda *a: None), n)
+
+
+def part_seconds(cfg, ds, windows, n_batches):
+    """Seconds per epoch of each part of a training step, each timed alone on the same batches
+    (median per batch x batches per epoch), and of the whole step."""
+    torch.manual_seed(0)
+    model, bs = train.build_model(cfg, ds), cfg["train_batch_size"]
+    opt = train.make_optimizer(model, cfg)
+    order = np.random.default_rng(0).permutation(len(windows))
+    per_epoch = -(-len(windows) // bs)
+    times = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        times.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    def backward(y, grad=None):  # a loss on the valid steps only, as the model's own
+        (y * valid).sum().backward() if grad is None else y.backward(grad)
+
+    model.train()
+    for b in [0] + list(range(min(n_batches, per_epoch))):  # batch 0 twice: the first is a warm-up, dropped
+        seq, lengths, targets = timed("batch cutting", lambda: tuple(map(torch.as_tensor, windows.cut(order[b * bs:(b + 1) * bs]))))
+        valid = (targets > 0)[..., None].float()
+        x = timed("embeddings + dropout", lambda: model.emb_dropout(model.item_embedding(seq)))
+        timed("embeddings + dropout", lambda: backward(x, torch.ones_like(x)))
+        x = x.detach().requires_grad_()
+        h = timed("GRU", lambda: model.gru(x, lengths, all_steps=True))
+        timed("GRU", lambda: backward(h))
+        h = h.detach().requires_grad_()
+        if not model.no_memory:
+            m = timed("memory", lambda: model.memory(model.entity_embedding(seq), lengths, model.relations,
+                                                     model.read_query(h), model.gamma, True))
+            timed("memory", lambda: backward(m))
+            h = torch.cat([h, m.detach()], -1).requires_grad_()
+        p = timed("W_u", lambda: model.dense_layer_u(h))
+        timed("W_u", lambda: backward(p))
+        p = p.detach().requires_grad_()
+        loss = timed("scores + softmax", lambda: model.loss(p, targets))
+        timed("scores + softmax", lambda: loss.backward())
+        timed("optimizer", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
+
+        def step():
+            loss = model(seq, lengths, targets, all_steps=True)[1]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        timed("whole step", step)
+    # each part was timed twice a batch (forward, backward) except cutting, the optimizer and the step
+    twice = {"embeddings + dropout", "GRU", "memory", "W_u", "scores + softmax"}
+    return {k: statistics.median([a + b for a, b in zip(v[2::2], v[3::2])] if k in twice else v[1:]) * per_epoch
+            for k, v in times.items()}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    ap.add_argument("--time_epochs", type=int, default=3, help="full epochs to time (median)")
-    ap.add_argument("--batches", type=int, default=6, help="batches for the breakdown")
+    ap.add_argument("--time_epochs", type=int, default=3, help="epochs timed per setting (median), after one warm-up")
+    ap.add_argument("--batches", type=int, default=12, help="batches for the parts")
+    ap.add_argument("--batch_sizes", default="16,32,64,128,256", help="train_batch_size values to time")
     args, train_argv = ap.parse_known_args()
-    cfg = vars(train.parse_args(["--train_mode", "prefix"] + train_argv))  # RecBole's prefix samples
-    seq_cfg = vars(train.parse_args(train_argv + ["--train_mode", "sequence"]))  # the default command's
+    cfg = vars(train.parse_args(train_argv))
+    if cfg["train_mode"] != "sequence":
+        ap.error("bench.py times the default command's sequence-mode epoch (--train_mode sequence)")
     ds = train.load_data(cfg, log=lambda m: None)
-    split, bs = ds.train, cfg["train_batch_size"]
-    windows = data.sequence_windows(ds.seqs, split, seq_cfg["MAX_ITEM_LIST_LENGTH"], seq_cfg["window_stride"])
-    n_batches = -(-len(split) // bs)
-    print(f"{cfg['dataset']} (kg {cfg['kg']}), freeze_kg={cfg['freeze_kg']}: {len(split)} prefix samples in "
-          f"{n_batches} batches of {bs}; {len(windows)} windows in batches of {seq_cfg['train_batch_size']}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = {}
-    for name, c, s in (("prefix", cfg, split), ("sequence", seq_cfg, windows)):
-        for impl in (c["memory_impl"], "reference"):
-            rows[name, impl] = epoch_seconds(dict(c, memory_impl=impl), ds, s, args.time_epochs)
+    windows = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
+    threads, bs = torch.get_num_threads(), cfg["train_batch_size"]
+    print(f"{cfg['dataset']} (kg {cfg['kg']}, freeze_kg {cfg['freeze_kg']}): {len(windows)} windows of "
+          f"{cfg['MAX_ITEM_LIST_LENGTH']} steps in batches of {bs}, lr {cfg['learning_rate']}; torch {torch.__version__}")
 
-    # ---- breakdown of a prefix step, on fixed batches
-    torch.manual_seed(0)
-    model = train.build_model(cfg, ds)
-    opt = train.make_optimizer(model, cfg)
-    order = np.random.default_rng(0).permutation(len(split))
-    batches = [order[i * bs:(i + 1) * bs] for i in range(min(args.batches, n_batches))]
-    parts = {k: [] for k in ("data", "GRU", "memory", "loss", "optimizer")}
-    model.train()
-    for idx in batches[:1] + batches:  # the first batch twice: a warm-up, dropped below
-        t = time.perf_counter()
-        seq, lengths, targets = map(torch.as_tensor, split.cut(idx))
-        parts["data"].append(time.perf_counter() - t)
+    peak = {1: peak_gflops(1), threads: peak_gflops(threads)}
+    flops = epoch_flops(cfg, ds, windows)
+    total = sum(flops.values())
+    print(f"\npeak (float32 2048^3 matmul): {peak[1]:.0f} GFLOP/s on 1 thread, {peak[threads]:.0f} on {threads}")
+    print(f"an epoch's matrix products: {total / 1e9:.1f} GFLOP -> floor {total / 1e9 / peak[threads]:.2f} s on "
+          f"{threads} threads, {total / 1e9 / peak[1]:.2f} s on 1")
 
-        x = model.emb_dropout(model.item_embedding(seq)).detach().requires_grad_()
-        t = time.perf_counter()
-        h = model.gru(x, lengths)
-        h.sum().backward()
-        parts["GRU"].append(time.perf_counter() - t)
+    seconds = {threads: epoch_seconds(cfg, ds, windows, args.time_epochs)}
+    torch.set_num_threads(1)
+    seconds[1] = epoch_seconds(cfg, ds, windows, args.time_epochs)
+    torch.set_num_threads(threads)
+    reference = epoch_seconds(dict(cfg, memory_impl="reference"), ds, windows, args.time_epochs)
+    print(f"\n{'s / epoch (median of ' + str(args.time_epochs) + ')':28}{'seconds':>9}{'GFLOP/s':>9}{'x floor':>9}")
+    for n in (threads, 1):
+        print(f"{f'{n} thread' + 's' * (n > 1):28}{seconds[n]:>9.2f}{total / 1e9 / seconds[n]:>9.0f}"
+              f"{seconds[n] * peak[n] / (total / 1e9):>9.2f}")
+    print(f"{threads} threads buy {seconds[1] / seconds[threads]:.2f}x over 1; "
+          f"--memory_impl reference (ksr.py alone): {reference:.2f} s, {reference / seconds[threads]:.2f}x ours")
 
-        if not model.no_memory:
-            s = model.read_query(h.detach())
-            t = time.perf_counter()
-            m = model.memory(model.entity_embedding(seq), lengths, model.relations, s, model.gamma)  # as KSR.forward
-            m.sum().backward()
-            parts["memory"].append(time.perf_counter() - t)
-
-        p = torch.randn(len(idx), cfg["embedding_size"], requires_grad=True)
-        t = time.perf_counter()
-        model.loss(p, targets).backward()
-        parts["loss"].append(time.perf_counter() - t)
-
-        t = time.perf_counter()
-        opt.step()
-        parts["optimizer"].append(time.perf_counter() - t)
-        opt.zero_grad(set_to_none=True)
-
-    # median seconds per batch (warm-up dropped) x batches per epoch
-    parts = {k: statistics.median(v[1:]) * n_batches for k, v in parts.items() if v}
-    print(f"\n{'s/epoch (median of ' + str(args.time_epochs) + ')':34}{'ours':>10}{'reference':>11}{'speed-up':>10}")
-    for name in ("prefix", "sequence"):
-        ours, ref = rows[name, cfg["memory_impl"]], rows[name, "reference"]
-        print(f"{name + (' (RecBole' + chr(39) + 's samples)' if name == 'prefix' else ' (the default)'):34}"
-              f"{ours:>10.2f}{ref:>11.2f}{ref / ours:>9.2f}x")
-    print(f"breakdown of our prefix epoch (median over {len(batches)} batches x {n_batches} batches):")
+    parts = part_seconds(cfg, ds, windows, args.batches)
+    whole = parts.pop("whole step")
+    print(f"\nparts of a step, each timed alone ({args.batches} batches; s / epoch, share of the whole step, GFLOP/s):")
     for k, v in parts.items():
-        print(f"  {k:32}{v:>10.1f}")
-    print(f"  {'sum':32}{sum(parts.values()):>10.1f}")
+        rate = f"{flops[k] / 1e9 / v:>9.0f}" if k in flops else f"{'':>9}"
+        print(f"  {k:26}{v:>7.3f}{v / whole:>8.0%}{rate}")
+    print(f"  {'autograd and glue':26}{whole - sum(parts.values()):>7.3f}{1 - sum(parts.values()) / whole:>8.0%}")
+    print(f"  {'whole step':26}{whole:>7.3f}{1:>8.0%}{total / 1e9 / whole:>9.0f}")
+
+    print(f"\ntrain_batch_size ({threads} threads; the epoch's work is the same, the products' shapes change):")
+    print(f"  {'batch':>6}{'steps':>7}{'s / epoch':>11}{'GFLOP/s':>9}{'x floor':>9}")
+    for b in map(int, args.batch_sizes.split(",")):
+        c = dict(cfg, train_batch_size=b)
+        s = epoch_seconds(c, ds, windows, max(1, args.time_epochs - 1))
+        work = sum(epoch_flops(c, ds, windows).values()) / 1e9
+        print(f"  {b:>6}{-(-len(windows) // b):>7}{s:>11.2f}{work / s:>9.0f}{s * peak[threads] / work:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ and peak RSS are its own:
                then a full-ranking evaluation of every valid and every test user
 
 Seconds per batch are train.py's over the S batches, its first (warm-up) batch included.
-Last, in this process, a sequence-mode step at each size's item and relation count, 16
-full windows, timed over 20 steps after a warm-up, and the frozen-KG memory write inside it
+Last, in this process, a sequence-mode step at each size's item and relation count, a
+default batch of full windows, timed over 20 steps after a warm-up, and the frozen-KG memory write inside it
 (kernels.memory_write) alone. An epoch's seconds are a step's times the
 batches in an epoch: an estimate, marked "est.". The table ends with each step's growth
 exponent between the smallest and largest size (t ~ n^e).
@@ -72,8 +72,8 @@ def train_stage(name, data_path, mode, steps):
 
 
 def memory_write_share(n_items, n_relations, reps=20):
-    """Seconds of one sequence-mode training step (16 windows x 50 steps), and of the memory
-    write inside it alone."""
+    """Seconds of one sequence-mode training step (a default batch of windows x 50 steps), and of
+    the memory write inside it alone."""
     import kernels
     import train
     cfg = vars(train.parse_args(["--train_mode", "sequence"]))
@@ -82,9 +82,10 @@ def memory_write_share(n_items, n_relations, reps=20):
                          "relation_kg": np.random.randn(n_relations, 64).astype(np.float32)})
     model = train.build_model(cfg, ds)
     opt = train.make_optimizer(model, cfg)
-    seq = torch.randint(1, n_items + 1, (16, 50))
-    lengths = torch.full((16,), 50)
-    targets = torch.randint(1, n_items + 1, (16, 50))
+    B = cfg["train_batch_size"]
+    seq = torch.randint(1, n_items + 1, (B, 50))
+    lengths = torch.full((B,), 50)
+    targets = torch.randint(1, n_items + 1, (B, 50))
 
     def step():
         loss = model(seq, lengths, targets, all_steps=True)[1]
@@ -146,7 +147,7 @@ def print_table(rows):
     for mode in ("sequence", "prefix"):
         lines += [(f"{mode}: s per training batch (train.py, {mode} defaults)", lambda r, m=mode: r[m]["batch_s"])]
         if mode == "sequence":
-            lines += [("sequence: s per step, warm (16 windows of 50)", lambda r: r["memory"]["step_s"]),
+            lines += [("sequence: s per step, warm (a batch of windows of 50)", lambda r: r["memory"]["step_s"]),
                       ("sequence: s per epoch (est.: batches x warm step)", lambda r: r["sequence"]["batches"] * r["memory"]["step_s"])]
         else:
             lines += [("prefix: s per epoch (est.: batches x s per batch)", lambda r: r["prefix"]["epoch_s_est"])]

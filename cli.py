@@ -50,9 +50,10 @@ DATA_ARGS = ("split_ratio", "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "HEA
              "entity_kg_num_interval", "relation_kg_num_interval", "kg_reverse_r", "benchmark_filename")
 METRIC_NAMES = ("Recall", "MRR", "NDCG", "Hit", "Precision", "MAP")  # RecBole's spelling
 LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")  # RecBole's, as trainer._build_optimizer maps them
-# A batch counts prefixes in RecBole's prefix mode, windows (~2,000 an epoch on ml-100k) in sequence mode
+# A batch counts prefixes in RecBole's prefix mode, windows (~2,400 an epoch on ml-100k) in sequence mode;
+# sequence mode's: the best valid MRR@10 of five batch sizes x learning rates over 5 seeds (docs/results.md)
 MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # RecBole's
-                 "sequence": dict(train_batch_size=16, learning_rate=0.001)}  # chosen on valid MRR@10 (docs/results.md)
+                 "sequence": dict(train_batch_size=32, learning_rate=0.002)}
 KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for its files (RecBole's Freebase KG)
 
 
@@ -280,8 +281,9 @@ def option_parser(prog, description, names=None):
         *[(name, dict(type=pint)) for name in ("eval_batch_size", "epochs", "stopping_step", "MAX_ITEM_LIST_LENGTH")],
         ("topk", dict(type=topk_list)), ("valid_metric", {}),
         ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
-        ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that computes the memory: "
-                             "reference is ksr.kv_memory; sorted kernels.sorted_kv_memory; fused the Triton kernel "
+        ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that runs the model: "
+                             "reference is ksr.py alone; sorted kernels' fast paths (sorted_kv_memory, sorted_gru, "
+                             "all_items_cross_entropy); fused the same with the Triton kernel for the memory "
                              "(a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
         ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),
         ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),

@@ -5,9 +5,10 @@ Memory Networks." SIGIR 2018. Follows RecBole 1.2.1's KSR; the differences are l
 docs/recbole-differences.md.
 
 This file is the reference: the paper's equations, step by step, and it imports only torch.
-Faster code for the memory (kernels/: rows sorted by length, a fused Triton kernel) has the
-signature of `kv_memory` below; the caller hands one to KSR (`KSR(..., memory=...)`, chosen
-by train.build_model from --memory_impl) and the tests prove each equal to this file.
+Faster code (kernels/: rows sorted by length, hand-written backwards, a fused Triton kernel)
+has the signature of `kv_memory`, of nn.GRU's function or of `cross_entropy` below; the caller
+hands it to KSR (`KSR(..., memory=, gru=, ce=)`, chosen by train.build_model from
+--memory_impl) and the tests prove each equal to this file.
 
 Reading order (parts first, the whole model last):
   1. memory_write   - the erase/add write of every item into V (one slot per relation a)

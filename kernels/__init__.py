@@ -1,7 +1,8 @@
-"""Fast memories beside ksr.py's reference; each has ksr.kv_memory's signature and computes the
-same function (tests prove it). train.build_model hands the one --memory_impl names to ksr.KSR.
+"""Fast paths beside ksr.py's reference; each has the signature of the reference it replaces and
+computes the same function (tests prove it). train.build_model hands them to ksr.KSR.
 
-    fast_torch.py  sorted_kv_memory (the default), memory_write, MemoryWriteFunction: plain torch
+    fast_torch.py  sorted_kv_memory (the default memory), memory_write, MemoryWriteFunction,
+                   sorted_gru (the default GRU), all_items_cross_entropy (the default CE): plain torch
     kv_memory.py   fused_kv_memory: the whole memory in one Triton kernel (optional, a CUDA GPU)
 
 Importing never fails and never touches a GPU: without triton (macOS, Windows)

@@ -1,18 +1,23 @@
-"""The memory in plain torch, faster: the same functions as ksr.py's reference, less work.
+"""The memory, the GRU and the CE loss in plain torch, faster: the same functions as ksr.py's
+reference, less work. Each is proven by its test in tests/test_fast_paths.py (float64, values
+and gradients, random shapes).
 
-    memory_write         = ksr.memory_write, without autograd (a frozen KG: nothing in the write
-                           is trained); proven by tests/test_fast_paths.py::test_memory_write_matches_reference
-    MemoryWriteFunction  = ksr.memory_write (the final V) with a hand-written backward, for a
-                           trained KG; proven by test_memory_write_function_matches_reference
-    sorted_kv_memory     = ksr.kv_memory (same signature): one of the two above, then ksr.memory_read;
-                           proven by test_sorted_kv_memory_matches_reference (values, gradients)
+    memory_write            = ksr.memory_write, without autograd (a frozen KG: nothing in the
+                              write is trained)
+    MemoryWriteFunction     = ksr.memory_write (the final V) with a hand-written backward, for a
+                              trained KG
+    sorted_kv_memory        = ksr.kv_memory (same signature): one of the two above, then
+                              ksr.memory_read                                   KSR(memory=...)
+    sorted_gru              = nn.GRU(bias=False) (ksr.GRU), GRULayerFunction per layer: a
+                              hand-written backward                             KSR(gru=...)
+    all_items_cross_entropy = ksr.cross_entropy, AllItemsCrossEntropy: scores and softmax block
+                              by block, a hand-written backward                 KSR(ce=...)
 
 Why they are faster. Rows are sorted by length (longest first), so the rows still active at
 step t are the first active[t] rows, and each step touches only those, in place; the reference
-masks every row at every step and, under autograd, records ~10 (B, R, K) tensors per step.
-What it saves (docs/results.md, bench.py): on the default command (`python train.py --dataset
-ml-100k`, a frozen KG) an epoch takes 2.35-2.68 s against 2.42-3.0 s with ksr.kv_memory;
-with a trained KG the hand-written backward replaces autograd's per-step records.
+masks every row at every step and, under autograd, records every operation of every step. The
+hand-written backwards do in one product per weight what autograd does in one per step. What
+they buy on the default command: `python bench.py` (docs/results.md).
 """
 import torch
 
@@ -163,30 +168,32 @@ class GRULayerFunction(torch.autograd.Function):
         gh = x.new_zeros(L, B, 3 * H)  # W_h h_{t-1} of every step
         rz = x.new_zeros(L, B, 2 * H)  # gates r, z
         c = x.new_zeros(L, B, H)  # candidate n
-        h_all = x.new_zeros(L, B, H)  # h after every step; 0 at padding
-        h = x.new_zeros(B, H)
+        hs = x.new_zeros(L + 1, B, H)  # hs[t + 1]: h after step t (hs[0] = 0, the start); 0 at padding
         for t, n in enumerate(active):
             if n == 0:
                 break
-            hp = h[:n]  # the active rows are the first n (sorted by length)
+            hp = hs[t, :n]  # the active rows are the first n (sorted by length)
             ght = torch.mm(hp, w_hh.T, out=gh[t, :n])
             r_z = torch.add(gi[t, :n, :2 * H], ght[:, :2 * H], out=rz[t, :n]).sigmoid_()
             ct = torch.addcmul(gi[t, :n, 2 * H:], r_z[:, :H], ght[:, 2 * H:], out=c[t, :n]).tanh_()
-            h = torch.addcmul(ct, r_z[:, H:], hp - ct, out=h_all[t, :n])
-        ctx.save_for_backward(x, w_ih, w_hh, h_all, gh, rz, c)
+            torch.addcmul(ct, r_z[:, H:], hp - ct, out=hs[t + 1, :n])
+        ctx.save_for_backward(x, w_ih, w_hh, hs, gh, rz, c)
         ctx.active = active
-        return h_all
+        return hs[1:]
 
     @staticmethod
     def backward(ctx, dh_all):
-        x, w_ih, w_hh, h_all, gh, rz, c = ctx.saved_tensors
-        L, B, H = h_all.shape
-        r, z = rz[..., :H], rz[..., H:]
-        h_prev = torch.cat([h_all.new_zeros(1, B, H), h_all[:-1]])  # h_{t-1} of every step
-        a_n = (1 - z) * (1 - c * c)  # the factors, every step at once (0 at padding: z = c = 0 there... see below)
-        factor = torch.stack([a_n * gh[..., 2 * H:] * r * (1 - r), (h_prev - c) * z * (1 - z), a_n * r], dim=2)  # (L, B, 3, H)
+        x, w_ih, w_hh, hs, gh, rz, c = ctx.saved_tensors
+        L, B, H = c.shape
+        r, z, h_prev = rz[..., :H], rz[..., H:], hs[:-1]  # h_prev[t] = h_{t-1}
+        a_n = (1 - z) * (1 - c * c)  # the factors, every step at once
+        factor = x.new_empty(L, B, 3, H)
+        torch.mul(a_n * gh[..., 2 * H:] * r, 1 - r, out=factor[:, :, 0])
+        torch.mul((h_prev - c) * z, 1 - z, out=factor[:, :, 1])
+        torch.mul(a_n, r, out=factor[:, :, 2])
         d_gh = torch.zeros_like(factor)  # dL/d(W_h h_{t-1}), gates r, z, n
-        g_all = torch.zeros_like(h_all)  # dL/dh_t
+        d_gi = x.new_empty(L, B, 3 * H)  # dL/d(W_i x_t): r, z as d_gh; n not through r
+        g_all = torch.zeros_like(c)  # dL/dh_t
         dh = x.new_zeros(B, H)  # dL/dh_t from step t + 1
         for t in reversed(range(L)):
             n = ctx.active[t]
@@ -196,10 +203,11 @@ class GRULayerFunction(torch.autograd.Function):
             dg = torch.mul(factor[t, :n], g[:, None, :], out=d_gh[t, :n])
             dh[:n] = torch.addmm(g * z[t, :n], dg.view(n, 3 * H), w_hh)  # h' = c + z (h - c); gh = W_h h
         d_gh = d_gh.view(L, B, 3 * H)
-        d_gi = torch.cat([d_gh[..., :2 * H], g_all * a_n], dim=2).view(L * B, 3 * H)  # gate n: not through r
-        d_gh = d_gh.view(L * B, 3 * H)
+        d_gi[..., :2 * H] = d_gh[..., :2 * H]
+        torch.mul(g_all, a_n, out=d_gi[..., 2 * H:])
+        d_gi, d_gh = d_gi.view(L * B, 3 * H), d_gh.view(L * B, 3 * H)
         dx = (d_gi @ w_ih).view_as(x)
-        return dx, d_gi.T @ x.reshape(L * B, -1), d_gh.T @ h_prev.view(L * B, H), None
+        return dx, d_gi.T @ x.reshape(L * B, -1), d_gh.T @ h_prev.reshape(L * B, H), None
 
 
 class Rows(torch.autograd.Function):
