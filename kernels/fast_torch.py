@@ -169,14 +169,18 @@ class GRULayerFunction(torch.autograd.Function):
         rz = x.new_zeros(L, B, 2 * H)  # gates r, z
         c = x.new_zeros(L, B, H)  # candidate n
         hs = x.new_zeros(L + 1, B, H)  # hs[t + 1]: h after step t (hs[0] = 0, the start); 0 at padding
-        for t, n in enumerate(active):
+        w_hh_t = w_hh.T
+        # each step's slices, made in one call each (a step is a few small operations: views count)
+        steps = zip(active, hs.unbind(0), hs[1:].unbind(0), gi[..., :2 * H].unbind(0), gi[..., 2 * H:].unbind(0),
+                    gh.unbind(0), rz.unbind(0), c.unbind(0))
+        for n, h_prev, h_next, gi_rz, gi_n, gh_t, rz_t, c_t in steps:
             if n == 0:
                 break
-            hp = hs[t, :n]  # the active rows are the first n (sorted by length)
-            ght = torch.mm(hp, w_hh.T, out=gh[t, :n])
-            r_z = torch.add(gi[t, :n, :2 * H], ght[:, :2 * H], out=rz[t, :n]).sigmoid_()
-            ct = torch.addcmul(gi[t, :n, 2 * H:], r_z[:, :H], ght[:, 2 * H:], out=c[t, :n]).tanh_()
-            torch.addcmul(ct, r_z[:, H:], hp - ct, out=hs[t + 1, :n])
+            hp = h_prev[:n]  # the active rows are the first n (sorted by length)
+            ght = torch.mm(hp, w_hh_t, out=gh_t[:n])
+            r_z = torch.add(gi_rz[:n], ght[:, :2 * H], out=rz_t[:n]).sigmoid_()
+            ct = torch.addcmul(gi_n[:n], r_z[:, :H], ght[:, 2 * H:], out=c_t[:n]).tanh_()
+            torch.addcmul(ct, r_z[:, H:], hp - ct, out=h_next[:n])
         ctx.save_for_backward(x, w_ih, w_hh, hs, gh, rz, c)
         ctx.active = active
         return hs[1:]
@@ -195,13 +199,13 @@ class GRULayerFunction(torch.autograd.Function):
         d_gi = x.new_empty(L, B, 3 * H)  # dL/d(W_i x_t): r, z as d_gh; n not through r
         g_all = torch.zeros_like(c)  # dL/dh_t
         dh = x.new_zeros(B, H)  # dL/dh_t from step t + 1
-        for t in reversed(range(L)):
-            n = ctx.active[t]
+        steps = zip(ctx.active, dh_all.unbind(0), g_all.unbind(0), factor.unbind(0), d_gh.unbind(0), z.unbind(0))
+        for n, dh_t, g_t, factor_t, d_gh_t, z_t in reversed(list(steps)):
             if n == 0:
                 continue
-            g = torch.add(dh[:n], dh_all[t, :n], out=g_all[t, :n])
-            dg = torch.mul(factor[t, :n], g[:, None, :], out=d_gh[t, :n])
-            dh[:n] = torch.addmm(g * z[t, :n], dg.view(n, 3 * H), w_hh)  # h' = c + z (h - c); gh = W_h h
+            g = torch.add(dh[:n], dh_t[:n], out=g_t[:n])
+            dg = torch.mul(factor_t[:n], g[:, None, :], out=d_gh_t[:n])
+            torch.addmm(g * z_t[:n], dg.view(n, 3 * H), w_hh, out=dh[:n])  # h' = c + z (h - c); gh = W_h h
         d_gh = d_gh.view(L, B, 3 * H)
         d_gi[..., :2 * H] = d_gh[..., :2 * H]
         torch.mul(g_all, a_n, out=d_gi[..., 2 * H:])

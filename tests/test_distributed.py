@@ -46,19 +46,24 @@ def steps(cfg, k):
     return {k: v.clone() for k, v in model.state_dict().items()}, metrics
 
 
-def _worker(rank, world, port, cfgs, k, out):
+def _in_group(rank, world, port, out, work):
+    """Run work() as process `rank` of `world` (gloo, one thread), rank 0 saving its result to `out`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     distributed.setup("cpu")
     try:
-        results = [steps(cfg, k) for cfg in cfgs]
+        results = work()
         if rank == 0:
             torch.save(results, out)
     except BaseException:
         distributed.shutdown(finished=False)
         raise
     distributed.shutdown()
+
+
+def _worker(rank, world, port, cfgs, k, out):
+    _in_group(rank, world, port, out, lambda: [steps(cfg, k) for cfg in cfgs])
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +110,7 @@ def evaluations(cfgs):
 
 
 def _eval_worker(rank, world, port, cfgs, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    distributed.setup("cpu")
-    try:
-        got = evaluations(cfgs)
-        if rank == 0:
-            torch.save(got, out)
-    except BaseException:
-        distributed.shutdown(finished=False)
-        raise
-    distributed.shutdown()
+    _in_group(rank, world, port, out, lambda: evaluations(cfgs))
 
 
 @pytest.mark.parametrize("world", [2, 3])
