@@ -282,7 +282,7 @@ def option_parser(prog, description, names=None):
         ("topk", dict(type=topk_list)), ("valid_metric", {}),
         ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
         ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that runs the model: "
-                             "reference is ksr.py alone; sorted kernels' fast paths (sorted_kv_memory, sorted_gru, "
+                             "reference is ksr.py alone; sorted kernels' fast paths (sorted_kv_memory, "
                              "all_items_cross_entropy); fused the same with the Triton kernel for the memory "
                              "(a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
         ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),

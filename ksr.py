@@ -6,9 +6,9 @@ docs/recbole-differences.md.
 
 This file is the reference: the paper's equations, step by step, and it imports only torch.
 Faster code (kernels/: rows sorted by length, hand-written backwards, a fused Triton kernel)
-has the signature of `kv_memory`, of nn.GRU's function or of `cross_entropy` below; the caller
-hands it to KSR (`KSR(..., memory=, gru=, ce=)`, chosen by train.build_model from
---memory_impl) and the tests prove each equal to this file.
+has the signature of `kv_memory` or of `cross_entropy` below; the caller hands it to KSR
+(`KSR(..., memory=, ce=)`, chosen by train.build_model from --memory_impl) and the tests
+prove each equal to this file.
 
 Reading order (parts first, the whole model last):
   1. memory_write   - the erase/add write of every item into V (one slot per relation a)
@@ -94,17 +94,12 @@ class GRU(nn.Module):
     never changes h at a valid step.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers, fast=None):
+    def __init__(self, input_size, hidden_size, num_layers):
         super().__init__()
         self.gru = nn.GRU(input_size, hidden_size, num_layers, bias=False, batch_first=True)
-        self.fast = fast  # None: nn.GRU; or kernels.sorted_gru, the same function on nn.GRU's weights
 
     def forward(self, x, lengths, all_steps=False):
-        if self.fast is None:
-            out = self.gru(x)[0]  # (B, L, H)
-        else:
-            out = self.fast(x, lengths, [(getattr(self.gru, f"weight_ih_l{k}"), getattr(self.gru, f"weight_hh_l{k}"))
-                                         for k in range(self.gru.num_layers)])
+        out = self.gru(x)[0]  # (B, L, H)
         return out if all_steps else out[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
@@ -135,13 +130,13 @@ class KSR(nn.Module):
                  (its padding relation keeps a zero vector); it holds e_i itself
     memory       the function that computes kv_memory: this file's (the default), or a fast
                  one of kernels/ with the same signature (train.build_model chooses)
-    gru, ce      the same for the GRU (None: nn.GRU; or kernels.sorted_gru) and the CE loss
-                 (cross_entropy; or kernels.all_items_cross_entropy)
+    ce           the same for the CE loss: cross_entropy (the default), or
+                 kernels.all_items_cross_entropy
     The other options are RecBole's (KSR.yaml); their defaults are set once, in cli.DEFAULTS.
     """
 
     def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,
-                 gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory, gru=None,
+                 gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory,
                  ce=cross_entropy):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
@@ -152,7 +147,7 @@ class KSR(nn.Module):
         self.memory, self.ce = memory, ce
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)  # x_i
         self.emb_dropout = nn.Dropout(dropout_prob)
-        self.gru = GRU(embedding_size, hidden_size, num_layers, fast=gru)
+        self.gru = GRU(embedding_size, hidden_size, num_layers)
         if no_memory:
             self.dense_layer_u = nn.Linear(hidden_size, embedding_size)
         else:

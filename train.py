@@ -170,11 +170,10 @@ MEMORY_IMPLS = {"reference": ksr.kv_memory, "sorted": kernels.sorted_kv_memory, 
 def build_model(cfg, ds):
     """ksr.KSR with RecBole's options and the fast paths --memory_impl names: the one seam between
     the reference (ksr.py alone: --memory_impl reference) and kernels/ (sorted, fused: that memory,
-    with kernels.sorted_gru for the GRU and kernels.all_items_cross_entropy for the CE loss)."""
+    with kernels.all_items_cross_entropy for the CE loss)."""
     fast = cfg["memory_impl"] != "reference"
     return ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
-                   memory=MEMORY_IMPLS[cfg["memory_impl"]], gru=kernels.sorted_gru if fast else None,
-                   ce=kernels.all_items_cross_entropy if fast else ksr.cross_entropy)
+                   memory=MEMORY_IMPLS[cfg["memory_impl"]], ce=kernels.all_items_cross_entropy if fast else ksr.cross_entropy)
 
 
 # --learner: RecBole's names for torch's optimizers (trainer._build_optimizer)

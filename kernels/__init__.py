@@ -2,14 +2,14 @@
 computes the same function (tests prove it). train.build_model hands them to ksr.KSR.
 
     fast_torch.py  sorted_kv_memory (the default memory), memory_write, MemoryWriteFunction,
-                   sorted_gru (the default GRU), all_items_cross_entropy (the default CE): plain torch
+                   all_items_cross_entropy (the default CE loss): plain torch
     kv_memory.py   fused_kv_memory: the whole memory in one Triton kernel (optional, a CUDA GPU)
 
 Importing never fails and never touches a GPU: without triton (macOS, Windows)
 `unavailable_reason()` says why and `fused_kv_memory` raises that reason.
 """
-from .fast_torch import MemoryWriteFunction, all_items_cross_entropy, memory_write, sorted_gru, sorted_kv_memory
+from .fast_torch import MemoryWriteFunction, all_items_cross_entropy, memory_write, sorted_kv_memory
 from .kv_memory import fused_kv_memory, unavailable_reason
 
-__all__ = ["memory_write", "MemoryWriteFunction", "sorted_kv_memory", "sorted_gru", "all_items_cross_entropy",
-           "fused_kv_memory", "unavailable_reason"]
+__all__ = ["memory_write", "MemoryWriteFunction", "sorted_kv_memory", "all_items_cross_entropy", "fused_kv_memory",
+           "unavailable_reason"]

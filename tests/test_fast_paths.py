@@ -55,57 +55,6 @@ def test_sorted_kv_memory_matches_reference(inputs, trained_kg):
         torch.testing.assert_close(x, y)
 
 
-@st.composite
-def gru_inputs(draw):
-    """x (B, L, D), lengths 1..L, and nn.GRU(bias=False)'s weights for 1-3 layers, sizes not powers of two."""
-    B, L, D, H, layers = draw(st.integers(1, 6)), draw(st.integers(1, 12)), draw(st.integers(1, 9)), \
-        draw(st.integers(1, 9)), draw(st.integers(1, 3))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31)))
-    gru = torch.nn.GRU(D, H, layers, bias=False, batch_first=True)
-    with torch.no_grad():
-        for w in gru.parameters():
-            w.copy_(torch.randn(w.shape, generator=g) * draw(st.floats(0.1, 2.0)))
-    lengths = torch.tensor(draw(st.lists(st.integers(1, L), min_size=B, max_size=B)))
-    return gru, torch.randn(B, L, D, generator=g) * 2, lengths, g
-
-
-@given(gru_inputs())
-@settings(max_examples=80, deadline=None)
-def test_sorted_gru_matches_nn_gru(inputs):
-    """sorted_gru == nn.GRU(bias=False) at every valid step (0 at padding), and its hand-written
-    backward == autograd through nn.GRU for a loss on the valid steps: d x and every weight."""
-    gru, x, lengths, g = inputs
-    valid = (torch.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]  # (B, L, 1)
-    weights = [(getattr(gru, f"weight_ih_l{k}"), getattr(gru, f"weight_hh_l{k}")) for k in range(gru.num_layers)]
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    got, want = kernels.sorted_gru(xa, lengths, weights), gru(xb)[0]
-    torch.testing.assert_close(got, want * valid, rtol=1e-12, atol=1e-12)
-    dh = torch.randn(got.shape, generator=g) * valid  # a loss on the valid steps only
-    params = [w for pair in weights for w in pair]
-    ga = torch.autograd.grad((got * dh).sum(), [xa] + params)
-    gb = torch.autograd.grad((want * dh).sum(), [xb] + params)
-    print("max |grad diff|", max((a - b).abs().max().item() for a, b in zip(ga, gb)))
-    for a, b in zip(ga, gb):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-def test_sorted_gru_float32_at_the_default_shapes():
-    """At the default command's shapes in float32 (batch 64, 50 steps, 64 -> 128), as train.py runs it."""
-    torch.manual_seed(0)
-    gru = torch.nn.GRU(64, 128, 1, bias=False, batch_first=True).float()
-    x = torch.randn(64, 50, 64, dtype=torch.float32, requires_grad=True)
-    lengths = torch.randint(1, 51, (64,))
-    lengths[:40] = 50
-    valid = (torch.arange(50)[None, :] < lengths[:, None])[..., None]
-    got = kernels.sorted_gru(x, lengths, [(gru.weight_ih_l0, gru.weight_hh_l0)])
-    want = gru(x)[0]
-    torch.testing.assert_close(got, want * valid, rtol=1e-5, atol=1e-5)
-    ga = torch.autograd.grad((got * valid).sum(), [x, gru.weight_hh_l0])
-    gb = torch.autograd.grad((want * valid).sum(), [x, gru.weight_hh_l0])
-    for a, b in zip(ga, gb):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
 @given(st.integers(1, 40), st.integers(1, 30), st.integers(1, 9), st.sampled_from([1, 3, 7, 1024]),
        st.floats(0.1, 30.0), st.integers(0, 2 ** 31))
 @settings(max_examples=80, deadline=None)
@@ -131,7 +80,7 @@ def test_all_items_cross_entropy_matches_reference(n, N, D, block, scale, seed):
     assert (ga[1][0] == 0).all()
 
 
-FAST = dict(memory=kernels.sorted_kv_memory, gru=kernels.sorted_gru, ce=kernels.all_items_cross_entropy)
+FAST = dict(memory=kernels.sorted_kv_memory, ce=kernels.all_items_cross_entropy)
 
 
 @pytest.mark.parametrize("freeze_kg", [True, False])
@@ -139,7 +88,7 @@ FAST = dict(memory=kernels.sorted_kv_memory, gru=kernels.sorted_gru, ce=kernels.
 @pytest.mark.parametrize("all_steps", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_default_model_equals_the_reference_model(freeze_kg, no_memory, all_steps, num_layers):
-    """The whole model as train.py builds it by default (the sorted memory, sorted_gru,
+    """The whole model as train.py builds it by default (the sorted memory,
     all_items_cross_entropy) == the reference model (ksr.py alone): user vectors, the loss and
     every gradient."""
     fast = small_model(no_memory=no_memory, freeze_kg=freeze_kg, num_layers=num_layers, **FAST)
