@@ -9,8 +9,9 @@ Prints, all measured in this one run (machines are shared and noisy: compare wit
     cores x clock x FMA width cannot be read);
   * the floor: the floating-point work an epoch must do (its matrix products, counted from its
     shapes by epoch_flops) / that peak; an epoch cannot take less;
-  * seconds per epoch (train.train_epoch, median of --time_epochs after a warm-up) at all threads
-    and at 1: the distance to the floor, and what the second core buys;
+  * seconds per epoch (train.train_epoch, median of --time_epochs rounds after a warm-up round;
+    each round times every setting once, in turn) at all threads and at 1: the distance to the
+    floor, and what the second core buys;
   * the share of each part of a step, each timed alone (forward + backward) on the same batches:
     batch cutting, embeddings, GRU, memory, the scores and softmax (the CE loss), W_u, optimizer;
   * the same epoch with --memory_impl reference (ksr.py alone): what the fast paths buy;
@@ -73,12 +74,26 @@ def epoch_flops(cfg, ds, windows):
     return parts
 
 
-def epoch_seconds(cfg, ds, windows, n):
-    """Median seconds of n train_epoch calls of a fresh model (same seed: same weights)."""
-    torch.manual_seed(0)
-    model = train.build_model(cfg, ds)
-    opt, gen = train.make_optimizer(model, cfg), torch.Generator().manual_seed(0)
-    return median_seconds(lambda: train.train_epoch(model, opt, windows, cfg, "cpu", gen, lambda *a: None), n)
+def epoch_seconds(settings, ds, windows, rounds):
+    """{name: median seconds of a train_epoch} for settings {name: (cfg, threads)}, each a fresh model
+    (same seed: same weights), measured in turns: every round runs one epoch of each setting, so
+    the machine's slow and fast minutes fall on all of them alike. One warm-up round first."""
+    runs = {}
+    for name, (cfg, threads) in settings.items():
+        torch.manual_seed(0)
+        model = train.build_model(cfg, ds)
+        runs[name] = (model, train.make_optimizer(model, cfg), torch.Generator().manual_seed(0), cfg, threads)
+    times = {name: [] for name in settings}
+    old = torch.get_num_threads()
+    for r in range(rounds + 1):
+        for name, (model, opt, gen, cfg, threads) in runs.items():
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            train.train_epoch(model, opt, windows, cfg, "cpu", gen, lambda *a: None)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    torch.set_num_threads(old)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def part_seconds(cfg, ds, windows, n_batches):
@@ -136,7 +151,7 @@ def part_seconds(cfg, ds, windows, n_batches):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    ap.add_argument("--time_epochs", type=int, default=3, help="epochs timed per setting (median), after one warm-up")
+    ap.add_argument("--time_epochs", type=int, default=3, help="rounds: epochs timed per setting (median), after a warm-up")
     ap.add_argument("--batches", type=int, default=12, help="batches for the parts")
     ap.add_argument("--batch_sizes", default="16,32,64,128,256", help="train_batch_size values to time")
     args, train_argv = ap.parse_known_args()
@@ -156,11 +171,11 @@ def main():
     print(f"an epoch's matrix products: {total / 1e9:.1f} GFLOP -> floor {total / 1e9 / peak[threads]:.2f} s on "
           f"{threads} threads, {total / 1e9 / peak[1]:.2f} s on 1")
 
-    seconds = {threads: epoch_seconds(cfg, ds, windows, args.time_epochs)}
-    torch.set_num_threads(1)
-    seconds[1] = epoch_seconds(cfg, ds, windows, args.time_epochs)
-    torch.set_num_threads(threads)
-    reference = epoch_seconds(dict(cfg, memory_impl="reference"), ds, windows, args.time_epochs)
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    settings = {"ours": (cfg, threads), "ours, 1 thread": (cfg, 1), "reference": (dict(cfg, memory_impl="reference"), threads)}
+    settings.update({f"batch {b}": (dict(cfg, train_batch_size=b), threads) for b in sizes if b != bs})
+    sec = epoch_seconds(settings, ds, windows, args.time_epochs)
+    seconds, reference = {threads: sec["ours"], 1: sec["ours, 1 thread"]}, sec["reference"]
     print(f"\n{'s / epoch (median of ' + str(args.time_epochs) + ')':28}{'seconds':>9}{'GFLOP/s':>9}{'x floor':>9}")
     for n in (threads, 1):
         print(f"{f'{n} thread' + 's' * (n > 1):28}{seconds[n]:>9.2f}{total / 1e9 / seconds[n]:>9.0f}"
@@ -179,11 +194,11 @@ def main():
 
     print(f"\ntrain_batch_size ({threads} threads; the epoch's work is the same, the products' shapes change):")
     print(f"  {'batch':>6}{'steps':>7}{'s / epoch':>11}{'GFLOP/s':>9}{'x floor':>9}")
-    for b in map(int, args.batch_sizes.split(",")):
-        c = dict(cfg, train_batch_size=b)
-        s = epoch_seconds(c, ds, windows, max(1, args.time_epochs - 1))
-        work = sum(epoch_flops(c, ds, windows).values()) / 1e9
-        print(f"  {b:>6}{-(-len(windows) // b):>7}{s:>11.2f}{work / s:>9.0f}{s * peak[threads] / work:>9.2f}")
+    for b in sizes:
+        s = sec["ours" if b == bs else f"batch {b}"]
+        work = sum(epoch_flops(dict(cfg, train_batch_size=b), ds, windows).values()) / 1e9
+        print(f"  {b:>6}{-(-len(windows) // b):>7}{s:>11.2f}{work / s:>9.0f}{s * peak[threads] / work:>9.2f}"
+              + ("  (the default)" if b == bs else ""))
 
 
 if __name__ == "__main__":

@@ -46,3 +46,16 @@ def test_epoch_flops_are_the_products_torch_runs(no_memory, freeze_kg, num_layer
             model(seq, lengths, targets, all_steps=True)[1].backward()
     padding_column = 6 * n * L * cfg["embedding_size"]
     assert sum(bench.epoch_flops(cfg, ds, windows).values()) + padding_column == counter.get_total_flops()
+
+
+def test_bench_runs_and_reports_the_floor(tiny_dataset, capsys, monkeypatch):
+    """bench.py end to end on the tiny dataset: the peak, the floor, both thread counts, the parts, each batch size."""
+    monkeypatch.setattr("sys.argv", ["bench.py", "--dataset", "tiny", "--data_path", tiny_dataset, "--kg", "files",
+                                     "--kg_embedding_size", "8", "--time_epochs", "1", "--batches", "2",
+                                     "--batch_sizes", "4,7"])
+    bench.main()
+    out = capsys.readouterr().out
+    for line in ("peak (float32 2048^3 matmul)", "floor", "1 thread", "threads buy", "scores + softmax", "whole step"):
+        assert line in out, line
+    sizes = [ln.split()[0] for ln in out.splitlines()[-2:]]
+    assert sizes == ["4", "7"]
