@@ -14,6 +14,8 @@ Prints, all measured in this one run (machines are shared and noisy: compare wit
     floor, and what the second core buys;
   * the share of each part of a step, each timed alone (forward + backward) on the same batches:
     batch cutting, embeddings, GRU, memory, the scores and softmax (the CE loss), W_u, optimizer;
+    the whole step less their sum is "autograd and glue" (a few % either way: each part alone
+    pays a backward call of its own);
   * the same epoch with --memory_impl reference (ksr.py alone): what the fast paths buy;
   * seconds per epoch and GFLOP/s at each of --batch_sizes.
 """
