@@ -166,24 +166,27 @@ def main():
     print(f"{cfg['dataset']} (kg {cfg['kg']}, freeze_kg {cfg['freeze_kg']}): {len(windows)} windows of "
           f"{cfg['MAX_ITEM_LIST_LENGTH']} steps in batches of {bs}, lr {cfg['learning_rate']}; torch {torch.__version__}")
 
-    peak = {1: peak_gflops(1), threads: peak_gflops(threads)}
+    counts = sorted({threads, 1}, reverse=True)  # all threads, and 1 (the same on a 1-thread machine)
+    peak = {n: peak_gflops(n) for n in counts}
     flops = epoch_flops(cfg, ds, windows)
     total = sum(flops.values())
-    print(f"\npeak (float32 2048^3 matmul): {peak[1]:.0f} GFLOP/s on 1 thread, {peak[threads]:.0f} on {threads}")
-    print(f"an epoch's matrix products: {total / 1e9:.1f} GFLOP -> floor {total / 1e9 / peak[threads]:.2f} s on "
-          f"{threads} threads, {total / 1e9 / peak[1]:.2f} s on 1")
+    print(f"\npeak (float32 2048^3 matmul): {peak[1]:.0f} GFLOP/s on 1 thread" + f", {peak[threads]:.0f} on {threads}" * (threads > 1))
+    print(f"an epoch's matrix products: {total / 1e9:.1f} GFLOP -> floor "
+          + ", ".join(f"{total / 1e9 / peak[n]:.2f} s on {n} thread" + "s" * (n > 1) for n in counts))
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    settings = {"ours": (cfg, threads), "ours, 1 thread": (cfg, 1), "reference": (dict(cfg, memory_impl="reference"), threads)}
+    settings = {"ours": (cfg, threads), "reference": (dict(cfg, memory_impl="reference"), threads)}
+    if threads > 1:
+        settings["ours, 1 thread"] = (cfg, 1)
     settings.update({f"batch {b}": (dict(cfg, train_batch_size=b), threads) for b in sizes if b != bs})
     sec = epoch_seconds(settings, ds, windows, args.time_epochs)
-    seconds, reference = {threads: sec["ours"], 1: sec["ours, 1 thread"]}, sec["reference"]
+    seconds, reference = {n: sec["ours" if n == threads else "ours, 1 thread"] for n in counts}, sec["reference"]
     print(f"\n{'s / epoch (median of ' + str(args.time_epochs) + ')':28}{'seconds':>9}{'GFLOP/s':>9}{'x floor':>9}")
-    for n in (threads, 1):
+    for n in counts:
         print(f"{f'{n} thread' + 's' * (n > 1):28}{seconds[n]:>9.2f}{total / 1e9 / seconds[n]:>9.0f}"
               f"{seconds[n] * peak[n] / (total / 1e9):>9.2f}")
-    print(f"{threads} threads buy {seconds[1] / seconds[threads]:.2f}x over 1; "
-          f"--memory_impl reference (ksr.py alone): {reference:.2f} s, {reference / seconds[threads]:.2f}x ours")
+    print(f"{threads} threads buy {seconds[1] / seconds[threads]:.2f}x over 1; " * (threads > 1)
+          + f"--memory_impl reference (ksr.py alone): {reference:.2f} s, {reference / seconds[threads]:.2f}x ours")
 
     parts = part_seconds(cfg, ds, windows, args.batches)
     whole = parts.pop("whole step")
