@@ -175,7 +175,8 @@ def main():
           + ", ".join(f"{total / 1e9 / peak[n]:.2f} s on {n} thread" + "s" * (n > 1) for n in counts))
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    settings = {"ours": (cfg, threads), "reference": (dict(cfg, memory_impl="reference"), threads)}
+    settings = {"ours": (cfg, threads), "reference": (dict(cfg, memory_impl="reference"), threads),
+                "cpp_kernels off": (dict(cfg, cpp_kernels="off"), threads)}
     if threads > 1:
         settings["ours, 1 thread"] = (cfg, 1)
     settings.update({f"batch {b}": (dict(cfg, train_batch_size=b), threads) for b in sizes if b != bs})
@@ -186,7 +187,9 @@ def main():
         print(f"{f'{n} thread' + 's' * (n > 1):28}{seconds[n]:>9.2f}{total / 1e9 / seconds[n]:>9.0f}"
               f"{seconds[n] * peak[n] / (total / 1e9):>9.2f}")
     print(f"{threads} threads buy {seconds[1] / seconds[threads]:.2f}x over 1; " * (threads > 1)
-          + f"--memory_impl reference (ksr.py alone): {reference:.2f} s, {reference / seconds[threads]:.2f}x ours")
+          + f"--memory_impl reference (ksr.py alone): {reference:.2f} s, {reference / seconds[threads]:.2f}x ours; "
+          f"--cpp_kernels off (plain torch): {sec['cpp_kernels off']:.2f} s, {sec['cpp_kernels off'] / seconds[threads]:.2f}x ours")
+    print(train.code_path(train.build_model(cfg, ds), cfg))
 
     parts = part_seconds(cfg, ds, windows, args.batches)
     whole = parts.pop("whole step")

@@ -21,7 +21,8 @@ DEFAULTS = dict(
     train_mode="sequence", learning_rate=None, train_batch_size=None,  # None: MODE_DEFAULTS[train_mode]
     window_stride=None,  # sequence mode: None is MAX_ITEM_LIST_LENGTH, windows that do not overlap
     eval_batch_size=4096, epochs=300, stopping_step=10, MAX_ITEM_LIST_LENGTH=50,
-    topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", memory_impl="sorted", max_steps=0,
+    topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", memory_impl="sorted", cpp_kernels="auto",
+    max_steps=0,
     out_dir=None, overwrite=False, eval_only=None,
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
     transe_epochs=60, transe_learning_rate=None, transe_seed=2020, transe_optimizer="auto",  # transe.resolve
@@ -285,6 +286,9 @@ def option_parser(prog, description, names=None):
                              "reference is ksr.py alone; sorted kernels' fast paths (sorted_kv_memory, "
                              "all_items_cross_entropy); fused the same with the Triton kernel for the memory "
                              "(a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
+        ("cpp_kernels", dict(choices=["auto", "off"], help="with sorted on the CPU: the GRU and the memory write as "
+                             "compiled C++ loops (kernels/cpu.py; compiled once, where a C++ compiler works: auto), or "
+                             "plain torch (off)")),
         ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),
         ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),
         ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),

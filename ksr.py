@@ -65,7 +65,7 @@ def read_attention(relations, query, gamma):
 def memory_read(V, relations, query, gamma):
     """Read: m = sum_a w_a v_a. V (..., R, K), relations (R, K), query s (..., K) -> m (..., K)."""
     w = read_attention(relations, query, gamma)  # (..., R)
-    return (w.unsqueeze(-2) @ V).squeeze(-2)  # (..., 1, R) @ (..., R, K)
+    return (w.unsqueeze(-1) * V).sum(-2)  # (..., R, 1) * (..., R, K), summed over a
 
 
 def kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
@@ -90,16 +90,24 @@ class GRU(nn.Module):
 
     forward(x (B, L, D), lengths (B,), all_steps) -> h (B, H) at each row's last valid step,
     or with all_steps=True (B, L, H) after every step (values at padding steps unspecified).
-    It runs over all L steps, padding included; padding comes after the valid steps, so it
-    never changes h at a valid step.
+    nn.GRU runs over all L steps, padding included; padding comes after the valid steps, so
+    it never changes h at a valid step.
+    layer: None runs nn.GRU itself; a fast path computes the same, one layer at a time, with
+    its weights: layer(x, weight_ih, weight_hh, lengths) -> (B, L, H) (kernels.cpu_gru_layer).
     """
 
-    def __init__(self, input_size, hidden_size, num_layers):
+    def __init__(self, input_size, hidden_size, num_layers, layer=None):
         super().__init__()
         self.gru = nn.GRU(input_size, hidden_size, num_layers, bias=False, batch_first=True)
+        self.layer = layer
 
     def forward(self, x, lengths, all_steps=False):
-        out = self.gru(x)[0]  # (B, L, H)
+        if self.layer is None:
+            out = self.gru(x)[0]  # (B, L, H)
+        else:
+            out = x
+            for k in range(self.gru.num_layers):
+                out = self.layer(out, getattr(self.gru, f"weight_ih_l{k}"), getattr(self.gru, f"weight_hh_l{k}"), lengths)
         return out if all_steps else out[torch.arange(x.shape[0], device=x.device), lengths - 1]
 
 
@@ -132,12 +140,14 @@ class KSR(nn.Module):
                  one of kernels/ with the same signature (train.build_model chooses)
     ce           the same for the CE loss: cross_entropy (the default), or
                  kernels.all_items_cross_entropy
+    gru_layer    None (the default): the encoder is nn.GRU; or kernels.cpu_gru_layer, the same
+                 GRU compiled for the CPU (GRU above)
     The other options are RecBole's (KSR.yaml); their defaults are set once, in cli.DEFAULTS.
     """
 
     def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,
                  gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory,
-                 ce=cross_entropy):
+                 ce=cross_entropy, gru_layer=None):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
             raise ValueError(f"loss_type must be CE or BPR, not {loss_type!r}")
@@ -147,7 +157,7 @@ class KSR(nn.Module):
         self.memory, self.ce = memory, ce
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)  # x_i
         self.emb_dropout = nn.Dropout(dropout_prob)
-        self.gru = GRU(embedding_size, hidden_size, num_layers)
+        self.gru = GRU(embedding_size, hidden_size, num_layers, gru_layer)
         if no_memory:
             self.dense_layer_u = nn.Linear(hidden_size, embedding_size)
         else:

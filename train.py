@@ -170,10 +170,27 @@ MEMORY_IMPLS = {"reference": ksr.kv_memory, "sorted": kernels.sorted_kv_memory, 
 def build_model(cfg, ds):
     """ksr.KSR with RecBole's options and the fast paths --memory_impl names: the one seam between
     the reference (ksr.py alone: --memory_impl reference) and kernels/ (sorted, fused: that memory,
-    with kernels.all_items_cross_entropy for the CE loss)."""
+    with kernels.all_items_cross_entropy for the CE loss and, on the CPU where a C++ compiler
+    works, kernels.cpu_gru_layer for the GRU)."""
     fast = cfg["memory_impl"] != "reference"
+    compiled = wants_cpp_kernels(cfg) and kernels.cpu_unavailable_reason() is None
     return ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
-                   memory=MEMORY_IMPLS[cfg["memory_impl"]], ce=kernels.all_items_cross_entropy if fast else ksr.cross_entropy)
+                   memory=kernels.cpu_kv_memory if compiled and cfg["freeze_kg"] else MEMORY_IMPLS[cfg["memory_impl"]],
+                   ce=kernels.all_items_cross_entropy if fast else ksr.cross_entropy,
+                   gru_layer=kernels.cpu_gru_layer if compiled else None)
+
+
+def wants_cpp_kernels(cfg):
+    """--memory_impl sorted on the CPU with --cpp_kernels auto: the compiled kernels, where they compile."""
+    return cfg["memory_impl"] == "sorted" and cfg["device"] == "cpu" and cfg.get("cpp_kernels", "auto") == "auto"
+
+
+def code_path(model, cfg):
+    """One line: the functions this model runs (ksr.py's reference, or the fast paths)."""
+    gru = "nn.GRU" if model.gru.layer is None else model.gru.layer.__name__
+    why = kernels.cpu_unavailable_reason() if wants_cpp_kernels(cfg) else None
+    return (f"code: memory {model.memory.__name__}, CE {model.ce.__name__}, GRU {gru}" + f" ({why})" * bool(why)
+            + f", {torch.get_num_threads()} threads")
 
 
 # --learner: RecBole's names for torch's optimizers (trainer._build_optimizer)
@@ -279,6 +296,7 @@ def train_and_test(cfg, ckpt_path, results_path, log):
     log(f"data: {ds.n_users} users, {ds.n_items} items, {len(ds.train)} train / {len(ds.valid)} valid / "
         f"{len(ds.test)} test samples, {len(ds.relation_tokens)} relations (kg={cfg['kg']})")
     model = build_model(cfg, ds).to(device)
+    log(code_path(model, cfg))
     opt, train_model = make_optimizer(model, cfg), distributed.wrap(model, cfg["device"])  # under torchrun: DDP(model)
     gen = torch.Generator().manual_seed(cfg["seed"])
     train_split, all_steps = ds.train, cfg["train_mode"] == "sequence"
@@ -397,7 +415,7 @@ def eval_only(path, cfg_overrides, log=print):
 # -----------------------------------------------------------------------------
 # The command
 
-EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "memory_impl", "topk")  # what --eval_only can change
+EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "memory_impl", "cpp_kernels", "topk")  # what --eval_only can change
 
 
 def train_main(argv):

@@ -116,19 +116,24 @@ def test_variants_run(tiny_dataset, tmp_path, kw):
 
 @pytest.mark.parametrize("train_mode", ["prefix", "sequence"])
 def test_memory_impl_reference_runs_the_reference(tiny_dataset, tmp_path, train_mode):
-    """--memory_impl reference builds KSR from ksr.py alone (ksr.kv_memory, ksr.cross_entropy; the
-    GRU is nn.GRU either way); it trains to the same losses as the default, kernels'
-    sorted_kv_memory and all_items_cross_entropy."""
+    """--memory_impl reference builds KSR from ksr.py alone (ksr.kv_memory, ksr.cross_entropy,
+    nn.GRU); it trains to the same losses as the fast paths: the default (the compiled CPU kernels,
+    where they compile) and --cpp_kernels off (plain torch)."""
+    want = {"reference": (ksr.kv_memory, ksr.cross_entropy, None),
+            "off": (kernels.sorted_kv_memory, kernels.all_items_cross_entropy, None),
+            "auto": (kernels.cpu_kv_memory, kernels.all_items_cross_entropy, kernels.cpu_gru_layer)}
+    if kernels.cpu_unavailable_reason():
+        del want["auto"]
     losses = {}
-    for impl in ("reference", "sorted"):
-        cfg = tiny_cfg(tiny_dataset, str(tmp_path / impl), epochs=2, memory_impl=impl, train_mode=train_mode, dropout_prob=0.0)
+    for name, path in want.items():
+        impl = dict(memory_impl="reference") if name == "reference" else dict(cpp_kernels=name)
+        cfg = tiny_cfg(tiny_dataset, str(tmp_path / name), epochs=2, train_mode=train_mode, dropout_prob=0.0, **impl)
         ds = train.load_data(cfg, log=lambda m: None)
         model = train.build_model(cfg, ds)
-        want = {"reference": (ksr.kv_memory, ksr.cross_entropy),
-                "sorted": (kernels.sorted_kv_memory, kernels.all_items_cross_entropy)}[impl]
-        assert (model.memory, model.ce) == want
-        losses[impl] = train.run(cfg, log=lambda m: None)["train_loss"]
-    np.testing.assert_allclose(losses["reference"], losses["sorted"], rtol=1e-5)
+        assert (model.memory, model.ce, model.gru.layer) == path
+        losses[name] = train.run(cfg, log=lambda m: None)["train_loss"]
+    for name in want:
+        np.testing.assert_allclose(losses[name], losses["reference"], rtol=1e-5)
 
 
 def test_eval_only_command(tiny_dataset, tmp_path):

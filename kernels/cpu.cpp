@@ -1,0 +1,293 @@
+// The two recurrences of KSR as compiled loops for the CPU: kernels/cpu.py compiles this file
+// (c++ -O3 -march=native) and is its only caller.
+//
+// 1. The GRU, forward and backward: one pass over the steps per row tile, each step's product
+//    and gate math fused, the row tiles spread over threads.
+//
+// Computes what nn.GRU (bias=False) computes for one layer, given the input projections
+// gi = x W_ih^T (B, L, 3H) (made outside, as one large product):
+//     gh = h_{t-1} W_hh^T                       (gates r, z, n: columns [0,H), [H,2H), [2H,3H))
+//     r = sigmoid(gi_r + gh_r),  z = sigmoid(gi_z + gh_z),  n = tanh(gi_n + r * gh_n)
+//     h_t = (1 - z) * n + z * h_{t-1}           h_0 = 0
+// Rows are independent, so each thread takes whole rows for all L steps: nothing is shared
+// between threads inside a call. A row's padding steps (t >= length) are skipped: out is 0
+// there and their gradient is not propagated (the GRU's callers never read them).
+//
+// Why this pays where torch does not: nn.GRU makes ~10 small operations per step forward
+// and ~25 under autograd backward, each a call of a few microseconds on a (B x 128) block;
+// here a step is one register-blocked product and one loop over the gates.
+//
+// 2. The memory write of a frozen KG (nothing in it is trained, so no backward): ksr.memory_write,
+//    for every valid step t and relation a, E = e_t + r_a, z = sigmoid(v_a . E),
+//    v_a <- v_a + z (E - v_a); one row's memory (R x K) stays in cache for all its steps, where
+//    torch makes ~6 small operations per step.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int PAD = 16;  // the weights' columns are padded to a multiple (kernels/gru.py pads them)
+
+// exp without branches, so that the gate loops vectorize: exp(x) = 2^n exp(r), |r| <= ln2 / 2,
+// exp(r) by its Taylor series (degree 13 in double, 7 in float: below half an ulp).
+inline double exp_(double x) {
+    x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);  // a ternary, not std::min: it vectorizes
+    double n = std::floor(x * 1.4426950408889634 + 0.5);
+    double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;  // ln 2, in two parts
+    double p = 1.0 / 6227020800.0;
+    const double c[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
+                        1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
+    for (double ci : c) p = p * r + ci;
+    uint64_t bits = uint64_t(int64_t(n) + 1023) << 52;
+    double s;
+    std::memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+inline float exp_(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = std::floor(x * 1.44269504f + 0.5f);
+    float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    const float c[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
+    for (float ci : c) p = p * r + ci;
+    uint32_t bits = uint32_t(int32_t(n) + 127) << 23;
+    float s;
+    std::memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+template <typename T> inline T sigmoid_(T x) { return T(1) / (T(1) + exp_(-x)); }
+template <typename T> inline T tanh_(T x) { return T(2) / (T(1) + exp_(T(-2) * x)) - T(1); }
+
+// The register block of the step's product: RT = 6 rows x 2 vectors of 256 bits, 12 accumulators of
+// the 16 AVX2 registers (the 6 x 16 block of an AVX2 sgemm). Written with GCC/clang vector types,
+// not left to the auto-vectorizer: it spilled the block to the stack when inlined.
+constexpr int RT = 6;
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x4 __attribute__((vector_size(32)));
+template <typename T> struct Vec;
+template <> struct Vec<float> { using type = f32x8; };
+template <> struct Vec<double> { using type = f64x4; };
+template <typename T> using vec = typename Vec<T>::type;
+template <typename T> constexpr int LANES = sizeof(vec<T>) / sizeof(T);
+
+template <typename T> inline vec<T> load(const T* p) { vec<T> v; std::memcpy(&v, p, sizeof v); return v; }
+template <typename T> inline void store(T* p, vec<T> v) { std::memcpy(p, &v, sizeof v); }
+
+// out[r][j] = sum_k a[r][k] w[k][j] for r < RT and every (padded) column j: a (RT, K) with row
+// stride lda, w (K, ldw) row-major, ldw a multiple of 2 LANES. The product of every step.
+template <typename T>
+inline void tile_product(const T* __restrict a, int64_t lda, const T* __restrict w, int64_t K, int64_t ldw,
+                         T* __restrict out) {
+    constexpr int W = LANES<T>;
+    for (int64_t j0 = 0; j0 < ldw; j0 += 2 * W) {
+        vec<T> acc[RT][2] = {};
+        for (int64_t k = 0; k < K; ++k) {
+            const vec<T> w0 = load(w + k * ldw + j0), w1 = load(w + k * ldw + j0 + W);
+            for (int r = 0; r < RT; ++r) {
+                const T ak = a[r * lda + k];
+                acc[r][0] += ak * w0;
+                acc[r][1] += ak * w1;
+            }
+        }
+        for (int r = 0; r < RT; ++r) {
+            store(out + r * ldw + j0, acc[r][0]);
+            store(out + r * ldw + j0 + W, acc[r][1]);
+        }
+    }
+}
+
+// Rows sorted by length (longest first) and cut into tiles of RT; tiles are dealt to threads
+// longest first, each to the least loaded (a tile costs its longest row's steps).
+template <typename T>
+std::vector<std::vector<std::vector<int64_t>>> plan(const int64_t* lengths, int64_t B, int nthreads) {
+    std::vector<int64_t> order(B);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
+    std::vector<std::vector<std::vector<int64_t>>> work(nthreads);
+    std::vector<int64_t> load(nthreads, 0);
+    for (int64_t i = 0; i < B; i += RT) {
+        if (lengths[order[i]] <= 0) break;
+        int th = int(std::min_element(load.begin(), load.end()) - load.begin());
+        work[th].emplace_back(order.begin() + i, order.begin() + std::min(i + RT, B));
+        load[th] += lengths[order[i]];
+    }
+    return work;
+}
+
+template <typename Fn> void run_threads(int nthreads, Fn fn) {
+    std::vector<std::thread> pool;
+    for (int th = 1; th < nthreads; ++th) pool.emplace_back(fn, th);
+    fn(0);
+    for (auto& t : pool) t.join();
+}
+
+struct Shape {
+    int64_t B, L, H, G, Gp, Hp;  // G = 3H; Gp, Hp: G and H padded to a multiple of PAD
+};
+
+// One row's gates at one step (the loops vectorize: separate functions, restrict pointers).
+template <typename T>
+void forward_gates(int64_t H, const T* __restrict g, const T* __restrict gh, const T* hprev, T* hnext,
+                   T* __restrict o, T* __restrict sr, int64_t plane) {
+    for (int64_t k = 0; k < H; ++k) {
+        T rg = sigmoid_(g[k] + gh[k]);
+        T zg = sigmoid_(g[H + k] + gh[H + k]);
+        T ng = tanh_(g[2 * H + k] + rg * gh[2 * H + k]);
+        T hn = (T(1) - zg) * ng + zg * hprev[k];
+        o[k] = hn;
+        hnext[k] = hn;  // may be hprev itself: element k is read before it is written
+        sr[k] = rg, sr[plane + k] = zg, sr[2 * plane + k] = ng, sr[3 * plane + k] = gh[2 * H + k];
+    }
+}
+
+template <typename T>
+void backward_gates(int64_t H, const T* __restrict d, const T* __restrict sr, int64_t plane, const T* __restrict hp,
+                    T* __restrict dh, T* __restrict dgi, T* __restrict dgh, T* __restrict dg) {
+    for (int64_t k = 0; k < H; ++k) {
+        T rg = sr[k], zg = sr[plane + k], ng = sr[2 * plane + k], ghn = sr[3 * plane + k];
+        T hprev = hp[k];
+        T g = dh[k] + d[k];                          // dL/dh_t
+        T dn = g * (T(1) - zg) * (T(1) - ng * ng);   // through tanh: dL/d(gi_n + r gh_n)
+        T dz = g * (hprev - ng) * zg * (T(1) - zg);  // dL/d(gi_z + gh_z)
+        T dr = dn * ghn * rg * (T(1) - rg);          // dL/d(gi_r + gh_r)
+        dgi[k] = dr, dgi[H + k] = dz, dgi[2 * H + k] = dn;
+        dgh[k] = dr, dgh[H + k] = dz, dgh[2 * H + k] = dn * rg;
+        dg[k] = dr, dg[H + k] = dz, dg[2 * H + k] = dn * rg;
+        dh[k] = g * zg;                              // the direct path z * h_{t-1}
+    }
+}
+
+// Forward of one tile. saved (4, B, L, H): r, z, n and gh_n of every valid step, for backward.
+template <typename T>
+void forward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64_t* lengths, const T* gi,
+                  const T* whh_t, T* out, T* saved) {
+    const int64_t H = s.H, plane = s.B * s.L * H;
+    std::vector<T> h(RT * s.Hp, T(0)), gh(RT * s.Gp);  // rows of the tile beyond rows.size() stay 0
+    for (int64_t t = 0; t < lengths[rows[0]]; ++t) {
+        tile_product<T>(h.data(), s.Hp, whh_t, H, s.Gp, gh.data());  // gh = h_{t-1} W_hh^T
+        for (size_t r = 0; r < rows.size() && t < lengths[rows[r]]; ++r) {
+            const int64_t at = rows[r] * s.L + t;
+            T* hr = h.data() + r * s.Hp;
+            forward_gates(H, gi + at * s.G, gh.data() + r * s.Gp, hr, hr, out + at * H, saved + at * H, plane);
+        }
+    }
+}
+
+// Backward of one tile, from the last step down: dh is the gradient reaching h_t (from out_t
+// and from step t+1). Writes dgi (the gradient of gi) and dgh (of gh = h_{t-1} W_hh^T); the
+// weight gradient, sum_t dgh_t^T h_{t-1}, is one large product made by the caller.
+template <typename T>
+void backward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64_t* lengths, const T* dout,
+                   const T* out, const T* saved, const T* whh, T* dgi, T* dgh) {
+    const int64_t H = s.H, plane = s.B * s.L * H;
+    std::vector<T> dh(RT * s.Hp, T(0)), dg(RT * s.Gp, T(0)), back(RT * s.Hp), zeros(H, T(0));
+    for (int64_t t = lengths[rows[0]] - 1; t >= 0; --t) {
+        size_t active = 0;
+        for (size_t r = 0; r < rows.size() && t < lengths[rows[r]]; ++r, ++active) {
+            const int64_t at = rows[r] * s.L + t;
+            const T* hp = t ? out + (at - 1) * H : zeros.data();  // h_{t-1}; h_0 = 0
+            backward_gates(H, dout + at * H, saved + at * H, plane, hp, dh.data() + r * s.Hp, dgi + at * s.G,
+                           dgh + at * s.G, dg.data() + r * s.Gp);
+        }
+        for (size_t r = active; r < size_t(RT); ++r)  // rows not yet started: no gradient
+            std::fill(dg.begin() + r * s.Gp, dg.begin() + (r + 1) * s.Gp, T(0));
+        tile_product<T>(dg.data(), s.Gp, whh, s.G, s.Hp, back.data());  // dgh W_hh -> dh_{t-1}
+        for (size_t r = 0; r < active; ++r)
+            for (int64_t k = 0; k < H; ++k) dh[r * s.Hp + k] += back[r * s.Hp + k];
+    }
+}
+
+template <typename T>
+void forward(int64_t B, int64_t L, int64_t H, const T* gi, const T* whh_t, const int64_t* lengths, T* out,
+             T* saved, int nthreads) {
+    const Shape s{B, L, H, 3 * H, (3 * H + PAD - 1) / PAD * PAD, (H + PAD - 1) / PAD * PAD};
+    auto work = plan<T>(lengths, B, nthreads);
+    run_threads(nthreads, [&](int th) {
+        for (auto& rows : work[th]) forward_tile<T>(s, rows, lengths, gi, whh_t, out, saved);
+    });
+}
+
+template <typename T>
+void backward(int64_t B, int64_t L, int64_t H, const T* dout, const T* out, const T* saved, const T* whh,
+              const int64_t* lengths, T* dgi, T* dgh, int nthreads) {
+    const Shape s{B, L, H, 3 * H, (3 * H + PAD - 1) / PAD * PAD, (H + PAD - 1) / PAD * PAD};
+    auto work = plan<T>(lengths, B, nthreads);
+    run_threads(nthreads, [&](int th) {
+        for (auto& rows : work[th]) backward_tile<T>(s, rows, lengths, dout, out, saved, whh, dgi, dgh);
+    });
+}
+
+
+// The memory write of one row (kg (L, K), its `len` valid steps): V (R, K) from 0; with
+// states, the memory after every valid step is stored there (L, R, K).
+template <typename T>
+void write_row(int64_t len, int64_t R, int64_t K, const T* __restrict kg, const T* __restrict rel, T* __restrict V,
+               T* __restrict states, std::vector<T>& E) {
+    std::fill(V, V + R * K, T(0));
+    for (int64_t t = 0; t < len; ++t) {
+        const T* e = kg + t * K;
+        for (int64_t a = 0; a < R; ++a) {
+            T* v = V + a * K;
+            T g = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                E[k] = e[k] + rel[a * K + k];  // the attribute vector e_t + r_a
+                g += v[k] * E[k];
+            }
+            T z = sigmoid_(g);
+            for (int64_t k = 0; k < K; ++k) v[k] += z * (E[k] - v[k]);  // erase, then add
+        }
+        if (states) std::memcpy(states + t * R * K, V, sizeof(T) * R * K);
+    }
+}
+
+template <typename T>
+void memory_write(int64_t B, int64_t L, int64_t R, int64_t K, const T* kg, const int64_t* lengths, const T* rel, T* V,
+                  T* states, int nthreads) {
+    run_threads(nthreads, [&](int th) {
+        std::vector<T> E(K);
+        for (int64_t b = th; b < B; b += nthreads)  // rows dealt in turn: batches mix short and long rows
+            write_row<T>(lengths[b], R, K, kg + b * L * K, rel, V + b * R * K, states ? states + b * L * R * K : nullptr, E);
+    });
+}
+
+}  // namespace
+
+// The entry points (ctypes). Arrays are C-contiguous: gi, dgi, dgh (B, L, 3H); out, dout
+// (B, L, H); saved (4, B, L, H); lengths (B,) in [0, L]; whh_t = W_hh^T padded to (H, Gp) and
+// whh = W_hh padded to (3H, Hp) with zero columns. out, dgi and dgh must come zeroed.
+extern "C" {
+void ksr_gru_forward_f32(int64_t B, int64_t L, int64_t H, const float* gi, const float* whh_t,
+                         const int64_t* lengths, float* out, float* saved, int nthreads) {
+    forward<float>(B, L, H, gi, whh_t, lengths, out, saved, nthreads);
+}
+void ksr_gru_forward_f64(int64_t B, int64_t L, int64_t H, const double* gi, const double* whh_t,
+                         const int64_t* lengths, double* out, double* saved, int nthreads) {
+    forward<double>(B, L, H, gi, whh_t, lengths, out, saved, nthreads);
+}
+void ksr_gru_backward_f32(int64_t B, int64_t L, int64_t H, const float* dout, const float* out, const float* saved,
+                          const float* whh, const int64_t* lengths, float* dgi, float* dgh, int nthreads) {
+    backward<float>(B, L, H, dout, out, saved, whh, lengths, dgi, dgh, nthreads);
+}
+void ksr_gru_backward_f64(int64_t B, int64_t L, int64_t H, const double* dout, const double* out,
+                          const double* saved, const double* whh, const int64_t* lengths, double* dgi,
+                          double* dgh, int nthreads) {
+    backward<double>(B, L, H, dout, out, saved, whh, lengths, dgi, dgh, nthreads);
+}
+// The memory write: kg (B, L, K), lengths (B,) in [0, L], rel (R, K) -> V (B, R, K), and when
+// states is not null the memory after every step (B, L, R, K), which must come zeroed.
+void ksr_memory_write_f32(int64_t B, int64_t L, int64_t R, int64_t K, const float* kg, const int64_t* lengths,
+                          const float* rel, float* V, float* states, int nthreads) {
+    memory_write<float>(B, L, R, K, kg, lengths, rel, V, states, nthreads);
+}
+void ksr_memory_write_f64(int64_t B, int64_t L, int64_t R, int64_t K, const double* kg, const int64_t* lengths,
+                          const double* rel, double* V, double* states, int nthreads) {
+    memory_write<double>(B, L, R, K, kg, lengths, rel, V, states, nthreads);
+}
+}

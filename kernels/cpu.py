@@ -1,0 +1,186 @@
+"""KSR's two recurrences, the GRU and the memory write, as compiled C++ loops for the CPU
+(kernels/cpu.cpp); each is proven equal to its reference by tests/test_fast_paths.py (float64,
+values and gradients, random shapes).
+
+    cpu_gru_layer(x, w_ih, w_hh, lengths) -> out (B, L, H)
+        one layer of ksr.GRU's nn.GRU (bias-free, batch_first, h_0 = 0) at every valid step
+        (0 at padding steps, which nn.GRU computes and its callers never read); forward and
+        backward.                                               KSR(..., gru_layer=...)
+    cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps)
+        = ksr.kv_memory for a frozen KG (the default): the write compiled (memory_write: no
+        autograd, nothing in it is trained), then ksr.memory_read.  KSR(..., memory=...)
+
+Why: both are recurrences over the L steps, which torch runs as many small operations per
+step (a few microseconds each, on blocks of B x 128 floats or smaller). What stays in torch:
+the GRU's input projections x W_ih^T of all steps, its weight gradients and dx, each one large
+product (autograd). cpu.cpp runs per step one product h_{t-1} W_hh^T (B x H x 3H) and the gate
+math; rows are spread over threads (torch.get_num_threads()), padding steps skipped.
+
+The library is compiled once per source and compiler with the machine's C++ compiler (`c++`,
+or $CXX) into ~/.cache/ksr (or $KSR_CACHE_DIR), a few seconds. Where no compiler works
+(Windows without one, say) `unavailable_reason()` says why and KSR keeps nn.GRU and
+sorted_kv_memory (train.build_model; --cpp_kernels off does the same by choice).
+"""
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+import ksr
+
+SOURCE = Path(__file__).with_name("cpu.cpp")
+# -fno-trapping-math, -fno-math-errno: floor and the gates vectorize; -ffp-contract=fast: a * b + c as
+# one FMA, as BLAS does (ISO C++ mode would forbid it)
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+PAD = 16  # cpu.cpp pads the weights' columns to a multiple of it
+
+_lib, _why = None, None
+
+
+def _compiler():
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def _load():
+    """The compiled library (compiled now if not cached), or raise RuntimeError saying why not."""
+    global _lib, _why
+    if _lib is not None or _why is not None:
+        if _why:
+            raise RuntimeError(_why)
+        return _lib
+    cxx = _compiler()
+    try:
+        if not cxx:
+            raise RuntimeError("no C++ compiler (c++, g++, clang++ or $CXX) on this machine")
+        source = SOURCE.read_bytes()
+        key = hashlib.sha256(source + " ".join([cxx, *FLAGS]).encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("KSR_CACHE_DIR") or Path.home() / ".cache" / "ksr")
+        path = cache / f"ksr_cpu-{key}.so"
+        if not path.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # compiled aside, then renamed: never half a library
+            os.close(fd)
+            try:
+                done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+                if done.returncode:
+                    first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
+                    raise RuntimeError(f"{cxx} could not compile {SOURCE.name}: {first}")
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError) as e:
+        _why = f"the compiled CPU kernels are unavailable: {e}"
+        raise RuntimeError(_why) from None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"ksr_gru_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
+        getattr(lib, f"ksr_gru_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
+                                                               ctypes.c_int]
+        getattr(lib, f"ksr_memory_write_{suffix}").argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
+    _lib = lib
+    return lib
+
+
+def unavailable_reason():
+    """None when the compiled kernels can run here (compiling them if needed), else why not (one line)."""
+    try:
+        _load()
+        return None
+    except RuntimeError as e:
+        return str(e)
+
+
+def _padded(w, cols):
+    """w (rows, c) with zero columns up to a multiple of PAD: cpu.cpp's products read whole blocks."""
+    out = w.new_zeros(w.shape[0], -(-cols // PAD) * PAD)
+    out[:, :w.shape[1]] = w
+    return out
+
+
+def _cpu(name, x):
+    if x.device.type != "cpu":
+        raise RuntimeError(f"{name} runs on the CPU, got a tensor on {x.device}")
+
+
+def _check_lengths(name, lengths, L):
+    if lengths.numel() and not (0 <= int(lengths.min()) and int(lengths.max()) <= L):
+        raise ValueError(f"{name}: lengths must be in [0, {L}]")
+    return lengths.to(torch.int64).contiguous()
+
+
+def _suffix(t):
+    return {torch.float32: "f32", torch.float64: "f64"}[t.dtype]
+
+
+# ----------------------------------------------------------------------------
+# The GRU
+
+class GRULayerFunction(torch.autograd.Function):
+    """The recurrence: gi = x W_ih^T (B, L, 3H), W_hh (3H, H), lengths (B,) -> out (B, L, H)."""
+
+    @staticmethod
+    def forward(ctx, gi, w_hh, lengths):
+        lib, (B, L, G), H = _load(), gi.shape, w_hh.shape[1]
+        gi, lengths = gi.contiguous(), lengths.to(torch.int64).contiguous()
+        out, saved = gi.new_zeros(B, L, H), gi.new_empty(4, B, L, H)  # saved: r, z, n, gh_n of every step
+        w_hh_t = _padded(w_hh.detach().T, G)  # (H, Gp)
+        getattr(lib, f"ksr_gru_forward_{_suffix(gi)}")(B, L, H, gi.data_ptr(), w_hh_t.data_ptr(), lengths.data_ptr(),
+                                                       out.data_ptr(), saved.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(out, saved, w_hh, lengths)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        out, saved, w_hh, lengths = ctx.saved_tensors
+        lib, (B, L, H) = _load(), out.shape
+        dout = dout.contiguous()
+        dgi, dgh = out.new_zeros(B, L, 3 * H), out.new_zeros(B, L, 3 * H)
+        w_hh_p = _padded(w_hh.detach(), H)  # (3H, Hp)
+        getattr(lib, f"ksr_gru_backward_{_suffix(out)}")(B, L, H, dout.data_ptr(), out.data_ptr(), saved.data_ptr(),
+                                                         w_hh_p.data_ptr(), lengths.data_ptr(), dgi.data_ptr(),
+                                                         dgh.data_ptr(), torch.get_num_threads())
+        h_prev = torch.cat([out.new_zeros(B, 1, H), out[:, :-1]], 1)  # h_{t-1}; dgh is 0 where t is padding
+        dw_hh = dgh.reshape(-1, 3 * H).T @ h_prev.reshape(-1, H)  # sum over rows and steps, one product
+        return dgi, dw_hh, None
+
+
+def cpu_gru_layer(x, w_ih, w_hh, lengths):
+    """One bias-free GRU layer over x (B, L, D) with nn.GRU's weights w_ih (3H, D), w_hh (3H, H):
+    out (B, L, H) at the valid steps t < lengths (0 after). CPU tensors, float32 or float64."""
+    _cpu("cpu_gru_layer", x)
+    return GRULayerFunction.apply(x @ w_ih.T, w_hh, _check_lengths("cpu_gru_layer", lengths, x.shape[1]))
+
+
+# ----------------------------------------------------------------------------
+# The memory
+
+@torch.no_grad()
+def memory_write(kg_seq, lengths, relations, all_steps=False):
+    """ksr.memory_write without autograd (a frozen KG): V (B, R, K), or with all_steps=True the
+    memory after every step (B, L, R, K) (0 at padding steps)."""
+    _cpu("memory_write", kg_seq)
+    (B, L, K), R = kg_seq.shape, relations.shape[0]
+    kg_seq, relations = kg_seq.contiguous(), relations.to(kg_seq.dtype).contiguous()
+    lengths = _check_lengths("memory_write", lengths, L)
+    V = kg_seq.new_empty(B, R, K)
+    states = kg_seq.new_zeros(B, L, R, K) if all_steps else None
+    getattr(_load(), f"ksr_memory_write_{_suffix(kg_seq)}")(B, L, R, K, kg_seq.data_ptr(), lengths.data_ptr(),
+                                                           relations.data_ptr(), V.data_ptr(),
+                                                           states.data_ptr() if all_steps else None,
+                                                           torch.get_num_threads())
+    return states if all_steps else V
+
+
+def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
+    """ksr.kv_memory, same signature and result, for a frozen KG: the write compiled, then the read.
+    (A trained KG's write needs a backward: train.build_model gives that model sorted_kv_memory.)"""
+    if kg_seq.requires_grad:
+        raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq needs no gradient); use kernels.sorted_kv_memory")
+    return ksr.memory_read(memory_write(kg_seq, lengths, relations, all_steps), relations, query, gamma)
