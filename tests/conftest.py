@@ -99,15 +99,16 @@ def memory_inputs(draw, max_len=7, all_steps=None):
 
 
 def small_model(no_memory=False, freeze_kg=True, loss_type="CE", seed=0, n_items=13, R=4, K=6, num_layers=1,
-                memory=ksr.kv_memory, ce=ksr.cross_entropy):
-    """A small KSR in float64; by default the reference (ksr.py alone), or with another `memory`, `ce`."""
+                memory=ksr.kv_memory, ce=ksr.cross_entropy, gru_layer=None):
+    """A small KSR in float64; by default the reference (ksr.py alone), or with another `memory`, `ce`,
+    `gru_layer`."""
     torch.manual_seed(seed)
     item_kg = torch.nn.functional.normalize(torch.randn(n_items + 1, K), dim=-1)
     item_kg[0] = 0
     rel = torch.nn.functional.normalize(torch.randn(R, K), dim=-1)
     return ksr.KSR(n_items, item_kg, rel, embedding_size=8, hidden_size=10, num_layers=num_layers, dropout_prob=0.0,
                    gamma=10.0, loss_type=loss_type, freeze_kg=freeze_kg, no_memory=no_memory, pad_slot=False,
-                   memory=memory, ce=ce).double()
+                   memory=memory, ce=ce, gru_layer=gru_layer).double()
 
 
 def random_batch(n_items=13, B=6, L=8, seed=1):

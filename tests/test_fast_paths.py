@@ -75,18 +75,27 @@ def test_all_items_cross_entropy_matches_reference(n, N, D, scale, seed):
     assert (ga[1][0] == 0).all()
 
 
-FAST = dict(memory=kernels.sorted_kv_memory, ce=kernels.all_items_cross_entropy)
+def fast_set(name, freeze_kg):
+    """The fast paths train.build_model gives a model on the CPU: "torch" (--cpp_kernels off) or
+    "compiled" (the default where a C++ compiler works: kernels/cpu.py)."""
+    if name == "torch":
+        return dict(memory=kernels.sorted_kv_memory, ce=kernels.all_items_cross_entropy)
+    if (why := kernels.cpu_unavailable_reason()):
+        pytest.skip(why)
+    return dict(memory=kernels.cpu_kv_memory if freeze_kg else kernels.sorted_kv_memory,
+                ce=kernels.all_items_cross_entropy, gru_layer=kernels.cpu_gru_layer)
 
 
+@pytest.mark.parametrize("fast_paths", ["torch", "compiled"])
 @pytest.mark.parametrize("freeze_kg", [True, False])
 @pytest.mark.parametrize("no_memory", [False, True])
 @pytest.mark.parametrize("all_steps", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_default_model_equals_the_reference_model(freeze_kg, no_memory, all_steps, num_layers):
-    """The whole model as train.py builds it by default (the sorted memory,
-    all_items_cross_entropy) == the reference model (ksr.py alone): user vectors, the loss and
-    every gradient."""
-    fast = small_model(no_memory=no_memory, freeze_kg=freeze_kg, num_layers=num_layers, **FAST)
+def test_default_model_equals_the_reference_model(fast_paths, freeze_kg, no_memory, all_steps, num_layers):
+    """The whole model as train.py builds it (the sorted memory, all_items_cross_entropy, and by
+    default on the CPU the compiled GRU and memory write) == the reference model (ksr.py alone):
+    user vectors, the loss and every gradient."""
+    fast = small_model(no_memory=no_memory, freeze_kg=freeze_kg, num_layers=num_layers, **fast_set(fast_paths, freeze_kg))
     plain = small_model(no_memory=no_memory, freeze_kg=freeze_kg, num_layers=num_layers)
     plain.load_state_dict(fast.state_dict())
     seq, lengths, targets = random_batch()

@@ -1,0 +1,161 @@
+"""kernels/cpu.py (the compiled GRU and memory write) against their references: nn.GRU and
+ksr.memory_write, in float64, values and gradients, on random shapes (lengths 1..L with padding,
+hidden sizes that are not multiples of the kernel's 16-column blocks, batches smaller than a
+tile, any thread count); and what happens where no compiler works."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import kernels
+import ksr
+from conftest import memory_inputs
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(bool(kernels.cpu_unavailable_reason()), reason=str(kernels.cpu_unavailable_reason()))
+
+
+def valid_mask(lengths, L):
+    return (torch.arange(L)[None, :] < lengths[:, None])[..., None]  # (B, L, 1)
+
+
+@st.composite
+def gru_inputs(draw):
+    B, L, D, H = draw(st.integers(1, 14)), draw(st.integers(1, 12)), draw(st.integers(1, 9)), draw(st.integers(1, 40))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2 ** 31)))
+    lengths = torch.tensor(draw(st.lists(st.integers(1, L), min_size=B, max_size=B)))
+    gru = torch.nn.GRU(D, H, 1, bias=False, batch_first=True).double()
+    with torch.no_grad():
+        for w in gru.parameters():
+            w.copy_(torch.randn(w.shape, generator=g, dtype=torch.float64) * draw(st.sampled_from([0.1, 0.5, 2.0])))
+    x = torch.randn(B, L, D, generator=g, dtype=torch.float64) * draw(st.sampled_from([0.1, 1.0, 5.0]))
+    dout = torch.randn(B, L, H, generator=g, dtype=torch.float64) * valid_mask(lengths, L)  # padding: never read
+    return gru, x, lengths, dout, draw(st.sampled_from([1, 2, 3]))
+
+
+@given(gru_inputs())
+@settings(max_examples=120, deadline=None)
+def test_cpu_gru_layer_matches_nn_gru(inputs):
+    """cpu_gru_layer == nn.GRU at every valid step, 0 at padding steps; d x, d W_ih, d W_hh equal
+    under any upstream gradient on the valid steps; any number of threads."""
+    gru, x, lengths, dout, threads = inputs
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        got = kernels.cpu_gru_layer(xa, gru.weight_ih_l0, gru.weight_hh_l0, lengths)
+        ga = torch.autograd.grad((got * dout).sum(), [xa, gru.weight_ih_l0, gru.weight_hh_l0])
+    finally:
+        torch.set_num_threads(old)
+    want = gru(xb)[0]
+    gb = torch.autograd.grad((want * dout).sum(), [xb, gru.weight_ih_l0, gru.weight_hh_l0])
+    mask = valid_mask(lengths, x.shape[1])
+    # large weights make the recurrence ill-conditioned (rounding grows from step to step): 1e-11, not 1e-15
+    torch.testing.assert_close(got * mask, want * mask, rtol=1e-10, atol=1e-11)
+    assert (got[~mask.expand_as(got)] == 0).all()
+    for a, b in zip(ga, gb):  # the same, and the gradients' scale sets atol
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11 * max(1.0, b.abs().max().item()))
+
+
+def test_cpu_gru_layer_float32_and_threads():
+    """At the default shapes in float32: nn.GRU's values to float32 rounding, and the result the
+    same to the last bit on 1 and 2 threads (rows are independent: the split changes nothing)."""
+    g = torch.Generator().manual_seed(0)
+    gru = torch.nn.GRU(64, 128, 1, bias=False, batch_first=True)
+    x = torch.randn(32, 50, 64, generator=g)
+    lengths = torch.randint(1, 51, (32,), generator=g)
+    mask = valid_mask(lengths, 50)
+    old, outs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(kernels.cpu_gru_layer(x, gru.weight_ih_l0, gru.weight_hh_l0, lengths))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0] * mask, gru(x)[0].detach() * mask, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("all_steps", [False, True])
+def test_ksr_gru_with_cpu_layers_equals_nn_gru(all_steps):
+    """ksr.GRU(layer=cpu_gru_layer) == ksr.GRU (nn.GRU) with 2 layers: h at the last valid step,
+    or after every valid step; and the gradient of every weight."""
+    torch.manual_seed(0)
+    plain = ksr.GRU(5, 7, 2).double()
+    fast = ksr.GRU(5, 7, 2, layer=kernels.cpu_gru_layer).double()
+    fast.load_state_dict(plain.state_dict())
+    x, lengths = torch.randn(6, 9, 5, dtype=torch.float64), torch.tensor([9, 1, 4, 9, 2, 7])
+    hp, hf = plain(x, lengths, all_steps), fast(x, lengths, all_steps)
+    w = torch.randn(hp.shape, dtype=torch.float64) * (valid_mask(lengths, 9) if all_steps else 1)
+    if all_steps:
+        hp, hf = hp * valid_mask(lengths, 9), hf * valid_mask(lengths, 9)
+    torch.testing.assert_close(hf, hp, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad((hf * w).sum(), list(fast.parameters())),
+                    torch.autograd.grad((hp * w).sum(), list(plain.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+
+
+@given(memory_inputs(max_len=9), st.sampled_from([1, 2, 3]))
+@settings(max_examples=80, deadline=None)
+def test_cpu_memory_write_matches_reference(inputs, threads):
+    """kernels.cpu.memory_write == ksr.memory_write: the final memory, or the memory after every
+    step (0 at padding steps), on any number of threads."""
+    item_kg, lengths, relations, _, _, all_steps = inputs
+    item_kg, relations = item_kg.double(), relations.double()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = kernels.cpu.memory_write(item_kg, lengths, relations, all_steps)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(got, ksr.memory_write(item_kg, lengths, relations, all_steps), rtol=1e-12, atol=1e-12)
+
+
+@given(memory_inputs(max_len=9))
+@settings(max_examples=60, deadline=None)
+def test_cpu_kv_memory_matches_reference(inputs):
+    """cpu_kv_memory == ksr.kv_memory for a frozen KG: the read, and its gradient towards the query."""
+    item_kg, lengths, relations, query, gamma, all_steps = (t.double() if torch.is_tensor(t) and t.is_floating_point()
+                                                            else t for t in inputs)
+    qa, qb = query.clone().requires_grad_(), query.clone().requires_grad_()
+    got = kernels.cpu_kv_memory(item_kg, lengths, relations, qa, gamma, all_steps)
+    want = ksr.kv_memory(item_kg, lengths, relations, qb, gamma, all_steps)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    c = torch.randn(got.shape, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad((got * c).sum(), qa)[0], torch.autograd.grad((want * c).sum(), qb)[0],
+                               rtol=1e-10, atol=1e-11)
+
+
+def test_bad_input_is_refused():
+    gru = torch.nn.GRU(3, 4, 1, bias=False, batch_first=True)
+    with pytest.raises(ValueError, match=r"lengths must be in \[0, 5\]"):
+        kernels.cpu_gru_layer(torch.randn(2, 5, 3), gru.weight_ih_l0, gru.weight_hh_l0, torch.tensor([6, 1]))
+    with pytest.raises(ValueError, match="frozen KG only"):
+        kernels.cpu_kv_memory(torch.randn(1, 2, 3, requires_grad=True), torch.tensor([2]), torch.randn(2, 3),
+                              torch.randn(1, 3), 1.0)
+
+
+def test_without_a_compiler_the_model_keeps_plain_torch(tmp_path):
+    """No working compiler: one line says why, nothing half-built is left in the cache, and
+    train.build_model gives nn.GRU and sorted_kv_memory (a fresh process: the library is loaded
+    once per process)."""
+    code = ("import types, torch, kernels, train; print(kernels.cpu_unavailable_reason()); cfg = vars(train.parse_args([])); "
+            "ds = types.SimpleNamespace(n_items=5, item_kg=torch.zeros(6, 64), relation_kg=torch.zeros(2, 64)); "
+            "print(train.code_path(train.build_model(cfg, ds), cfg))")
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), KSR_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
+    why, path = out.stdout.splitlines()
+    assert why.startswith("the compiled CPU kernels are unavailable:") and "no-such-c++" in why
+    assert path.startswith(f"code: memory sorted_kv_memory, CE all_items_cross_entropy, GRU nn.GRU ({why})")
+    assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
+    # a compiler that fails: its first error line is the reason
+    fake = tmp_path / "bad-c++"
+    fake.write_text("#!/bin/sh\necho 'fatal: this compiler refuses' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env["CXX"] = str(fake)
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
+    assert "could not compile cpu.cpp: fatal: this compiler refuses" in out.stdout.splitlines()[0]
+    assert not os.listdir(tmp_path / "cache")  # the temporary output is removed
