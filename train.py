@@ -190,7 +190,7 @@ def code_path(model, cfg):
     gru = "nn.GRU" if model.gru.layer is None else model.gru.layer.__name__
     why = kernels.cpu_unavailable_reason() if wants_cpp_kernels(cfg) else None
     return (f"code: memory {model.memory.__name__}, CE {model.ce.__name__}, GRU {gru}" + f" ({why})" * bool(why)
-            + f", {torch.get_num_threads()} threads")
+            + f", {torch.get_num_threads()} thread" + "s" * (torch.get_num_threads() > 1))
 
 
 # --learner: RecBole's names for torch's optimizers (trainer._build_optimizer)

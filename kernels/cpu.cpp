@@ -22,9 +22,14 @@
 //    v_a <- v_a + z (E - v_a); one row's memory (R x K) stays in cache for all its steps, where
 //    torch makes ~6 small operations per step.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <numeric>
 #include <thread>
 #include <vector>
@@ -121,11 +126,56 @@ std::vector<std::vector<std::vector<int64_t>>> plan(const int64_t* lengths, int6
     return work;
 }
 
+// fn(0), ..., fn(nthreads - 1) on nthreads threads: the caller and nthreads - 1 workers that stay
+// between calls. Why not a thread per call: on this project's 2-core VM a new thread started 2-5
+// ms after it was made (an idle virtual core is slow to wake), as long as a whole call; so workers
+// wait by polling, with 50 us sleeps, for 200 ms after each call, and only then block. Every
+// worker acknowledges every call (those beyond nthreads do nothing), so none lags a call behind.
+class Pool {
+  public:
+    void run(int nthreads, const std::function<void(int)>& fn) {
+        if (nthreads <= 1) return fn(0);
+        std::lock_guard<std::mutex> one_call_at_a_time(call_);
+        while (workers_ < nthreads - 1) std::thread(&Pool::work, this, ++workers_, generation_.load()).detach();
+        task_ = &fn, threads_ = nthreads, pending_ = workers_;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            generation_.fetch_add(1);
+        }
+        wake_.notify_all();
+        fn(0);
+        while (pending_.load() > 0) std::this_thread::yield();
+    }
+
+  private:
+    void work(int id, uint64_t seen) {
+        using clock = std::chrono::steady_clock;
+        for (;;) {
+            const auto idle_since = clock::now();
+            while (generation_.load() == seen) {
+                if (clock::now() - idle_since < std::chrono::milliseconds(200)) {
+                    std::this_thread::sleep_for(std::chrono::microseconds(50));
+                } else {
+                    std::unique_lock<std::mutex> lock(mutex_);
+                    wake_.wait(lock, [&] { return generation_.load() != seen; });
+                }
+            }
+            seen = generation_.load();
+            if (id < threads_) (*task_)(id);
+            pending_.fetch_sub(1);
+        }
+    }
+    std::mutex call_, mutex_;
+    std::condition_variable wake_;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> pending_{0};
+    int workers_ = 0, threads_ = 0;
+    const std::function<void(int)>* task_ = nullptr;
+};
+
 template <typename Fn> void run_threads(int nthreads, Fn fn) {
-    std::vector<std::thread> pool;
-    for (int th = 1; th < nthreads; ++th) pool.emplace_back(fn, th);
-    fn(0);
-    for (auto& t : pool) t.join();
+    static Pool* pool = new Pool;  // never destroyed: its detached workers live as long as the process
+    pool->run(nthreads, std::function<void(int)>(fn));
 }
 
 struct Shape {
