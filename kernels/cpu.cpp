@@ -108,74 +108,74 @@ inline void tile_product(const T* __restrict a, int64_t lda, const T* __restrict
     }
 }
 
-// Rows sorted by length (longest first) and cut into tiles of RT; tiles are dealt to threads
-// longest first, each to the least loaded (a tile costs its longest row's steps).
-template <typename T>
-std::vector<std::vector<std::vector<int64_t>>> plan(const int64_t* lengths, int64_t B, int nthreads) {
+// Rows sorted by length (longest first) and cut into tiles of RT, the longest tiles first
+// (they are taken in this order: the last ones taken are the shortest).
+inline std::vector<std::vector<int64_t>> tiles_by_length(const int64_t* lengths, int64_t B) {
     std::vector<int64_t> order(B);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
-    std::vector<std::vector<std::vector<int64_t>>> work(nthreads);
-    std::vector<int64_t> load(nthreads, 0);
-    for (int64_t i = 0; i < B; i += RT) {
-        if (lengths[order[i]] <= 0) break;
-        int th = int(std::min_element(load.begin(), load.end()) - load.begin());
-        work[th].emplace_back(order.begin() + i, order.begin() + std::min(i + RT, B));
-        load[th] += lengths[order[i]];
-    }
-    return work;
+    std::vector<std::vector<int64_t>> tiles;
+    for (int64_t i = 0; i < B && lengths[order[i]] > 0; i += RT)
+        tiles.emplace_back(order.begin() + i, order.begin() + std::min(i + RT, B));
+    return tiles;
 }
 
-// fn(0), ..., fn(nthreads - 1) on nthreads threads: the caller and nthreads - 1 workers that stay
-// between calls. Why not a thread per call: on this project's 2-core VM a new thread started 2-5
-// ms after it was made (an idle virtual core is slow to wake), as long as a whole call; so workers
-// wait by polling, with 50 us sleeps, for 200 ms after each call, and only then block. Every
-// worker acknowledges every call (those beyond nthreads do nothing), so none lags a call behind.
+// Tiles 0..n-1 of a call, taken in order from a shared counter by the caller and by up to
+// nthreads - 1 workers that block between calls. Why taken, not dealt: on this project's 2-core VM
+// a sleeping thread took 2-5 ms to start running (an idle virtual core is slow to wake), as long
+// as a whole call; so the caller starts at once and a worker helps with whatever is left when it
+// wakes (a fixed share would make the caller wait for it). The caller returns when every tile is
+// done; a worker that wakes after that finds none left and touches nothing of the call but its
+// counters, which it holds (shared_ptr). Polling workers, which wake at once, were tried: their
+// wake-ups slowed torch's own threads more than they gained.
 class Pool {
   public:
-    void run(int nthreads, const std::function<void(int)>& fn) {
-        if (nthreads <= 1) return fn(0);
-        std::lock_guard<std::mutex> one_call_at_a_time(call_);
-        while (workers_ < nthreads - 1) std::thread(&Pool::work, this, ++workers_, generation_.load()).detach();
-        task_ = &fn, threads_ = nthreads, pending_ = workers_;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            generation_.fetch_add(1);
+    void run(int nthreads, int64_t n, const std::function<void(int64_t)>& tile) {
+        auto call = std::make_shared<Call>();
+        call->tile = &tile, call->n = n;
+        if (nthreads > 1 && n > 1) {
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                while (workers_ < nthreads - 1) std::thread(&Pool::work, this).detach(), ++workers_;
+                current_ = call, ++generation_;
+            }
+            wake_.notify_all();
         }
-        wake_.notify_all();
-        fn(0);
-        while (pending_.load() > 0) std::this_thread::yield();
+        drain(*call);
+        while (call->done.load() < n) std::this_thread::yield();  // the tiles a worker took
     }
 
   private:
-    void work(int id, uint64_t seen) {
-        using clock = std::chrono::steady_clock;
+    struct Call {
+        const std::function<void(int64_t)>* tile = nullptr;  // the caller's: used only while tiles are left
+        int64_t n = 0;
+        std::atomic<int64_t> next{0}, done{0};
+    };
+    static void drain(Call& call) {
+        for (int64_t i; (i = call.next.fetch_add(1)) < call.n; call.done.fetch_add(1)) (*call.tile)(i);
+    }
+    void work() {
+        uint64_t seen = 0;  // a new worker joins the call it was made for
         for (;;) {
-            const auto idle_since = clock::now();
-            while (generation_.load() == seen) {
-                if (clock::now() - idle_since < std::chrono::milliseconds(200)) {
-                    std::this_thread::sleep_for(std::chrono::microseconds(50));
-                } else {
-                    std::unique_lock<std::mutex> lock(mutex_);
-                    wake_.wait(lock, [&] { return generation_.load() != seen; });
-                }
+            std::shared_ptr<Call> call;
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                wake_.wait(lock, [&] { return generation_ != seen; });
+                seen = generation_, call = current_;
             }
-            seen = generation_.load();
-            if (id < threads_) (*task_)(id);
-            pending_.fetch_sub(1);
+            drain(*call);
         }
     }
-    std::mutex call_, mutex_;
+    std::mutex mutex_;
     std::condition_variable wake_;
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
-    int workers_ = 0, threads_ = 0;
-    const std::function<void(int)>* task_ = nullptr;
+    std::shared_ptr<Call> current_;
+    uint64_t generation_ = 0;
+    int workers_ = 0;
 };
 
-template <typename Fn> void run_threads(int nthreads, Fn fn) {
+template <typename Fn> void for_each_tile(int nthreads, int64_t n, Fn fn) {
     static Pool* pool = new Pool;  // never destroyed: its detached workers live as long as the process
-    pool->run(nthreads, std::function<void(int)>(fn));
+    pool->run(nthreads, n, std::function<void(int64_t)>(fn));
 }
 
 struct Shape {
@@ -258,20 +258,17 @@ template <typename T>
 void forward(int64_t B, int64_t L, int64_t H, const T* gi, const T* whh_t, const int64_t* lengths, T* out,
              T* saved, int nthreads) {
     const Shape s{B, L, H, 3 * H, (3 * H + PAD - 1) / PAD * PAD, (H + PAD - 1) / PAD * PAD};
-    auto work = plan<T>(lengths, B, nthreads);
-    run_threads(nthreads, [&](int th) {
-        for (auto& rows : work[th]) forward_tile<T>(s, rows, lengths, gi, whh_t, out, saved);
-    });
+    const auto tiles = tiles_by_length(lengths, B);
+    for_each_tile(nthreads, tiles.size(), [&](int64_t i) { forward_tile<T>(s, tiles[i], lengths, gi, whh_t, out, saved); });
 }
 
 template <typename T>
 void backward(int64_t B, int64_t L, int64_t H, const T* dout, const T* out, const T* saved, const T* whh,
               const int64_t* lengths, T* dgi, T* dgh, int nthreads) {
     const Shape s{B, L, H, 3 * H, (3 * H + PAD - 1) / PAD * PAD, (H + PAD - 1) / PAD * PAD};
-    auto work = plan<T>(lengths, B, nthreads);
-    run_threads(nthreads, [&](int th) {
-        for (auto& rows : work[th]) backward_tile<T>(s, rows, lengths, dout, out, saved, whh, dgi, dgh);
-    });
+    const auto tiles = tiles_by_length(lengths, B);
+    for_each_tile(nthreads, tiles.size(),
+                  [&](int64_t i) { backward_tile<T>(s, tiles[i], lengths, dout, out, saved, whh, dgi, dgh); });
 }
 
 
@@ -300,9 +297,10 @@ void write_row(int64_t len, int64_t R, int64_t K, const T* __restrict kg, const 
 template <typename T>
 void memory_write(int64_t B, int64_t L, int64_t R, int64_t K, const T* kg, const int64_t* lengths, const T* rel, T* V,
                   T* states, int nthreads) {
-    run_threads(nthreads, [&](int th) {
+    constexpr int64_t ROWS = 8;  // rows per tile
+    for_each_tile(nthreads, (B + ROWS - 1) / ROWS, [&](int64_t i) {
         std::vector<T> E(K);
-        for (int64_t b = th; b < B; b += nthreads)  // rows dealt in turn: batches mix short and long rows
+        for (int64_t b = i * ROWS; b < std::min(B, (i + 1) * ROWS); ++b)
             write_row<T>(lengths[b], R, K, kg + b * L * K, rel, V + b * R * K, states ? states + b * L * R * K : nullptr, E);
     });
 }
