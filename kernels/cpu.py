@@ -1,6 +1,6 @@
 """KSR's two recurrences, the GRU and the memory write, as compiled C++ loops for the CPU
-(kernels/cpu.cpp); each is proven equal to its reference by tests/test_fast_paths.py (float64,
-values and gradients, random shapes).
+(kernels/cpu.cpp); each is proven equal to its reference by tests/test_cpu_kernels.py (float64,
+values and gradients, random shapes, any thread count).
 
     cpu_gru_layer(x, w_ih, w_hh, lengths) -> out (B, L, H)
         one layer of ksr.GRU's nn.GRU (bias-free, batch_first, h_0 = 0) at every valid step
@@ -16,14 +16,16 @@ the GRU's input projections x W_ih^T of all steps, its weight gradients and dx, 
 product (autograd). cpu.cpp runs per step one product h_{t-1} W_hh^T (B x H x 3H) and the gate
 math; rows are spread over threads (torch.get_num_threads()), padding steps skipped.
 
-The library is compiled once per source and compiler with the machine's C++ compiler (`c++`,
-or $CXX) into ~/.cache/ksr (or $KSR_CACHE_DIR), a few seconds. Where no compiler works
+The library is compiled once per source, compiler and CPU with the machine's C++ compiler
+(`c++`, or $CXX) into ~/.cache/ksr (or $KSR_CACHE_DIR), a few seconds (-march=native: a library
+built for one CPU may not run on another, so a home folder shared by machines keeps one each). Where no compiler works
 (Windows without one, say) `unavailable_reason()` says why and KSR keeps nn.GRU and
 sorted_kv_memory (train.build_model; --cpp_kernels off does the same by choice).
 """
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -36,10 +38,22 @@ import ksr
 SOURCE = Path(__file__).with_name("cpu.cpp")
 # -fno-trapping-math, -fno-math-errno: floor and the gates vectorize; -ffp-contract=fast: a * b + c as
 # one FMA, as BLAS does (ISO C++ mode would forbid it)
-FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-std=c++17",
+         "-shared", "-fPIC", "-pthread"]
 PAD = 16  # cpu.cpp pads the weights' columns to a multiple of it
 
 _lib, _why = None, None
+
+
+def _cpu_id():
+    """What -march=native depends on: the machine, and on Linux the CPU's model and feature flags."""
+    info = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            info = "".join(sorted({ln for ln in f if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {info}"
 
 
 def _compiler():
@@ -58,7 +72,7 @@ def _load():
         if not cxx:
             raise RuntimeError("no C++ compiler (c++, g++, clang++ or $CXX) on this machine")
         source = SOURCE.read_bytes()
-        key = hashlib.sha256(source + " ".join([cxx, *FLAGS]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(source + " ".join([cxx, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
         cache = Path(os.environ.get("KSR_CACHE_DIR") or Path.home() / ".cache" / "ksr")
         path = cache / f"ksr_cpu-{key}.so"
         if not path.exists():
@@ -116,6 +130,8 @@ def _check_lengths(name, lengths, L):
 
 
 def _suffix(t):
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the compiled CPU kernels take float32 or float64 tensors, got {t.dtype}")
     return {torch.float32: "f32", torch.float64: "f64"}[t.dtype]
 
 
@@ -137,6 +153,7 @@ class GRULayerFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # its backward is not itself differentiable
     def backward(ctx, dout):
         out, saved, w_hh, lengths = ctx.saved_tensors
         lib, (B, L, H) = _load(), out.shape

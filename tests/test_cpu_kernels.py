@@ -133,6 +133,8 @@ def test_bad_input_is_refused():
     gru = torch.nn.GRU(3, 4, 1, bias=False, batch_first=True)
     with pytest.raises(ValueError, match=r"lengths must be in \[0, 5\]"):
         kernels.cpu_gru_layer(torch.randn(2, 5, 3), gru.weight_ih_l0, gru.weight_hh_l0, torch.tensor([6, 1]))
+    with pytest.raises(TypeError, match="float32 or float64 tensors, got torch.bfloat16"):
+        kernels.cpu.memory_write(torch.randn(1, 2, 3).bfloat16(), torch.tensor([2]), torch.randn(2, 3))
     with pytest.raises(ValueError, match="frozen KG only"):
         kernels.cpu_kv_memory(torch.randn(1, 2, 3, requires_grad=True), torch.tensor([2]), torch.randn(2, 3),
                               torch.randn(1, 3), 1.0)
