@@ -9,8 +9,8 @@
 //     gh = h_{t-1} W_hh^T                       (gates r, z, n: columns [0,H), [H,2H), [2H,3H))
 //     r = sigmoid(gi_r + gh_r),  z = sigmoid(gi_z + gh_z),  n = tanh(gi_n + r * gh_n)
 //     h_t = (1 - z) * n + z * h_{t-1}           h_0 = 0
-// Rows are independent, so each thread takes whole rows for all L steps: nothing is shared
-// between threads inside a call. A row's padding steps (t >= length) are skipped: out is 0
+// Rows are independent, so a thread takes a tile of whole rows for all L steps: nothing is
+// shared between threads inside a call, and the result is the same on any number of threads. A row's padding steps (t >= length) are skipped: out is 0
 // there and their gradient is not propagated (the GRU's callers never read them).
 //
 // Why this pays where torch does not: nn.GRU makes ~10 small operations per step forward
@@ -36,10 +36,11 @@
 
 namespace {
 
-constexpr int PAD = 16;  // the weights' columns are padded to a multiple (kernels/gru.py pads them)
+constexpr int PAD = 16;  // the weights' columns are padded to a multiple (kernels/cpu.py pads them)
 
 // exp without branches, so that the gate loops vectorize: exp(x) = 2^n exp(r), |r| <= ln2 / 2,
-// exp(r) by its Taylor series (degree 13 in double, 7 in float: below half an ulp).
+// exp(r) by its Taylor series (degree 13 in double, 7 in float: the truncation below half an ulp).
+// A NaN stays NaN (the clamp keeps it), so the training's NaN check still sees it.
 inline double exp_(double x) {
     x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);  // a ternary, not std::min: it vectorizes
     double n = std::floor(x * 1.4426950408889634 + 0.5);
