@@ -14,9 +14,10 @@ and gradients, random shapes).
 Why they are faster. Rows are sorted by length (longest first), so the rows still active at
 step t are the first active[t] rows, and each step touches only those, in place; the reference
 masks every row at every step and, under autograd, records every operation of every step. The
-CE makes its (n, N) scores once and turns them into their gradient in place. What they buy on
-the default command: `python bench.py` (docs/results.md). (The GRU has no fast path: nn.GRU's
-own loop, forward and backward, runs in C++; a hand-written backward in Python was slower.)
+CE makes its (N, n) scores once and turns them into their gradient in place. What they buy on
+the default command: `python bench.py` (docs/results.md). (The GRU has no fast path in torch: a
+hand-written backward in Python was slower than nn.GRU's own loop; on the CPU it is compiled
+instead, kernels/cpu.py, which also takes a frozen KG's memory write.)
 """
 import torch
 
