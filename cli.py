@@ -283,8 +283,8 @@ def option_parser(prog, description, names=None):
         ("topk", dict(type=topk_list)), ("valid_metric", {}),
         ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
         ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that runs the model: "
-                             "reference is ksr.py alone; sorted kernels' fast paths (sorted_kv_memory, "
-                             "all_items_cross_entropy); fused the same with the Triton kernel for the memory "
+                             "reference is ksr.py alone; sorted kernels' fast paths (all_items_cross_entropy; the "
+                             "compiled GRU and memory write, see --cpp_kernels, or sorted_kv_memory); fused the same with the Triton kernel for the memory "
                              "(a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
         ("cpp_kernels", dict(choices=["auto", "off"], help="with sorted on the CPU: the GRU and the memory write as "
                              "compiled C++ loops (kernels/cpu.py; compiled once, where a C++ compiler works: auto), or "
