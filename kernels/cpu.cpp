@@ -181,6 +181,8 @@ template <typename Fn> void for_each_tile(int nthreads, int64_t n, Fn fn) {
 
 struct Shape {
     int64_t B, L, H, G, Gp, Hp;  // G = 3H; Gp, Hp: G and H padded to a multiple of PAD
+    Shape(int64_t B, int64_t L, int64_t H)
+        : B(B), L(L), H(H), G(3 * H), Gp((3 * H + PAD - 1) / PAD * PAD), Hp((H + PAD - 1) / PAD * PAD) {}
 };
 
 // One row's gates at one step (the loops vectorize: separate functions, restrict pointers).
@@ -258,7 +260,7 @@ void backward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64
 template <typename T>
 void forward(int64_t B, int64_t L, int64_t H, const T* gi, const T* whh_t, const int64_t* lengths, T* out,
              T* saved, int nthreads) {
-    const Shape s{B, L, H, 3 * H, (3 * H + PAD - 1) / PAD * PAD, (H + PAD - 1) / PAD * PAD};
+    const Shape s(B, L, H);
     const auto tiles = tiles_by_length(lengths, B);
     for_each_tile(nthreads, tiles.size(), [&](int64_t i) { forward_tile<T>(s, tiles[i], lengths, gi, whh_t, out, saved); });
 }
@@ -266,7 +268,7 @@ void forward(int64_t B, int64_t L, int64_t H, const T* gi, const T* whh_t, const
 template <typename T>
 void backward(int64_t B, int64_t L, int64_t H, const T* dout, const T* out, const T* saved, const T* whh,
               const int64_t* lengths, T* dgi, T* dgh, int nthreads) {
-    const Shape s{B, L, H, 3 * H, (3 * H + PAD - 1) / PAD * PAD, (H + PAD - 1) / PAD * PAD};
+    const Shape s(B, L, H);
     const auto tiles = tiles_by_length(lengths, B);
     for_each_tile(nthreads, tiles.size(),
                   [&](int64_t i) { backward_tile<T>(s, tiles[i], lengths, dout, out, saved, whh, dgi, dgh); });

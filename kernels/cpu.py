@@ -63,9 +63,9 @@ def _compiler():
 def _load():
     """The compiled library (compiled now if not cached), or raise RuntimeError saying why not."""
     global _lib, _why
-    if _lib is not None or _why is not None:
-        if _why:
-            raise RuntimeError(_why)
+    if _why:
+        raise RuntimeError(_why)
+    if _lib is not None:
         return _lib
     cxx = _compiler()
     try:
@@ -144,7 +144,7 @@ class GRULayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi, w_hh, lengths):
         lib, (B, L, G), H = _load(), gi.shape, w_hh.shape[1]
-        gi, lengths = gi.contiguous(), lengths.to(torch.int64).contiguous()
+        gi = gi.contiguous()  # lengths: int64, contiguous (cpu_gru_layer checked them)
         out, saved = gi.new_zeros(B, L, H), gi.new_empty(4, B, L, H)  # saved: r, z, n, gh_n of every step
         w_hh_t = _padded(w_hh.detach().T, G)  # (H, Gp)
         getattr(lib, f"ksr_gru_forward_{_suffix(gi)}")(B, L, H, gi.data_ptr(), w_hh_t.data_ptr(), lengths.data_ptr(),
