@@ -170,13 +170,14 @@ MEMORY_IMPLS = {"reference": ksr.kv_memory, "sorted": kernels.sorted_kv_memory, 
 def build_model(cfg, ds):
     """ksr.KSR with RecBole's options and the fast paths --memory_impl names: the one seam between
     the reference (ksr.py alone: --memory_impl reference) and kernels/ (sorted, fused: that memory,
-    with kernels.all_items_cross_entropy for the CE loss and, on the CPU where a C++ compiler
-    works, kernels.cpu_gru_layer for the GRU)."""
+    with kernels.all_items_cross_entropy for the CE loss; on the CPU where a C++ compiler works,
+    the compiled ones: kernels.cpu_gru_layer for the GRU, cpu_cross_entropy for the CE and, for a
+    frozen KG, cpu_kv_memory)."""
     fast = cfg["memory_impl"] != "reference"
     compiled = wants_cpp_kernels(cfg) and kernels.cpu_unavailable_reason() is None
     return ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
                    memory=kernels.cpu_kv_memory if compiled and cfg["freeze_kg"] else MEMORY_IMPLS[cfg["memory_impl"]],
-                   ce=kernels.all_items_cross_entropy if fast else ksr.cross_entropy,
+                   ce=kernels.cpu_cross_entropy if compiled else kernels.all_items_cross_entropy if fast else ksr.cross_entropy,
                    gru_layer=kernels.cpu_gru_layer if compiled else None)
 
 

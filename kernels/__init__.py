@@ -13,9 +13,9 @@ Importing never fails and never touches a GPU: without triton (macOS, Windows)
 compiler `cpu_unavailable_reason()` says why and KSR keeps nn.GRU and sorted_kv_memory.
 """
 from .fast_torch import MemoryWriteFunction, all_items_cross_entropy, memory_write, sorted_kv_memory
-from .cpu import cpu_gru_layer, cpu_kv_memory
+from .cpu import cpu_cross_entropy, cpu_gru_layer, cpu_kv_memory
 from .cpu import unavailable_reason as cpu_unavailable_reason
 from .kv_memory import fused_kv_memory, unavailable_reason
 
 __all__ = ["memory_write", "MemoryWriteFunction", "sorted_kv_memory", "all_items_cross_entropy", "cpu_gru_layer",
-           "cpu_kv_memory", "cpu_unavailable_reason", "fused_kv_memory", "unavailable_reason"]
+           "cpu_kv_memory", "cpu_cross_entropy", "cpu_unavailable_reason", "fused_kv_memory", "unavailable_reason"]

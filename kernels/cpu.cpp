@@ -1,5 +1,5 @@
-// The two recurrences of KSR as compiled loops for the CPU: kernels/cpu.py compiles this file
-// (c++ -O3 -march=native) and is its only caller.
+// KSR's two recurrences and its CE loss as compiled loops for the CPU: kernels/cpu.py compiles
+// this file (c++ -O3 -march=native -fopenmp) and is its only caller.
 //
 // 1. The GRU, forward and backward: one pass over the steps per row tile, each step's product
 //    and gate math fused, the row tiles spread over threads.
@@ -22,16 +22,10 @@
 //    v_a <- v_a + z (E - v_a); one row's memory (R x K) stays in cache for all its steps, where
 //    torch makes ~6 small operations per step.
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <mutex>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -88,7 +82,8 @@ template <typename T> inline void store(T* p, vec<T> v) { std::memcpy(p, &v, siz
 
 // out[r][j] = sum_k a[r][k] w[k][j] for r < RT and every (padded) column j: a (RT, K) with row
 // stride lda, w (K, ldw) row-major, ldw a multiple of 2 LANES. The product of every step.
-template <typename T>
+// With ACC, out += instead of out =.
+template <typename T, bool ACC = false>
 inline void tile_product(const T* __restrict a, int64_t lda, const T* __restrict w, int64_t K, int64_t ldw,
                          T* __restrict out) {
     constexpr int W = LANES<T>;
@@ -103,8 +98,10 @@ inline void tile_product(const T* __restrict a, int64_t lda, const T* __restrict
             }
         }
         for (int r = 0; r < RT; ++r) {
-            store(out + r * ldw + j0, acc[r][0]);
-            store(out + r * ldw + j0 + W, acc[r][1]);
+            T* o = out + r * ldw + j0;
+            if (ACC) acc[r][0] += load(o), acc[r][1] += load(o + W);
+            store(o, acc[r][0]);
+            store(o + W, acc[r][1]);
         }
     }
 }
@@ -121,62 +118,14 @@ inline std::vector<std::vector<int64_t>> tiles_by_length(const int64_t* lengths,
     return tiles;
 }
 
-// Tiles 0..n-1 of a call, taken in order from a shared counter by the caller and by up to
-// nthreads - 1 workers that block between calls. Why taken, not dealt: on this project's 2-core VM
-// a sleeping thread took 2-5 ms to start running (an idle virtual core is slow to wake), as long
-// as a whole call; so the caller starts at once and a worker helps with whatever is left when it
-// wakes (a fixed share would make the caller wait for it). The caller returns when every tile is
-// done; a worker that wakes after that finds none left and touches nothing of the call but its
-// counters, which it holds (shared_ptr). Polling workers, which wake at once, were tried: their
-// wake-ups slowed torch's own threads more than they gained.
-class Pool {
-  public:
-    void run(int nthreads, int64_t n, const std::function<void(int64_t)>& tile) {
-        auto call = std::make_shared<Call>();
-        call->tile = &tile, call->n = n;
-        if (nthreads > 1 && n > 1) {
-            {
-                std::lock_guard<std::mutex> lock(mutex_);
-                while (workers_ < nthreads - 1) std::thread(&Pool::work, this).detach(), ++workers_;
-                current_ = call, ++generation_;
-            }
-            wake_.notify_all();
-        }
-        drain(*call);
-        while (call->done.load() < n) std::this_thread::yield();  // the tiles a worker took
-    }
-
-  private:
-    struct Call {
-        const std::function<void(int64_t)>* tile = nullptr;  // the caller's: used only while tiles are left
-        int64_t n = 0;
-        std::atomic<int64_t> next{0}, done{0};
-    };
-    static void drain(Call& call) {
-        for (int64_t i; (i = call.next.fetch_add(1)) < call.n; call.done.fetch_add(1)) (*call.tile)(i);
-    }
-    void work() {
-        uint64_t seen = 0;  // a new worker joins the call it was made for
-        for (;;) {
-            std::shared_ptr<Call> call;
-            {
-                std::unique_lock<std::mutex> lock(mutex_);
-                wake_.wait(lock, [&] { return generation_ != seen; });
-                seen = generation_, call = current_;
-            }
-            drain(*call);
-        }
-    }
-    std::mutex mutex_;
-    std::condition_variable wake_;
-    std::shared_ptr<Call> current_;
-    uint64_t generation_ = 0;
-    int workers_ = 0;
-};
-
+// Tiles 0..n-1 of a call, spread over nthreads threads: torch's own OpenMP threads (cpu.py
+// compiles with -fopenmp, and the loader gives this library the libgomp torch has loaded),
+// so a call finds them spinning after torch's last operation instead of waking threads of
+// its own, and never competes with them for the cores. Taken one at a time (dynamic): tiles
+// differ in length. Without OpenMP the pragma is ignored and the tiles run in order.
 template <typename Fn> void for_each_tile(int nthreads, int64_t n, Fn fn) {
-    static Pool* pool = new Pool;  // never destroyed: its detached workers live as long as the process
-    pool->run(nthreads, n, std::function<void(int64_t)>(fn));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && n > 1)
+    for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
 struct Shape {
@@ -308,6 +257,106 @@ void memory_write(int64_t B, int64_t L, int64_t R, int64_t K, const T* kg, const
     });
 }
 
+// 3. The CE loss over all items, its value and its gradient in one pass (ksr.cross_entropy):
+//    for targets j with user vector p_j and items i with vector q_i,
+//        s_ji = p_j . q_i,  loss_j = log sum_i exp(s_ji) - s_j,target
+//        dL/ds_ji = (softmax_i(s_j.) - [i = target_j]) * c_j     (c_j = 1/n: the mean)
+//        dP = dS Q,  dQ = dS^T P
+//    Torch makes the (n x N) scores in memory and reads them back ~5 times (max, exp, sum,
+//    scale, two products); here a block of RB targets' scores, item-major (N x RB: the softmax's
+//    sums run down columns, vectorized across the block), stays in cache from its product to
+//    its last use. The gradient is made with the value (the loss is the graph's last node, so
+//    dL/ds is known here up to the scalar that backward brings).
+//    Threads take chunks of blocks; each chunk sums its dQ apart and the chunks' sums are added in
+//    a fixed order, so the result does not depend on the thread count.
+constexpr int64_t RB = 48;      // targets per block: a multiple of 2 LANES, (Np x RB) within L2
+constexpr int64_t CHUNKS = 8;   // at most this many chunks (and dQ sums) per call
+
+inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct CEShape {
+    int64_t n, N, D, Np, Dp, Dr, blocks, chunks;  // Np: N to a multiple of RT; Dp: D to PAD; Dr: D to RT
+    CEShape(int64_t n, int64_t N, int64_t D)
+        : n(n), N(N), D(D), Np(up(N, RT)), Dp(up(D, PAD)), Dr(up(D, RT)), blocks((n + RB - 1) / RB),
+          chunks(std::min(CHUNKS, (n + RB - 1) / RB)) {}
+};
+
+// The softmax of one block, in place, down columns (each column one target): s (Np x RB) item-major
+// scores, rows >= N padding. Leaves dL/ds there, scaled by c (0 for a block's padding columns);
+// writes loss_j for the block's real columns.
+template <typename T>
+void softmax_block(int64_t N, const int64_t* __restrict t, int64_t cols, T c, T* __restrict s, T* __restrict loss) {
+    alignas(64) T m[RB], z[RB], st[RB], scale[RB];
+    for (int64_t j = 0; j < RB; ++j) m[j] = s[j], z[j] = T(0);
+    for (int64_t i = 1; i < N; ++i)
+        for (int64_t j = 0; j < RB; ++j) m[j] = s[i * RB + j] > m[j] ? s[i * RB + j] : m[j];
+    for (int64_t j = 0; j < cols; ++j) st[j] = s[t[j] * RB + j];
+    for (int64_t i = 0; i < N; ++i) {
+        T* __restrict row = s + i * RB;
+        for (int64_t j = 0; j < RB; ++j) {
+            T e = exp_(row[j] - m[j]);
+            row[j] = e;
+            z[j] += e;
+        }
+    }
+    for (int64_t j = 0; j < RB; ++j) scale[j] = j < cols ? c / z[j] : T(0);
+    for (int64_t i = 0; i < N; ++i)
+        for (int64_t j = 0; j < RB; ++j) s[i * RB + j] *= scale[j];
+    std::fill(s + N * RB, s + up(N, RT) * RB, T(0));  // padding items: no gradient
+    for (int64_t j = 0; j < cols; ++j) {
+        s[t[j] * RB + j] -= c;
+        loss[j] = m[j] + std::log(z[j]) - st[j];
+    }
+}
+
+// One chunk of blocks: loss and dP of its targets, and its own sum dQc (Np x Dp).
+// qp: Q padded (Np x Dp); qt: Q^T padded (Dr x Np); p (n x D) the targets' user vectors.
+template <typename T>
+void ce_chunk(const CEShape& s, int64_t chunk, const T* p, const int64_t* t, const T* qp, const T* qt, T c,
+              bool grad, T* loss, T* dp, T* dqc) {
+    std::vector<T> S(s.Np * RB), pt(s.D * RB), pb(RB * s.Dp), dpt(s.Dr * RB);
+    const int64_t b0 = chunk * s.blocks / s.chunks, b1 = (chunk + 1) * s.blocks / s.chunks;
+    if (grad) std::fill(dqc, dqc + s.Np * s.Dp, T(0));
+    for (int64_t b = b0; b < b1; ++b) {
+        const int64_t j0 = b * RB, cols = std::min(RB, s.n - j0);
+        std::fill(pt.begin(), pt.end(), T(0));
+        std::fill(pb.begin(), pb.end(), T(0));
+        for (int64_t j = 0; j < cols; ++j)
+            for (int64_t d = 0; d < s.D; ++d) pt[d * RB + j] = pb[j * s.Dp + d] = p[(j0 + j) * s.D + d];
+        for (int64_t i = 0; i < s.Np; i += RT)  // S^T = Q P_b^T (Np x RB)
+            tile_product<T>(qp + i * s.Dp, s.Dp, pt.data(), s.D, RB, S.data() + i * RB);
+        softmax_block<T>(s.N, t + j0, cols, c, S.data(), loss + j0);
+        if (!grad) continue;
+        for (int64_t d = 0; d < s.Dr; d += RT)  // dP_b^T = Q^T dS^T (Dr x RB)
+            tile_product<T>(qt + d * s.Np, s.Np, S.data(), s.Np, RB, dpt.data() + d * RB);
+        for (int64_t j = 0; j < cols; ++j)
+            for (int64_t d = 0; d < s.D; ++d) dp[(j0 + j) * s.D + d] = dpt[d * RB + j];
+        for (int64_t i = 0; i < s.Np; i += RT)  // dQ += dS^T P_b (Np x Dp)
+            tile_product<T, true>(S.data() + i * RB, RB, pb.data(), RB, s.Dp, dqc + i * s.Dp);
+    }
+}
+
+template <typename T>
+void cross_entropy(int64_t n, int64_t N, int64_t D, const T* p, const int64_t* t, const T* qp, const T* qt,
+                   T c, T* loss, T* dp, T* dq, int nthreads) {
+    const CEShape s(n, N, D);
+    const bool grad = dp != nullptr;
+    std::vector<T> dqc(grad ? s.chunks * s.Np * s.Dp : 0);
+    for_each_tile(nthreads, s.chunks, [&](int64_t k) {
+        ce_chunk<T>(s, k, p, t, qp, qt, c, grad, loss, dp, grad ? dqc.data() + k * s.Np * s.Dp : nullptr);
+    });
+    if (!grad) return;
+    constexpr int64_t ROWS = 64;  // dQ (N x D) = the chunks' sums, added in chunk order, rows in tiles
+    for_each_tile(nthreads, (N + ROWS - 1) / ROWS, [&](int64_t i) {
+        for (int64_t r = i * ROWS; r < std::min(N, (i + 1) * ROWS); ++r)
+            for (int64_t d = 0; d < D; ++d) {
+                T acc = 0;
+                for (int64_t k = 0; k < s.chunks; ++k) acc += dqc[(k * s.Np + r) * s.Dp + d];
+                dq[r * D + d] = acc;
+            }
+    });
+}
+
 }  // namespace
 
 // The entry points (ctypes). Arrays are C-contiguous: gi, dgi, dgh (B, L, 3H); out, dout
@@ -340,5 +389,17 @@ void ksr_memory_write_f32(int64_t B, int64_t L, int64_t R, int64_t K, const floa
 void ksr_memory_write_f64(int64_t B, int64_t L, int64_t R, int64_t K, const double* kg, const int64_t* lengths,
                           const double* rel, double* V, double* states, int nthreads) {
     memory_write<double>(B, L, R, K, kg, lengths, rel, V, states, nthreads);
+}
+// The CE loss: p (n, D), targets t (n,) in [0, N), qp = Q padded (Np, Dp), qt = Q^T padded
+// (Dr, Np) with zeros (Np = N up to a multiple of 6, Dp = D up to 16, Dr = D up to 6); c the
+// weight of each target (1/n for the mean) -> loss (n,) per target; with dp not null also
+// dp = dL/dP (n, D) and dq = dL/dQ (N, D).
+void ksr_cross_entropy_f32(int64_t n, int64_t N, int64_t D, const float* p, const int64_t* t, const float* qp,
+                           const float* qt, double c, float* loss, float* dp, float* dq, int nthreads) {
+    cross_entropy<float>(n, N, D, p, t, qp, qt, float(c), loss, dp, dq, nthreads);
+}
+void ksr_cross_entropy_f64(int64_t n, int64_t N, int64_t D, const double* p, const int64_t* t, const double* qp,
+                           const double* qt, double c, double* loss, double* dp, double* dq, int nthreads) {
+    cross_entropy<double>(n, N, D, p, t, qp, qt, c, loss, dp, dq, nthreads);
 }
 }

@@ -37,9 +37,12 @@ import ksr
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
 # -fno-trapping-math, -fno-math-errno: floor and the gates vectorize; -ffp-contract=fast: a * b + c as
-# one FMA, as BLAS does (ISO C++ mode would forbid it)
+# one FMA, as BLAS does (ISO C++ mode would forbid it); -fopenmp: the threads are torch's own
+# (cpu.cpp, for_each_tile), and where the compiler has no OpenMP (Apple's clang) the kernels run
+# on one thread instead
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-std=c++17",
-         "-shared", "-fPIC", "-pthread"]
+         "-shared", "-fPIC"]
+OPENMP = ["-fopenmp"]
 PAD = 16  # cpu.cpp pads the weights' columns to a multiple of it
 
 _lib, _why = None, None
@@ -72,7 +75,7 @@ def _load():
         if not cxx:
             raise RuntimeError("no C++ compiler (c++, g++, clang++ or $CXX) on this machine")
         source = SOURCE.read_bytes()
-        key = hashlib.sha256(source + " ".join([cxx, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(source + " ".join([cxx, *FLAGS, *OPENMP, _cpu_id()]).encode()).hexdigest()[:16]
         cache = Path(os.environ.get("KSR_CACHE_DIR") or Path.home() / ".cache" / "ksr")
         path = cache / f"ksr_cpu-{key}.so"
         if not path.exists():
@@ -80,8 +83,11 @@ def _load():
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # compiled aside, then renamed: never half a library
             os.close(fd)
             try:
-                done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-                if done.returncode:
+                for flags in (FLAGS + OPENMP, FLAGS):
+                    done = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+                    if not done.returncode:
+                        break
+                else:
                     first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
                     raise RuntimeError(f"{cxx} could not compile {SOURCE.name}: {first}")
                 os.replace(tmp, path)
@@ -98,6 +104,8 @@ def _load():
         getattr(lib, f"ksr_gru_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
                                                                ctypes.c_int]
         getattr(lib, f"ksr_memory_write_{suffix}").argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
+        getattr(lib, f"ksr_cross_entropy_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_double,
+                                                                ptr, ptr, ptr, ctypes.c_int]
     _lib = lib
     return lib
 
@@ -201,3 +209,50 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
     if kg_seq.requires_grad:
         raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq needs no gradient); use kernels.sorted_kv_memory")
     return ksr.memory_read(memory_write(kg_seq, lengths, relations, all_steps), relations, query, gamma)
+
+
+# ----------------------------------------------------------------------------
+# The loss
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """ksr.cross_entropy: p (n, D), q (N + 1, D) with row 0 the padding item, targets (n,) in 1..N.
+    The forward makes the gradient too (cpu.cpp, 3.): backward only scales it by g."""
+
+    @staticmethod
+    def forward(ctx, p, q, targets):
+        lib, (n, D), N = _load(), p.shape, q.shape[0] - 1
+        p, q1, t = p.contiguous(), q[1:], (targets - 1).to(torch.int64).contiguous()  # row j of Q is item j + 1
+        Np, Dp, Dr = -(-N // 6) * 6, -(-D // PAD) * PAD, -(-D // 6) * 6  # cpu.cpp's padding (RT = 6, PAD)
+        qp, qt = q.new_zeros(Np, Dp), q.new_zeros(Dr, Np)
+        qp[:N, :D], qt[:D, :N] = q1, q1.T
+        grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        loss = p.new_empty(n)
+        dp, dq = (p.new_empty(n, D), q.new_zeros(N + 1, D)) if grad else (None, None)
+        getattr(lib, f"ksr_cross_entropy_{_suffix(p)}")(n, N, D, p.data_ptr(), t.data_ptr(), qp.data_ptr(),
+                                                        qt.data_ptr(), 1.0 / n, loss.data_ptr(),
+                                                        dp.data_ptr() if grad else None,
+                                                        dq[1:].data_ptr() if grad else None, torch.get_num_threads())
+        ctx.grads = dp, dq
+        return loss.mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        dp, dq = ctx.grads
+        del ctx.grads
+        return dp.mul_(g), dq.mul_(g), None
+
+
+def cpu_cross_entropy(p, q, targets):
+    """ksr.cross_entropy, same signature and result: the CE over all items 1..N of p . q_i, mean
+    over the n targets, its gradient made in the same pass (cpu.cpp, 3.). CPU, float32 or float64."""
+    _cpu("cpu_cross_entropy", p)
+    if p.dtype != q.dtype:
+        raise TypeError(f"cpu_cross_entropy: p is {p.dtype} and q is {q.dtype}")
+    _suffix(p)
+    N = q.shape[0] - 1
+    if len(targets) == 0:
+        return ksr.cross_entropy(p, q, targets)  # no target: the reference's NaN, as F.cross_entropy gives
+    if not (1 <= int(targets.min()) and int(targets.max()) <= N):
+        raise ValueError(f"cpu_cross_entropy: targets must be items in 1..{N}")
+    return CrossEntropyFunction.apply(p, q, targets)

@@ -161,3 +161,69 @@ def test_without_a_compiler_the_model_keeps_plain_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
     assert "could not compile cpu.cpp: fatal: this compiler refuses" in out.stdout.splitlines()[0]
     assert not os.listdir(tmp_path / "cache")  # the temporary output is removed
+
+
+@given(st.integers(1, 130), st.integers(1, 60), st.integers(1, 70), st.sampled_from([0.1, 1.0, 30.0]),
+       st.sampled_from([1, 2, 3]), st.integers(0, 2 ** 31))
+@settings(max_examples=100, deadline=None)
+def test_cpu_cross_entropy_matches_reference(n, N, D, scale, threads, seed):
+    """cpu_cross_entropy == ksr.cross_entropy in float64: the loss and d p, d q (row 0, the padding
+    item, gets 0) under an upstream gradient other than 1; targets across several of its 48-target
+    blocks and chunks (n up to 130), item counts and widths that are not multiples of its 6-row
+    and 16-column blocks, large scores, any thread count."""
+    g = torch.Generator().manual_seed(seed)
+    p, q = torch.randn(n, D, generator=g, dtype=torch.float64) * scale, torch.randn(N + 1, D, generator=g, dtype=torch.float64)
+    targets = torch.randint(1, N + 1, (n,), generator=g)
+    c = torch.randn((), generator=g, dtype=torch.float64)
+    pa, qa, pb, qb = (t.clone().requires_grad_() for t in (p, q, p, q))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = kernels.cpu_cross_entropy(pa, qa, targets)
+        ga = torch.autograd.grad(got * c, [pa, qa])
+    finally:
+        torch.set_num_threads(old)
+    want = ksr.cross_entropy(pb, qb, targets)
+    gb = torch.autograd.grad(want * c, [pb, qb])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert (ga[1][0] == 0).all()
+    with torch.no_grad():  # no gradient asked: the loss alone, the same
+        torch.testing.assert_close(kernels.cpu_cross_entropy(p, q, targets), want.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_cross_entropy_float32_and_threads():
+    """At the default shapes in float32 (1,600 targets, 1,683 items, D = 64): the reference's loss
+    and gradients to float32 rounding, and the same to the last bit on 1 and 2 threads (the
+    chunks' dQ sums are added in a fixed order)."""
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(1600, 64, generator=g), torch.randn(1684, 64, generator=g) * 0.3
+    targets = torch.randint(1, 1684, (1600,), generator=g)
+    old, runs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            pa, qa = p.clone().requires_grad_(), q.clone().requires_grad_()
+            loss = kernels.cpu_cross_entropy(pa, qa, targets)
+            runs.append((loss, *torch.autograd.grad(loss, [pa, qa])))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    pb, qb = p.clone().requires_grad_(), q.clone().requires_grad_()
+    want = ksr.cross_entropy(pb, qb, targets)
+    for a, b in zip(runs[0], (want, *torch.autograd.grad(want, [pb, qb]))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_cpu_cross_entropy_bad_input():
+    p, q = torch.randn(3, 4), torch.randn(6, 4)
+    with pytest.raises(ValueError, match=r"targets must be items in 1\.\.5"):
+        kernels.cpu_cross_entropy(p, q, torch.tensor([1, 0, 2]))
+    with pytest.raises(ValueError, match=r"targets must be items in 1\.\.5"):
+        kernels.cpu_cross_entropy(p, q, torch.tensor([1, 6, 2]))
+    with pytest.raises(TypeError, match="p is torch.float32 and q is torch.float64"):
+        kernels.cpu_cross_entropy(p, q.double(), torch.tensor([1, 2, 3]))
+    assert kernels.cpu_cross_entropy(p[:0], q, torch.tensor([], dtype=torch.long)).isnan()  # as the reference
+    assert kernels.cpu_cross_entropy(p * float("nan"), q, torch.tensor([1, 2, 3])).isnan()  # a NaN is not hidden

@@ -83,7 +83,7 @@ def fast_set(name, freeze_kg):
     if (why := kernels.cpu_unavailable_reason()):
         pytest.skip(why)
     return dict(memory=kernels.cpu_kv_memory if freeze_kg else kernels.sorted_kv_memory,
-                ce=kernels.all_items_cross_entropy, gru_layer=kernels.cpu_gru_layer)
+                ce=kernels.cpu_cross_entropy, gru_layer=kernels.cpu_gru_layer)
 
 
 @pytest.mark.parametrize("fast_paths", ["torch", "compiled"])
@@ -92,8 +92,8 @@ def fast_set(name, freeze_kg):
 @pytest.mark.parametrize("all_steps", [False, True])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_default_model_equals_the_reference_model(fast_paths, freeze_kg, no_memory, all_steps, num_layers):
-    """The whole model as train.py builds it (the sorted memory, all_items_cross_entropy, and by
-    default on the CPU the compiled GRU and memory write) == the reference model (ksr.py alone):
+    """The whole model as train.py builds it (the sorted memory and all_items_cross_entropy, or by
+    default on the CPU the compiled GRU, CE and memory write) == the reference model (ksr.py alone):
     user vectors, the loss and every gradient."""
     fast = small_model(no_memory=no_memory, freeze_kg=freeze_kg, num_layers=num_layers, **fast_set(fast_paths, freeze_kg))
     plain = small_model(no_memory=no_memory, freeze_kg=freeze_kg, num_layers=num_layers)

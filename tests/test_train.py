@@ -121,7 +121,7 @@ def test_memory_impl_reference_runs_the_reference(tiny_dataset, tmp_path, train_
     where they compile) and --cpp_kernels off (plain torch)."""
     want = {"reference": (ksr.kv_memory, ksr.cross_entropy, None),
             "off": (kernels.sorted_kv_memory, kernels.all_items_cross_entropy, None),
-            "auto": (kernels.cpu_kv_memory, kernels.all_items_cross_entropy, kernels.cpu_gru_layer)}
+            "auto": (kernels.cpu_kv_memory, kernels.cpu_cross_entropy, kernels.cpu_gru_layer)}
     if kernels.cpu_unavailable_reason():
         del want["auto"]
     losses = {}
