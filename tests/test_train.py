@@ -136,6 +136,25 @@ def test_memory_impl_reference_runs_the_reference(tiny_dataset, tmp_path, train_
         np.testing.assert_allclose(losses[name], losses["reference"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("learner", ["adam", "adamw", "sgd"])
+def test_make_optimizer_is_torchs_update(learner):
+    """make_optimizer's optimizer (Adam and AdamW fused into one loop where torch has that) makes
+    the same steps as torch's plain one, weight decay included."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(7, 5), torch.nn.Linear(7, 5)
+    b.load_state_dict(a.state_dict())
+    cfg = dict(learner=learner, learning_rate=0.01, weight_decay=0.1)
+    got, want = train.make_optimizer(a, cfg), train.LEARNERS[learner](b.parameters(), lr=0.01, weight_decay=0.1, foreach=False)
+    for _ in range(5):
+        x = torch.randn(3, 7)
+        for model, opt in ((a, got), (b, want)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
 def test_eval_only_command(tiny_dataset, tmp_path):
     out = str(tmp_path / "run")
     train.run(tiny_cfg(tiny_dataset, out, epochs=1), log=lambda m: None)
