@@ -3,8 +3,8 @@ computes the same function (tests prove it). train.build_model hands them to ksr
 
     fast_torch.py  sorted_kv_memory (the default memory), memory_write, MemoryWriteFunction,
                    all_items_cross_entropy (the default CE loss): plain torch
-    cpu.py         cpu_gru_layer (the GRU), cpu_kv_memory (the memory; its write compiled):
-                   the two recurrences as compiled C++ loops, cpu.cpp; the default on the CPU
+    cpu.py         cpu_gru_layer (the GRU), cpu_kv_memory (the memory; its write compiled),
+                   cpu_cross_entropy (the CE): compiled C++ loops, cpu.cpp; the default on the CPU
                    (optional: needs a C++ compiler; compiled once, cached)
     kv_memory.py   fused_kv_memory: the whole memory in one Triton kernel (optional, a CUDA GPU)
 

@@ -1,6 +1,6 @@
-"""KSR's two recurrences, the GRU and the memory write, as compiled C++ loops for the CPU
-(kernels/cpu.cpp); each is proven equal to its reference by tests/test_cpu_kernels.py (float64,
-values and gradients, random shapes, any thread count).
+"""KSR's two recurrences, the GRU and the memory write, and its CE loss as compiled C++ loops for
+the CPU (kernels/cpu.cpp); each is proven equal to its reference by tests/test_cpu_kernels.py
+(float64, values and gradients, random shapes, any thread count).
 
     cpu_gru_layer(x, w_ih, w_hh, lengths) -> out (B, L, H)
         one layer of ksr.GRU's nn.GRU (bias-free, batch_first, h_0 = 0) at every valid step
@@ -9,6 +9,9 @@ values and gradients, random shapes, any thread count).
     cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps)
         = ksr.kv_memory for a frozen KG (the default): the write compiled (memory_write: no
         autograd, nothing in it is trained), then ksr.memory_read.  KSR(..., memory=...)
+    cpu_cross_entropy(p, q, targets)
+        = ksr.cross_entropy: the value and the gradient in one pass, no (n, N) scores in
+        memory.                                                  KSR(..., ce=...)
 
 Why: both are recurrences over the L steps, which torch runs as many small operations per
 step (a few microseconds each, on blocks of B x 128 floats or smaller). What stays in torch:
