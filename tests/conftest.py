@@ -117,3 +117,18 @@ def random_batch(n_items=13, B=6, L=8, seed=1):
     seq = torch.randint(1, n_items + 1, (B, L), generator=g)
     seq[torch.arange(L)[None, :] >= lengths[:, None]] = 0
     return seq, lengths, torch.randint(1, n_items + 1, (B,), generator=g)
+
+
+def assert_cross_entropy_matches_reference(ce, p, q, targets, c):
+    """ce(p, q, targets) == ksr.cross_entropy: the loss, and d p, d q under the upstream gradient
+    c (row 0 of q, the padding item, gets 0). float64 inputs."""
+    pa, qa, pb, qb = (t.clone().requires_grad_() for t in (p, q, p, q))
+    got = ce(pa, qa, targets)
+    ga = torch.autograd.grad(got * c, [pa, qa])
+    want = ksr.cross_entropy(pb, qb, targets)
+    gb = torch.autograd.grad(want * c, [pb, qb])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert (ga[1][0] == 0).all()
+    return want.detach()
