@@ -128,10 +128,11 @@ template <typename Fn> void for_each_tile(int nthreads, int64_t n, Fn fn) {
     for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
+inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }  // x up to a multiple of m
+
 struct Shape {
     int64_t B, L, H, G, Gp, Hp;  // G = 3H; Gp, Hp: G and H padded to a multiple of PAD
-    Shape(int64_t B, int64_t L, int64_t H)
-        : B(B), L(L), H(H), G(3 * H), Gp((3 * H + PAD - 1) / PAD * PAD), Hp((H + PAD - 1) / PAD * PAD) {}
+    Shape(int64_t B, int64_t L, int64_t H) : B(B), L(L), H(H), G(3 * H), Gp(up(3 * H, PAD)), Hp(up(H, PAD)) {}
 };
 
 // One row's gates at one step (the loops vectorize: separate functions, restrict pointers).
@@ -272,13 +273,11 @@ void memory_write(int64_t B, int64_t L, int64_t R, int64_t K, const T* kg, const
 constexpr int64_t RB = 48;      // targets per block: a multiple of 2 LANES, (Np x RB) within L2
 constexpr int64_t CHUNKS = 8;   // at most this many chunks (and dQ sums) per call
 
-inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 struct CEShape {
     int64_t n, N, D, Np, Dp, Dr, blocks, chunks;  // Np: N to a multiple of RT; Dp: D to PAD; Dr: D to RT
     CEShape(int64_t n, int64_t N, int64_t D)
         : n(n), N(N), D(D), Np(up(N, RT)), Dp(up(D, PAD)), Dr(up(D, RT)), blocks((n + RB - 1) / RB),
-          chunks(std::min(CHUNKS, (n + RB - 1) / RB)) {}
+          chunks(std::min(CHUNKS, blocks)) {}
 };
 
 // The softmax of one block, in place, down columns (each column one target): s (Np x RB) item-major
@@ -337,13 +336,15 @@ void ce_chunk(const CEShape& s, int64_t chunk, const T* p, const int64_t* t, con
 }
 
 template <typename T>
-void cross_entropy(int64_t n, int64_t N, int64_t D, const T* p, const int64_t* t, const T* qp, const T* qt,
-                   T c, T* loss, T* dp, T* dq, int nthreads) {
+void cross_entropy(int64_t n, int64_t N, int64_t D, const T* p, const int64_t* t, const T* q, T c, T* loss, T* dp,
+                   T* dq, int nthreads) {
     const CEShape s(n, N, D);
     const bool grad = dp != nullptr;
-    std::vector<T> dqc(grad ? s.chunks * s.Np * s.Dp : 0);
+    std::vector<T> qp(s.Np * s.Dp, T(0)), qt(s.Dr * s.Np, T(0)), dqc(grad ? s.chunks * s.Np * s.Dp : 0);
+    for (int64_t i = 0; i < N; ++i)  // Q and Q^T, padded with zeros to the products' blocks
+        for (int64_t d = 0; d < D; ++d) qp[i * s.Dp + d] = qt[d * s.Np + i] = q[i * D + d];
     for_each_tile(nthreads, s.chunks, [&](int64_t k) {
-        ce_chunk<T>(s, k, p, t, qp, qt, c, grad, loss, dp, grad ? dqc.data() + k * s.Np * s.Dp : nullptr);
+        ce_chunk<T>(s, k, p, t, qp.data(), qt.data(), c, grad, loss, dp, grad ? dqc.data() + k * s.Np * s.Dp : nullptr);
     });
     if (!grad) return;
     constexpr int64_t ROWS = 64;  // dQ (N x D) = the chunks' sums, added in chunk order, rows in tiles
@@ -390,16 +391,15 @@ void ksr_memory_write_f64(int64_t B, int64_t L, int64_t R, int64_t K, const doub
                           const double* rel, double* V, double* states, int nthreads) {
     memory_write<double>(B, L, R, K, kg, lengths, rel, V, states, nthreads);
 }
-// The CE loss: p (n, D), targets t (n,) in [0, N), qp = Q padded (Np, Dp), qt = Q^T padded
-// (Dr, Np) with zeros (Np = N up to a multiple of 6, Dp = D up to 16, Dr = D up to 6); c the
-// weight of each target (1/n for the mean) -> loss (n,) per target; with dp not null also
-// dp = dL/dP (n, D) and dq = dL/dQ (N, D).
-void ksr_cross_entropy_f32(int64_t n, int64_t N, int64_t D, const float* p, const int64_t* t, const float* qp,
-                           const float* qt, double c, float* loss, float* dp, float* dq, int nthreads) {
-    cross_entropy<float>(n, N, D, p, t, qp, qt, float(c), loss, dp, dq, nthreads);
+// The CE loss: p (n, D), targets t (n,) in [0, N), q (N, D) the items' vectors; c the weight of
+// each target (1/n for the mean) -> loss (n,) per target; with dp not null also dp = dL/dP (n, D)
+// and dq = dL/dQ (N, D).
+void ksr_cross_entropy_f32(int64_t n, int64_t N, int64_t D, const float* p, const int64_t* t, const float* q,
+                           double c, float* loss, float* dp, float* dq, int nthreads) {
+    cross_entropy<float>(n, N, D, p, t, q, float(c), loss, dp, dq, nthreads);
 }
-void ksr_cross_entropy_f64(int64_t n, int64_t N, int64_t D, const double* p, const int64_t* t, const double* qp,
-                           const double* qt, double c, double* loss, double* dp, double* dq, int nthreads) {
-    cross_entropy<double>(n, N, D, p, t, qp, qt, c, loss, dp, dq, nthreads);
+void ksr_cross_entropy_f64(int64_t n, int64_t N, int64_t D, const double* p, const int64_t* t, const double* q,
+                           double c, double* loss, double* dp, double* dq, int nthreads) {
+    cross_entropy<double>(n, N, D, p, t, q, c, loss, dp, dq, nthreads);
 }
 }

@@ -107,8 +107,8 @@ def _load():
         getattr(lib, f"ksr_gru_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
                                                                ctypes.c_int]
         getattr(lib, f"ksr_memory_write_{suffix}").argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"ksr_cross_entropy_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_double,
-                                                                ptr, ptr, ptr, ctypes.c_int]
+        getattr(lib, f"ksr_cross_entropy_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ctypes.c_double, ptr, ptr,
+                                                                ptr, ctypes.c_int]
     _lib = lib
     return lib
 
@@ -224,16 +224,12 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, q, targets):
         lib, (n, D), N = _load(), p.shape, q.shape[0] - 1
-        p, q1, t = p.contiguous(), q[1:], (targets - 1).to(torch.int64).contiguous()  # row j of Q is item j + 1
-        Np, Dp, Dr = -(-N // 6) * 6, -(-D // PAD) * PAD, -(-D // 6) * 6  # cpu.cpp's padding (RT = 6, PAD)
-        qp, qt = q.new_zeros(Np, Dp), q.new_zeros(Dr, Np)
-        qp[:N, :D], qt[:D, :N] = q1, q1.T
+        p, q1, t = p.contiguous(), q[1:].contiguous(), (targets - 1).contiguous()  # row j of q1 is item j + 1
         grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         loss = p.new_empty(n)
         dp, dq = (p.new_empty(n, D), q.new_zeros(N + 1, D)) if grad else (None, None)
-        getattr(lib, f"ksr_cross_entropy_{_suffix(p)}")(n, N, D, p.data_ptr(), t.data_ptr(), qp.data_ptr(),
-                                                        qt.data_ptr(), 1.0 / n, loss.data_ptr(),
-                                                        dp.data_ptr() if grad else None,
+        getattr(lib, f"ksr_cross_entropy_{_suffix(p)}")(n, N, D, p.data_ptr(), t.data_ptr(), q1.data_ptr(), 1.0 / n,
+                                                        loss.data_ptr(), dp.data_ptr() if grad else None,
                                                         dq[1:].data_ptr() if grad else None, torch.get_num_threads())
         ctx.grads = dp, dq
         return loss.mean()
@@ -258,4 +254,4 @@ def cpu_cross_entropy(p, q, targets):
         return ksr.cross_entropy(p, q, targets)  # no target: the reference's NaN, as F.cross_entropy gives
     if not (1 <= int(targets.min()) and int(targets.max()) <= N):
         raise ValueError(f"cpu_cross_entropy: targets must be items in 1..{N}")
-    return CrossEntropyFunction.apply(p, q, targets)
+    return CrossEntropyFunction.apply(p, q, targets.to(torch.int64))
