@@ -143,12 +143,13 @@ class KSR(nn.Module):
                  kernels.all_items_cross_entropy
     gru_layer    None (the default): the encoder is nn.GRU; or kernels.cpu_gru_layer, the same
                  GRU compiled for the CPU (GRU above)
+    dropout      nn.Dropout (the default), or kernels.CPUDropout: its masks drawn on all threads
     The other options are RecBole's (KSR.yaml); their defaults are set once, in cli.DEFAULTS.
     """
 
     def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,
                  gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory,
-                 ce=cross_entropy, gru_layer=None):
+                 ce=cross_entropy, gru_layer=None, dropout=nn.Dropout):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
             raise ValueError(f"loss_type must be CE or BPR, not {loss_type!r}")
@@ -157,7 +158,7 @@ class KSR(nn.Module):
         self.n_items, self.gamma, self.loss_type, self.no_memory = n_items, gamma, loss_type, no_memory
         self.memory, self.ce = memory, ce
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)  # x_i
-        self.emb_dropout = nn.Dropout(dropout_prob)
+        self.emb_dropout = dropout(dropout_prob)
         self.gru = GRU(embedding_size, hidden_size, num_layers, gru_layer)
         if no_memory:
             self.dense_layer_u = nn.Linear(hidden_size, embedding_size)
@@ -210,12 +211,13 @@ class KSR(nn.Module):
         p (..., D), targets (...): one target per user (B,) or one per step (B, L).
         CE: softmax over all real items. BPR: -log sigmoid(p.q_pos - p.q_neg), one
         negative per target (sample_negatives)."""
-        keep = targets > 0
-        p, targets = p[keep], targets[keep]  # (n, D), (n,)
+        keep = (targets > 0).reshape(-1).nonzero().squeeze(1)  # the positions with a target
+        # p[targets > 0], as index_select: its backward is an index_add, ~3x faster than a mask's on the CPU
+        p, targets = p.reshape(-1, p.shape[-1]).index_select(0, keep), targets.reshape(-1)[keep]  # (n, D), (n,)
         if self.loss_type == "CE":
             return self.ce(p, self.item_representations(), targets)
         pos = (p * self.item_representations(targets)).sum(-1)
-        neg = (p * self.item_representations(negatives[keep])).sum(-1)
+        neg = (p * self.item_representations(negatives.reshape(-1)[keep])).sum(-1)
         return -F.logsigmoid(pos - neg).mean()
 
 

@@ -178,7 +178,8 @@ def build_model(cfg, ds):
     return ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
                    memory=kernels.cpu_kv_memory if compiled and cfg["freeze_kg"] else MEMORY_IMPLS[cfg["memory_impl"]],
                    ce=kernels.cpu_cross_entropy if compiled else kernels.all_items_cross_entropy if fast else ksr.cross_entropy,
-                   gru_layer=kernels.cpu_gru_layer if compiled else None)
+                   gru_layer=kernels.cpu_gru_layer if compiled else None,
+                   dropout=kernels.CPUDropout if compiled else torch.nn.Dropout)
 
 
 def wants_cpp_kernels(cfg):
@@ -190,7 +191,8 @@ def code_path(model, cfg):
     """One line: the functions this model runs (ksr.py's reference, or the fast paths)."""
     gru = "nn.GRU" if model.gru.layer is None else model.gru.layer.__name__
     why = kernels.cpu_unavailable_reason() if wants_cpp_kernels(cfg) else None
-    return (f"code: memory {model.memory.__name__}, CE {model.ce.__name__}, GRU {gru}" + f" ({why})" * bool(why)
+    return (f"code: memory {model.memory.__name__}, CE {model.ce.__name__}, GRU {gru}, "
+            f"dropout {type(model.emb_dropout).__name__}" + f" ({why})" * bool(why)
             + f", {torch.get_num_threads()} thread" + "s" * (torch.get_num_threads() > 1))
 
 
@@ -229,15 +231,17 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
     total, count = 0.0, 0
     for b in range(n_batches):
-        batch = np.repeat(order[b * size:(b + 1) * size].numpy(), n_neg)
-        seq, lengths, targets = map(torch.as_tensor, split.cut(batch))  # targets (B,), or (B, L) with 0 = none
+        batch = order[b * size:(b + 1) * size].numpy()
+        seq, lengths, targets = map(torch.as_tensor, split.cut(np.repeat(batch, n_neg) if n_neg > 1 else batch))
         negatives = ksr.sample_negatives(targets, raw_model.n_items, gen) if cfg["loss_type"] == "BPR" else None
-        n_total = int((targets > 0).sum())
-        part = np.array_split(np.arange(len(batch)), world)[rank]  # this process's rows (one process: all)
-        n_mine = int((targets[part] > 0).sum())
-        if len(part) == 0:  # DDP: every process joins every step; an empty slice computes row 0 and weighs it 0
-            part = np.arange(1)
-        to = lambda x: None if x is None else x[part].to(device)
+        n_total = n_mine = int((targets > 0).sum())  # targets (B,), or (B, L) with 0 = none
+        if ddp:  # this process's rows
+            part = np.array_split(np.arange(len(targets)), world)[rank]
+            n_mine = int((targets[part] > 0).sum())
+            if len(part) == 0:  # every process joins every step; an empty slice computes row 0 and weighs it 0
+                part = np.arange(1)
+            seq, lengths, targets, negatives = (None if x is None else x[part] for x in (seq, lengths, targets, negatives))
+        to = lambda x: None if x is None else x.to(device)
         _, loss = model(to(seq), to(lengths), to(targets), to(negatives), all_steps=all_steps)
         loss_sum = distributed.all_sum([loss.item() * n_mine], device)[0]  # the batch's, on every rank
         if not math.isfinite(loss_sum):  # stop before the step: the weights stay finite

@@ -1,17 +1,19 @@
-// KSR's two recurrences and its CE loss as compiled loops for the CPU: kernels/cpu.py compiles
-// this file (c++ -O3 -march=native -fopenmp) and is its only caller.
+// KSR's two recurrences, its memory read, CE loss and dropout mask as compiled loops for the
+// CPU: kernels/cpu.py compiles this file (c++ -O3 -march=native -fopenmp) and is its only caller.
 //
 // 1. The GRU, forward and backward: one pass over the steps per row tile, each step's product
 //    and gate math fused, the row tiles spread over threads.
 //
 // Computes what nn.GRU (bias=False) computes for one layer, given the input projections
-// gi = x W_ih^T (B, L, 3H) (made outside, as one large product):
+// gi = x W_ih^T of the valid steps only (n, 3H), packed row after row (made outside, as one
+// large product over the n = sum(lengths) valid steps, not the B x L padded ones):
 //     gh = h_{t-1} W_hh^T                       (gates r, z, n: columns [0,H), [H,2H), [2H,3H))
 //     r = sigmoid(gi_r + gh_r),  z = sigmoid(gi_z + gh_z),  n = tanh(gi_n + r * gh_n)
 //     h_t = (1 - z) * n + z * h_{t-1}           h_0 = 0
 // Rows are independent, so a thread takes a tile of whole rows for all L steps: nothing is
-// shared between threads inside a call, and the result is the same on any number of threads. A row's padding steps (t >= length) are skipped: out is 0
-// there and their gradient is not propagated (the GRU's callers never read them).
+// shared between threads inside a call, and the result is the same on any number of threads.
+// A row's padding steps (t >= length) are skipped: out is 0 there and their gradient is not
+// propagated (the GRU's callers never read them).
 //
 // Why this pays where torch does not: nn.GRU makes ~10 small operations per step forward
 // and ~25 under autograd backward, each a call of a few microseconds on a (B x 128) block;
@@ -20,7 +22,10 @@
 // 2. The memory write of a frozen KG (nothing in it is trained, so no backward): ksr.memory_write,
 //    for every valid step t and relation a, E = e_t + r_a, z = sigmoid(v_a . E),
 //    v_a <- v_a + z (E - v_a); one row's memory (R x K) stays in cache for all its steps, where
-//    torch makes ~6 small operations per step.
+//    torch makes ~6 small operations per step. Then the read and its gradient towards the query.
+//
+// 3. The CE loss over all items, value and gradient in one pass (below).
+// 4. The dropout mask, from a counter-based generator on all threads (below).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -128,11 +133,25 @@ template <typename Fn> void for_each_tile(int nthreads, int64_t n, Fn fn) {
     for (int64_t i = 0; i < n; ++i) fn(i);
 }
 
+// a . b over K elements, in vector lanes (a sum of floats vectorizes only by reassociating it,
+// which the compiler may not do on its own), then the lanes and the tail.
+template <typename T> inline T dot(const T* __restrict a, const T* __restrict b, int64_t K) {
+    constexpr int W = LANES<T>;
+    vec<T> acc = {};
+    int64_t k = 0;
+    for (; k + W <= K; k += W) acc += load(a + k) * load(b + k);
+    T sum = 0;
+    for (int i = 0; i < W; ++i) sum += acc[i];
+    for (; k < K; ++k) sum += a[k] * b[k];
+    return sum;
+}
+
 inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }  // x up to a multiple of m
 
 struct Shape {
-    int64_t B, L, H, G, Gp, Hp;  // G = 3H; Gp, Hp: G and H padded to a multiple of PAD
-    Shape(int64_t B, int64_t L, int64_t H) : B(B), L(L), H(H), G(3 * H), Gp(up(3 * H, PAD)), Hp(up(H, PAD)) {}
+    int64_t B, L, H, n, G, Gp, Hp;  // n valid steps in all; G = 3H; Gp, Hp: G and H padded to a multiple of PAD
+    Shape(int64_t B, int64_t L, int64_t H, int64_t n)
+        : B(B), L(L), H(H), n(n), G(3 * H), Gp(up(3 * H, PAD)), Hp(up(H, PAD)) {}
 };
 
 // One row's gates at one step (the loops vectorize: separate functions, restrict pointers).
@@ -140,6 +159,7 @@ template <typename T>
 void forward_gates(int64_t H, const T* __restrict g, const T* __restrict gh, const T* hprev, T* hnext,
                    T* __restrict o, T* __restrict sr, int64_t plane) {
     for (int64_t k = 0; k < H; ++k) {
+        sr[4 * plane + k] = hprev[k];  // h_{t-1}, for backward and for dW_hh (read before hnext is written)
         T rg = sigmoid_(g[k] + gh[k]);
         T zg = sigmoid_(g[H + k] + gh[H + k]);
         T ng = tanh_(g[2 * H + k] + rg * gh[2 * H + k]);
@@ -151,11 +171,11 @@ void forward_gates(int64_t H, const T* __restrict g, const T* __restrict gh, con
 }
 
 template <typename T>
-void backward_gates(int64_t H, const T* __restrict d, const T* __restrict sr, int64_t plane, const T* __restrict hp,
-                    T* __restrict dh, T* __restrict dgi, T* __restrict dgh, T* __restrict dg) {
+void backward_gates(int64_t H, const T* __restrict d, const T* __restrict sr, int64_t plane, T* __restrict dh,
+                    T* __restrict dgi, T* __restrict dgh, T* __restrict dg) {
     for (int64_t k = 0; k < H; ++k) {
         T rg = sr[k], zg = sr[plane + k], ng = sr[2 * plane + k], ghn = sr[3 * plane + k];
-        T hprev = hp[k];
+        T hprev = sr[4 * plane + k];
         T g = dh[k] + d[k];                          // dL/dh_t
         T dn = g * (T(1) - zg) * (T(1) - ng * ng);   // through tanh: dL/d(gi_n + r gh_n)
         T dz = g * (hprev - ng) * zg * (T(1) - zg);  // dL/d(gi_z + gh_z)
@@ -167,18 +187,21 @@ void backward_gates(int64_t H, const T* __restrict d, const T* __restrict sr, in
     }
 }
 
-// Forward of one tile. saved (4, B, L, H): r, z, n and gh_n of every valid step, for backward.
+// Forward of one tile. Valid step t of row b is packed position starts[b] + t of gi, saved, dgi
+// and dgh; out and dout are (B, L, H). saved (5, n, H): r, z, n, gh_n and h_{t-1} of every valid
+// step, for backward.
 template <typename T>
-void forward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64_t* lengths, const T* gi,
-                  const T* whh_t, T* out, T* saved) {
-    const int64_t H = s.H, plane = s.B * s.L * H;
+void forward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64_t* lengths, const int64_t* starts,
+                  const T* gi, const T* whh_t, T* out, T* saved) {
+    const int64_t H = s.H, plane = s.n * H;
     std::vector<T> h(RT * s.Hp, T(0)), gh(RT * s.Gp);  // rows of the tile beyond rows.size() stay 0
     for (int64_t t = 0; t < lengths[rows[0]]; ++t) {
         tile_product<T>(h.data(), s.Hp, whh_t, H, s.Gp, gh.data());  // gh = h_{t-1} W_hh^T
         for (size_t r = 0; r < rows.size() && t < lengths[rows[r]]; ++r) {
-            const int64_t at = rows[r] * s.L + t;
+            const int64_t at = starts[rows[r]] + t;
             T* hr = h.data() + r * s.Hp;
-            forward_gates(H, gi + at * s.G, gh.data() + r * s.Gp, hr, hr, out + at * H, saved + at * H, plane);
+            forward_gates(H, gi + at * s.G, gh.data() + r * s.Gp, hr, hr, out + (rows[r] * s.L + t) * H, saved + at * H,
+                          plane);
         }
     }
 }
@@ -187,17 +210,16 @@ void forward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64_
 // and from step t+1). Writes dgi (the gradient of gi) and dgh (of gh = h_{t-1} W_hh^T); the
 // weight gradient, sum_t dgh_t^T h_{t-1}, is one large product made by the caller.
 template <typename T>
-void backward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64_t* lengths, const T* dout,
-                   const T* out, const T* saved, const T* whh, T* dgi, T* dgh) {
-    const int64_t H = s.H, plane = s.B * s.L * H;
-    std::vector<T> dh(RT * s.Hp, T(0)), dg(RT * s.Gp, T(0)), back(RT * s.Hp), zeros(H, T(0));
+void backward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64_t* lengths, const int64_t* starts,
+                   const T* dout, const T* saved, const T* whh, T* dgi, T* dgh) {
+    const int64_t H = s.H, plane = s.n * H;
+    std::vector<T> dh(RT * s.Hp, T(0)), dg(RT * s.Gp, T(0)), back(RT * s.Hp);
     for (int64_t t = lengths[rows[0]] - 1; t >= 0; --t) {
         size_t active = 0;
         for (size_t r = 0; r < rows.size() && t < lengths[rows[r]]; ++r, ++active) {
-            const int64_t at = rows[r] * s.L + t;
-            const T* hp = t ? out + (at - 1) * H : zeros.data();  // h_{t-1}; h_0 = 0
-            backward_gates(H, dout + at * H, saved + at * H, plane, hp, dh.data() + r * s.Hp, dgi + at * s.G,
-                           dgh + at * s.G, dg.data() + r * s.Gp);
+            const int64_t at = starts[rows[r]] + t;
+            backward_gates(H, dout + (rows[r] * s.L + t) * H, saved + at * H, plane, dh.data() + r * s.Hp,
+                           dgi + at * s.G, dgh + at * s.G, dg.data() + r * s.Gp);
         }
         for (size_t r = active; r < size_t(RT); ++r)  // rows not yet started: no gradient
             std::fill(dg.begin() + r * s.Gp, dg.begin() + (r + 1) * s.Gp, T(0));
@@ -207,21 +229,32 @@ void backward_tile(const Shape& s, const std::vector<int64_t>& rows, const int64
     }
 }
 
-template <typename T>
-void forward(int64_t B, int64_t L, int64_t H, const T* gi, const T* whh_t, const int64_t* lengths, T* out,
-             T* saved, int nthreads) {
-    const Shape s(B, L, H);
-    const auto tiles = tiles_by_length(lengths, B);
-    for_each_tile(nthreads, tiles.size(), [&](int64_t i) { forward_tile<T>(s, tiles[i], lengths, gi, whh_t, out, saved); });
+// starts[b]: the packed position of row b's first step (the lengths of the rows before it, summed)
+inline std::vector<int64_t> row_starts(const int64_t* lengths, int64_t B) {
+    std::vector<int64_t> starts(B + 1, 0);
+    for (int64_t b = 0; b < B; ++b) starts[b + 1] = starts[b] + lengths[b];
+    return starts;
 }
 
 template <typename T>
-void backward(int64_t B, int64_t L, int64_t H, const T* dout, const T* out, const T* saved, const T* whh,
-              const int64_t* lengths, T* dgi, T* dgh, int nthreads) {
-    const Shape s(B, L, H);
+void forward(int64_t B, int64_t L, int64_t H, const T* gi, const T* whh_t, const int64_t* lengths, T* out,
+             T* saved, int nthreads) {
+    const auto starts = row_starts(lengths, B);
+    const Shape s(B, L, H, starts[B]);
     const auto tiles = tiles_by_length(lengths, B);
     for_each_tile(nthreads, tiles.size(),
-                  [&](int64_t i) { backward_tile<T>(s, tiles[i], lengths, dout, out, saved, whh, dgi, dgh); });
+                  [&](int64_t i) { forward_tile<T>(s, tiles[i], lengths, starts.data(), gi, whh_t, out, saved); });
+}
+
+template <typename T>
+void backward(int64_t B, int64_t L, int64_t H, const T* dout, const T* saved, const T* whh, const int64_t* lengths,
+              T* dgi, T* dgh, int nthreads) {
+    const auto starts = row_starts(lengths, B);
+    const Shape s(B, L, H, starts[B]);
+    const auto tiles = tiles_by_length(lengths, B);
+    for_each_tile(nthreads, tiles.size(), [&](int64_t i) {
+        backward_tile<T>(s, tiles[i], lengths, starts.data(), dout, saved, whh, dgi, dgh);
+    });
 }
 
 
@@ -229,18 +262,14 @@ void backward(int64_t B, int64_t L, int64_t H, const T* dout, const T* out, cons
 // states, the memory after every valid step is stored there (L, R, K).
 template <typename T>
 void write_row(int64_t len, int64_t R, int64_t K, const T* __restrict kg, const T* __restrict rel, T* __restrict V,
-               T* __restrict states, std::vector<T>& E) {
+               T* __restrict states, T* __restrict E) {
     std::fill(V, V + R * K, T(0));
     for (int64_t t = 0; t < len; ++t) {
         const T* e = kg + t * K;
         for (int64_t a = 0; a < R; ++a) {
             T* v = V + a * K;
-            T g = 0;
-            for (int64_t k = 0; k < K; ++k) {
-                E[k] = e[k] + rel[a * K + k];  // the attribute vector e_t + r_a
-                g += v[k] * E[k];
-            }
-            T z = sigmoid_(g);
+            for (int64_t k = 0; k < K; ++k) E[k] = e[k] + rel[a * K + k];  // the attribute vector e_t + r_a
+            T z = sigmoid_(dot(v, E, K));
             for (int64_t k = 0; k < K; ++k) v[k] += z * (E[k] - v[k]);  // erase, then add
         }
         if (states) std::memcpy(states + t * R * K, V, sizeof(T) * R * K);
@@ -254,7 +283,64 @@ void memory_write(int64_t B, int64_t L, int64_t R, int64_t K, const T* kg, const
     for_each_tile(nthreads, (B + ROWS - 1) / ROWS, [&](int64_t i) {
         std::vector<T> E(K);
         for (int64_t b = i * ROWS; b < std::min(B, (i + 1) * ROWS); ++b)
-            write_row<T>(lengths[b], R, K, kg + b * L * K, rel, V + b * R * K, states ? states + b * L * R * K : nullptr, E);
+            write_row<T>(lengths[b], R, K, kg + b * L * K, rel, V + b * R * K, states ? states + b * L * R * K : nullptr, E.data());
+    });
+}
+
+// The read, m = sum_a w_a v_a with w = softmax_a(gamma s . r_a), at M positions (a row's final
+// memory, or every step's), and its gradient towards the query s: dw_a = dm . v_a,
+// dl_a = w_a (dw_a - sum_c w_c dw_c), ds = gamma sum_a dl_a r_a. The memory (frozen KG) and the
+// keys need none. Torch makes ~8 small operations of it and as many under autograd.
+template <typename T>
+void read_position(int64_t R, int64_t K, const T* __restrict V, const T* __restrict rel, const T* __restrict s, T gamma,
+                   T* __restrict m, T* __restrict w) {
+    T top = -INFINITY, z = 0;
+    for (int64_t a = 0; a < R; ++a) {
+        w[a] = gamma * dot(s, rel + a * K, K);
+        top = w[a] > top ? w[a] : top;
+    }
+    for (int64_t a = 0; a < R; ++a) z += (w[a] = exp_(w[a] - top));
+    std::fill(m, m + K, T(0));
+    for (int64_t a = 0; a < R; ++a) {
+        w[a] /= z;
+        for (int64_t k = 0; k < K; ++k) m[k] += w[a] * V[a * K + k];
+    }
+}
+
+template <typename T>
+void read_backward_position(int64_t R, int64_t K, const T* __restrict V, const T* __restrict rel,
+                            const T* __restrict w, const T* __restrict dm, T gamma, T* __restrict dw,
+                            T* __restrict ds) {
+    T g = 0;
+    for (int64_t a = 0; a < R; ++a) {
+        dw[a] = dot(dm, V + a * K, K);
+        g += w[a] * dw[a];
+    }
+    std::fill(ds, ds + K, T(0));
+    for (int64_t a = 0; a < R; ++a) {
+        const T dl = gamma * w[a] * (dw[a] - g);
+        for (int64_t k = 0; k < K; ++k) ds[k] += dl * rel[a * K + k];
+    }
+}
+
+template <typename T>
+void memory_read(int64_t M, int64_t R, int64_t K, const T* V, const T* rel, const T* s, T gamma, T* m, T* w,
+                 int nthreads) {
+    constexpr int64_t ROWS = 64;  // positions per tile
+    for_each_tile(nthreads, (M + ROWS - 1) / ROWS, [&](int64_t i) {
+        for (int64_t j = i * ROWS; j < std::min(M, (i + 1) * ROWS); ++j)
+            read_position<T>(R, K, V + j * R * K, rel, s + j * K, gamma, m + j * K, w + j * R);
+    });
+}
+
+template <typename T>
+void memory_read_backward(int64_t M, int64_t R, int64_t K, const T* V, const T* rel, const T* w, const T* dm, T gamma,
+                          T* ds, int nthreads) {
+    constexpr int64_t ROWS = 64;
+    for_each_tile(nthreads, (M + ROWS - 1) / ROWS, [&](int64_t i) {
+        std::vector<T> dw(R);
+        for (int64_t j = i * ROWS; j < std::min(M, (i + 1) * ROWS); ++j)
+            read_backward_position<T>(R, K, V + j * R * K, rel, w + j * R, dm + j * K, gamma, dw.data(), ds + j * K);
     });
 }
 
@@ -358,11 +444,33 @@ void cross_entropy(int64_t n, int64_t N, int64_t D, const T* p, const int64_t* t
     });
 }
 
+// 4. The dropout mask: out[i] = 1 / (1 - p) where a uniform draw u_i >= p, else 0 (nn.Dropout's
+//    mask, scaled). u_i comes from the counter-based generator SplitMix64 at position i of the
+//    stream `seed` (torch draws the seed, so --seed still fixes every mask): no state, so any
+//    thread makes any part of the mask and the result does not depend on the thread count.
+//    torch's bernoulli_ draws one element after another on one thread (~8 ns each here).
+inline uint64_t splitmix64(uint64_t x) {
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+template <typename T> void dropout_mask(int64_t n, double p, uint64_t seed, T* out, int nthreads) {
+    constexpr int64_t ROWS = 4096;  // elements per tile
+    const uint64_t threshold = uint64_t(p * 9007199254740992.0);  // p * 2^53: u_i < p <=> bits < threshold
+    const T keep = T(1.0 / (1.0 - p));
+    for_each_tile(nthreads, (n + ROWS - 1) / ROWS, [&](int64_t i) {
+        for (int64_t j = i * ROWS; j < std::min(n, (i + 1) * ROWS); ++j)
+            out[j] = (splitmix64(seed + uint64_t(j + 1) * 0x9E3779B97F4A7C15ull) >> 11) < threshold ? T(0) : keep;
+    });
+}
+
 }  // namespace
 
-// The entry points (ctypes). Arrays are C-contiguous: gi, dgi, dgh (B, L, 3H); out, dout
-// (B, L, H); saved (4, B, L, H); lengths (B,) in [0, L]; whh_t = W_hh^T padded to (H, Gp) and
-// whh = W_hh padded to (3H, Hp) with zero columns. out, dgi and dgh must come zeroed.
+// The entry points (ctypes). Arrays are C-contiguous: gi, dgi, dgh (n, 3H) and saved (5, n, H)
+// at the n = sum(lengths) valid steps, packed row after row; out, dout (B, L, H); lengths (B,)
+// in [0, L]; whh_t = W_hh^T padded to (H, Gp) and whh = W_hh padded to (3H, Hp) with zero
+// columns. out must come zeroed (its padding steps stay 0).
 extern "C" {
 void ksr_gru_forward_f32(int64_t B, int64_t L, int64_t H, const float* gi, const float* whh_t,
                          const int64_t* lengths, float* out, float* saved, int nthreads) {
@@ -372,14 +480,13 @@ void ksr_gru_forward_f64(int64_t B, int64_t L, int64_t H, const double* gi, cons
                          const int64_t* lengths, double* out, double* saved, int nthreads) {
     forward<double>(B, L, H, gi, whh_t, lengths, out, saved, nthreads);
 }
-void ksr_gru_backward_f32(int64_t B, int64_t L, int64_t H, const float* dout, const float* out, const float* saved,
-                          const float* whh, const int64_t* lengths, float* dgi, float* dgh, int nthreads) {
-    backward<float>(B, L, H, dout, out, saved, whh, lengths, dgi, dgh, nthreads);
+void ksr_gru_backward_f32(int64_t B, int64_t L, int64_t H, const float* dout, const float* saved, const float* whh,
+                          const int64_t* lengths, float* dgi, float* dgh, int nthreads) {
+    backward<float>(B, L, H, dout, saved, whh, lengths, dgi, dgh, nthreads);
 }
-void ksr_gru_backward_f64(int64_t B, int64_t L, int64_t H, const double* dout, const double* out,
-                          const double* saved, const double* whh, const int64_t* lengths, double* dgi,
-                          double* dgh, int nthreads) {
-    backward<double>(B, L, H, dout, out, saved, whh, lengths, dgi, dgh, nthreads);
+void ksr_gru_backward_f64(int64_t B, int64_t L, int64_t H, const double* dout, const double* saved,
+                          const double* whh, const int64_t* lengths, double* dgi, double* dgh, int nthreads) {
+    backward<double>(B, L, H, dout, saved, whh, lengths, dgi, dgh, nthreads);
 }
 // The memory write: kg (B, L, K), lengths (B,) in [0, L], rel (R, K) -> V (B, R, K), and when
 // states is not null the memory after every step (B, L, R, K), which must come zeroed.
@@ -391,6 +498,24 @@ void ksr_memory_write_f64(int64_t B, int64_t L, int64_t R, int64_t K, const doub
                           const double* rel, double* V, double* states, int nthreads) {
     memory_write<double>(B, L, R, K, kg, lengths, rel, V, states, nthreads);
 }
+// The read: V (M, R, K), rel (R, K), s (M, K) -> m (M, K) and the attention w (M, R); its
+// backward: w, dm (M, K) -> ds (M, K).
+void ksr_memory_read_f32(int64_t M, int64_t R, int64_t K, const float* V, const float* rel, const float* s,
+                         double gamma, float* m, float* w, int nthreads) {
+    memory_read<float>(M, R, K, V, rel, s, float(gamma), m, w, nthreads);
+}
+void ksr_memory_read_f64(int64_t M, int64_t R, int64_t K, const double* V, const double* rel, const double* s,
+                         double gamma, double* m, double* w, int nthreads) {
+    memory_read<double>(M, R, K, V, rel, s, gamma, m, w, nthreads);
+}
+void ksr_memory_read_backward_f32(int64_t M, int64_t R, int64_t K, const float* V, const float* rel, const float* w,
+                                  const float* dm, double gamma, float* ds, int nthreads) {
+    memory_read_backward<float>(M, R, K, V, rel, w, dm, float(gamma), ds, nthreads);
+}
+void ksr_memory_read_backward_f64(int64_t M, int64_t R, int64_t K, const double* V, const double* rel,
+                                  const double* w, const double* dm, double gamma, double* ds, int nthreads) {
+    memory_read_backward<double>(M, R, K, V, rel, w, dm, gamma, ds, nthreads);
+}
 // The CE loss: p (n, D), targets t (n,) in [0, N), q (N, D) the items' vectors; c the weight of
 // each target (1/n for the mean) -> loss (n,) per target; with dp not null also dp = dL/dP (n, D)
 // and dq = dL/dQ (N, D).
@@ -401,5 +526,12 @@ void ksr_cross_entropy_f32(int64_t n, int64_t N, int64_t D, const float* p, cons
 void ksr_cross_entropy_f64(int64_t n, int64_t N, int64_t D, const double* p, const int64_t* t, const double* q,
                            double c, double* loss, double* dp, double* dq, int nthreads) {
     cross_entropy<double>(n, N, D, p, t, q, c, loss, dp, dq, nthreads);
+}
+// The dropout mask (n,) for drop probability p in [0, 1), from the stream `seed`.
+void ksr_dropout_mask_f32(int64_t n, double p, uint64_t seed, float* out, int nthreads) {
+    dropout_mask<float>(n, p, seed, out, nthreads);
+}
+void ksr_dropout_mask_f64(int64_t n, double p, uint64_t seed, double* out, int nthreads) {
+    dropout_mask<double>(n, p, seed, out, nthreads);
 }
 }

@@ -104,11 +104,15 @@ def _load():
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for suffix in ("f32", "f64"):
         getattr(lib, f"ksr_gru_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"ksr_gru_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
-                                                               ctypes.c_int]
+        getattr(lib, f"ksr_gru_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
         getattr(lib, f"ksr_memory_write_{suffix}").argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
         getattr(lib, f"ksr_cross_entropy_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ctypes.c_double, ptr, ptr,
                                                                 ptr, ctypes.c_int]
+        getattr(lib, f"ksr_memory_read_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ctypes.c_double, ptr, ptr,
+                                                              ctypes.c_int]
+        getattr(lib, f"ksr_memory_read_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr,
+                                                                       ctypes.c_double, ptr, ctypes.c_int]
+        getattr(lib, f"ksr_dropout_mask_{suffix}").argtypes = [i64, ctypes.c_double, ctypes.c_uint64, ptr, ctypes.c_int]
     _lib = lib
     return lib
 
@@ -150,40 +154,45 @@ def _suffix(t):
 # The GRU
 
 class GRULayerFunction(torch.autograd.Function):
-    """The recurrence: gi = x W_ih^T (B, L, 3H), W_hh (3H, H), lengths (B,) -> out (B, L, H)."""
+    """The recurrence: gi = x W_ih^T at the n valid steps, packed row after row (n, 3H), W_hh (3H, H),
+    lengths (B,) with sum n, L -> out (B, L, H)."""
 
     @staticmethod
-    def forward(ctx, gi, w_hh, lengths):
-        lib, (B, L, G), H = _load(), gi.shape, w_hh.shape[1]
+    def forward(ctx, gi, w_hh, lengths, L):
+        lib, (B,), H = _load(), lengths.shape, w_hh.shape[1]
         gi = gi.contiguous()  # lengths: int64, contiguous (cpu_gru_layer checked them)
-        out, saved = gi.new_zeros(B, L, H), gi.new_empty(4, B, L, H)  # saved: r, z, n, gh_n of every step
-        w_hh_t = _padded(w_hh.detach().T, G)  # (H, Gp)
+        out, saved = gi.new_zeros(B, L, H), gi.new_empty(5, gi.shape[0], H)  # saved: r, z, n, gh_n, h_{t-1}
+        w_hh_t = _padded(w_hh.detach().T, 3 * H)  # (H, Gp)
         getattr(lib, f"ksr_gru_forward_{_suffix(gi)}")(B, L, H, gi.data_ptr(), w_hh_t.data_ptr(), lengths.data_ptr(),
                                                        out.data_ptr(), saved.data_ptr(), torch.get_num_threads())
-        ctx.save_for_backward(out, saved, w_hh, lengths)
+        ctx.save_for_backward(saved, w_hh, lengths)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # its backward is not itself differentiable
     def backward(ctx, dout):
-        out, saved, w_hh, lengths = ctx.saved_tensors
-        lib, (B, L, H) = _load(), out.shape
+        saved, w_hh, lengths = ctx.saved_tensors
+        lib, (B, L, H), n = _load(), dout.shape, saved.shape[1]
         dout = dout.contiguous()
-        dgi, dgh = out.new_zeros(B, L, 3 * H), out.new_zeros(B, L, 3 * H)
+        dgi, dgh = saved.new_empty(n, 3 * H), saved.new_empty(n, 3 * H)  # every packed step is written
         w_hh_p = _padded(w_hh.detach(), H)  # (3H, Hp)
-        getattr(lib, f"ksr_gru_backward_{_suffix(out)}")(B, L, H, dout.data_ptr(), out.data_ptr(), saved.data_ptr(),
-                                                         w_hh_p.data_ptr(), lengths.data_ptr(), dgi.data_ptr(),
-                                                         dgh.data_ptr(), torch.get_num_threads())
-        h_prev = torch.cat([out.new_zeros(B, 1, H), out[:, :-1]], 1)  # h_{t-1}; dgh is 0 where t is padding
-        dw_hh = dgh.reshape(-1, 3 * H).T @ h_prev.reshape(-1, H)  # sum over rows and steps, one product
-        return dgi, dw_hh, None
+        getattr(lib, f"ksr_gru_backward_{_suffix(saved)}")(B, L, H, dout.data_ptr(), saved.data_ptr(),
+                                                           w_hh_p.data_ptr(), lengths.data_ptr(), dgi.data_ptr(),
+                                                           dgh.data_ptr(), torch.get_num_threads())
+        dw_hh = dgh.T @ saved[4]  # sum over the valid steps of dgh_t^T h_{t-1}: one product
+        return dgi, dw_hh, None, None
 
 
 def cpu_gru_layer(x, w_ih, w_hh, lengths):
     """One bias-free GRU layer over x (B, L, D) with nn.GRU's weights w_ih (3H, D), w_hh (3H, H):
-    out (B, L, H) at the valid steps t < lengths (0 after). CPU tensors, float32 or float64."""
+    out (B, L, H) at the valid steps t < lengths (0 after). CPU tensors, float32 or float64.
+    The input projection x W_ih^T (and its backward) is one product over the valid steps only."""
     _cpu("cpu_gru_layer", x)
-    return GRULayerFunction.apply(x @ w_ih.T, w_hh, _check_lengths("cpu_gru_layer", lengths, x.shape[1]))
+    B, L, D = x.shape
+    lengths = _check_lengths("cpu_gru_layer", lengths, L)
+    valid = (torch.arange(L) < lengths[:, None]).reshape(-1).nonzero().squeeze(1)  # packed row after row
+    gi = x.reshape(B * L, D).index_select(0, valid) @ w_ih.T  # (n, 3H)
+    return GRULayerFunction.apply(gi, w_hh, lengths, L)
 
 
 # ----------------------------------------------------------------------------
@@ -206,12 +215,84 @@ def memory_write(kg_seq, lengths, relations, all_steps=False):
     return states if all_steps else V
 
 
+class MemoryReadFunction(torch.autograd.Function):
+    """ksr.memory_read for a constant memory V (..., R, K) and keys (R, K): m (..., K) from the
+    query s (..., K), and the gradient towards s only (cpu.cpp, 2.)."""
+
+    @staticmethod
+    def forward(ctx, V, relations, query, gamma):
+        lib, (R, K) = _load(), relations.shape
+        V, relations, query = V.contiguous(), relations.to(V.dtype).contiguous(), query.to(V.dtype).contiguous()
+        M = query.numel() // K
+        m, w = query.new_empty(query.shape), query.new_empty(M, R)
+        getattr(lib, f"ksr_memory_read_{_suffix(V)}")(M, R, K, V.data_ptr(), relations.data_ptr(), query.data_ptr(),
+                                                      float(gamma), m.data_ptr(), w.data_ptr(), torch.get_num_threads())
+        ctx.save_for_backward(V, relations, w)
+        ctx.gamma = float(gamma)
+        return m
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dm):
+        V, relations, w = ctx.saved_tensors
+        (M, R), K = w.shape, relations.shape[1]
+        dm = dm.contiguous()
+        ds = dm.new_empty(dm.shape)
+        getattr(_load(), f"ksr_memory_read_backward_{_suffix(V)}")(M, R, K, V.data_ptr(), relations.data_ptr(),
+                                                                   w.data_ptr(), dm.data_ptr(), ctx.gamma,
+                                                                   ds.data_ptr(), torch.get_num_threads())
+        return None, None, ds, None
+
+
 def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
-    """ksr.kv_memory, same signature and result, for a frozen KG: the write compiled, then the read.
-    (A trained KG's write needs a backward: train.build_model gives that model sorted_kv_memory.)"""
-    if kg_seq.requires_grad:
-        raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq needs no gradient); use kernels.sorted_kv_memory")
-    return ksr.memory_read(memory_write(kg_seq, lengths, relations, all_steps), relations, query, gamma)
+    """ksr.kv_memory, same signature and result, for a frozen KG: the write and the read compiled,
+    the gradient towards the query only. (A trained KG's write needs a backward: train.build_model
+    gives that model sorted_kv_memory.)"""
+    if kg_seq.requires_grad or relations.requires_grad:
+        raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq and relations need no gradient); "
+                         "use kernels.sorted_kv_memory")
+    if query.dim() != (3 if all_steps else 2):
+        raise ValueError(f"cpu_kv_memory: all_steps={all_steps} needs a query of shape "
+                         f"{'(B, L, K)' if all_steps else '(B, K)'}, got {tuple(query.shape)}")
+    V = memory_write(kg_seq, lengths, relations, all_steps)
+    if query.dtype != V.dtype or isinstance(gamma, torch.Tensor):  # mixed dtypes or a trained gamma: the reference read
+        return ksr.memory_read(V, relations, query, gamma)
+    return MemoryReadFunction.apply(V, relations, query, gamma)
+
+
+# ----------------------------------------------------------------------------
+# Dropout
+
+class CPUDropout(torch.nn.Module):
+    """nn.Dropout(p) with its mask made by cpu.cpp (4.) on all threads: each element is kept with
+    probability 1 - p and scaled by 1 / (1 - p), from a stream whose seed is drawn from torch's
+    generator (torch.manual_seed fixes every mask). The same distribution as nn.Dropout, not the
+    same draws. KSR(..., dropout=CPUDropout)"""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return torch.nn.functional.dropout(x, self.p, True)
+        return x * dropout_mask(x.shape, self.p, x.dtype)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def dropout_mask(shape, p, dtype=torch.float32):
+    """The scaled mask (shape): 1 / (1 - p) with probability 1 - p, else 0; p in [0, 1)."""
+    seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64)) % 2 ** 64  # from torch's generator
+    out = torch.empty(shape, dtype=dtype)
+    getattr(_load(), f"ksr_dropout_mask_{_suffix(out)}")(out.numel(), float(p), seed, out.data_ptr(),
+                                                         torch.get_num_threads())
+    return out
 
 
 # ----------------------------------------------------------------------------

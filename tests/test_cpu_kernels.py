@@ -1,7 +1,8 @@
-"""kernels/cpu.py (the compiled GRU and memory write) against their references: nn.GRU and
-ksr.memory_write, in float64, values and gradients, on random shapes (lengths 1..L with padding,
-hidden sizes that are not multiples of the kernel's 16-column blocks, batches smaller than a
-tile, any thread count); and what happens where no compiler works."""
+"""kernels/cpu.py (the compiled GRU, memory, CE and dropout) against their references: nn.GRU,
+ksr.memory_write, ksr.kv_memory, ksr.cross_entropy (and nn.Dropout's distribution), in float64,
+values and gradients, on random shapes (lengths 1..L with padding, hidden sizes that are not
+multiples of the kernel's 16-column blocks, batches smaller than a tile, any thread count); and
+what happens where no compiler works."""
 import os
 import subprocess
 import sys
@@ -114,19 +115,106 @@ def test_cpu_memory_write_matches_reference(inputs, threads):
     torch.testing.assert_close(got, ksr.memory_write(item_kg, lengths, relations, all_steps), rtol=1e-12, atol=1e-12)
 
 
-@given(memory_inputs(max_len=9))
-@settings(max_examples=60, deadline=None)
-def test_cpu_kv_memory_matches_reference(inputs):
-    """cpu_kv_memory == ksr.kv_memory for a frozen KG: the read, and its gradient towards the query."""
+@given(memory_inputs(max_len=9), st.sampled_from([1, 2, 3]))
+@settings(max_examples=80, deadline=None)
+def test_cpu_kv_memory_matches_reference(inputs, threads):
+    """cpu_kv_memory == ksr.kv_memory for a frozen KG: the write and the compiled read, and the
+    read's gradient towards the query, on any number of threads."""
     item_kg, lengths, relations, query, gamma, all_steps = (t.double() if torch.is_tensor(t) and t.is_floating_point()
                                                             else t for t in inputs)
     qa, qb = query.clone().requires_grad_(), query.clone().requires_grad_()
-    got = kernels.cpu_kv_memory(item_kg, lengths, relations, qa, gamma, all_steps)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = kernels.cpu_kv_memory(item_kg, lengths, relations, qa, gamma, all_steps)
+        c = torch.randn(got.shape, dtype=torch.float64)
+        grad = torch.autograd.grad((got * c).sum(), qa)[0]
+    finally:
+        torch.set_num_threads(old)
     want = ksr.kv_memory(item_kg, lengths, relations, qb, gamma, all_steps)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    c = torch.randn(got.shape, dtype=torch.float64)
-    torch.testing.assert_close(torch.autograd.grad((got * c).sum(), qa)[0], torch.autograd.grad((want * c).sum(), qb)[0],
-                               rtol=1e-10, atol=1e-11)
+    torch.testing.assert_close(grad, torch.autograd.grad((want * c).sum(), qb)[0], rtol=1e-10, atol=1e-11)
+
+
+def test_cpu_kv_memory_float32_default_shapes():
+    """At the default shapes (K = 64: whole vector lanes, rows of length 0 too) in float32: the
+    reference's values and query gradient to float32 rounding, the same bits on 1 and 2 threads."""
+    g = torch.Generator().manual_seed(3)
+    B, L, R, K = 32, 50, 5, 64
+    kg, rel = torch.randn(B, L, K, generator=g) * 0.2, torch.randn(R, K, generator=g) * 0.2
+    lengths = torch.randint(0, L + 1, (B,), generator=g)
+    query, c = torch.randn(B, L, K, generator=g), torch.randn(B, L, K, generator=g)
+    outs = []
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            q = query.clone().requires_grad_()
+            m = kernels.cpu_kv_memory(kg, lengths, rel, q, 10.0, True)
+            outs.append((m.detach(), torch.autograd.grad((m * c).sum(), q)[0]))
+        finally:
+            torch.set_num_threads(old)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    q = query.double().requires_grad_()
+    want = ksr.kv_memory(kg.double(), lengths, rel.double(), q, 10.0, True)
+    torch.testing.assert_close(outs[0][0], want.float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], torch.autograd.grad((want * c.double()).sum(), q)[0].float(),
+                               rtol=1e-3, atol=1e-4)
+
+
+@given(st.floats(0.01, 0.95), st.integers(1, 70000), st.sampled_from([1, 2, 3]), st.integers(0, 2 ** 31))
+@settings(max_examples=40, deadline=None)
+def test_cpu_dropout_is_nn_dropouts_distribution(p, n, threads, seed):
+    """CPUDropout(p) in training: x * mask, the mask 1 / (1 - p) or 0, zeros at rate p (within 5
+    standard deviations), the gradient the mask; the same draws for the same torch seed on any
+    number of threads, and other draws on the next call."""
+    x = torch.rand(n, dtype=torch.float64) + 0.5  # no zeros of its own
+    drop = kernels.CPUDropout(p).train()
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        xa = x.clone().requires_grad_()
+        y = drop(xa)
+        again = drop(x)
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        y1 = drop(x)
+    finally:
+        torch.set_num_threads(old)
+    mask = y.detach() / x
+    kept = mask != 0
+    torch.testing.assert_close(mask[kept], torch.full_like(mask[kept], 1 / (1 - p)), rtol=1e-12, atol=0)
+    zeros = (~kept).double().mean().item()
+    assert abs(zeros - p) <= 5 * (p * (1 - p) / n) ** 0.5 + 1 / n
+    assert torch.equal(y.detach(), y1)
+    if n >= 64 and 0.05 < p < 0.95:  # two independent draws agree everywhere with probability < 1e-4
+        assert not torch.equal(y.detach(), again)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(xa.grad, mask, rtol=1e-12, atol=0)
+
+
+def test_cpu_dropout_positions_are_independent():
+    """No pattern over positions: every tenth of a large mask and every column of a (rows, 64)
+    one drops at rate p, and neighbours are uncorrelated (all within 5 standard deviations)."""
+    torch.manual_seed(0)
+    p, rows = 0.1, 20000
+    zeros = (kernels.cpu.dropout_mask((rows, 64), p) == 0).double()
+    for part in (zeros.reshape(10, -1).mean(1), zeros.mean(0)):
+        n = zeros.numel() / len(part)
+        assert ((part - p).abs() <= 5 * (p * (1 - p) / n) ** 0.5).all(), part
+    flat = zeros.reshape(-1)
+    both = (flat[1:] * flat[:-1]).mean().item()  # P(two neighbours dropped) = p^2 if independent
+    assert abs(both - p * p) <= 5 * (p * p * (1 - p * p) / flat.numel()) ** 0.5
+
+
+def test_cpu_dropout_eval_and_edge_probabilities():
+    x = torch.randn(3, 4)
+    assert kernels.CPUDropout(0.3).eval()(x) is x
+    assert kernels.CPUDropout(0.0).train()(x) is x
+    assert torch.equal(kernels.CPUDropout(1.0).train()(x), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        kernels.CPUDropout(1.5)
 
 
 def test_bad_input_is_refused():
@@ -142,7 +230,7 @@ def test_bad_input_is_refused():
 
 def test_without_a_compiler_the_model_keeps_plain_torch(tmp_path):
     """No working compiler: one line says why, nothing half-built is left in the cache, and
-    train.build_model gives nn.GRU and sorted_kv_memory (a fresh process: the library is loaded
+    train.build_model gives nn.GRU, sorted_kv_memory and nn.Dropout (a fresh process: the library is loaded
     once per process)."""
     code = ("import types, torch, kernels, train; print(kernels.cpu_unavailable_reason()); cfg = vars(train.parse_args([])); "
             "ds = types.SimpleNamespace(n_items=5, item_kg=torch.zeros(6, 64), relation_kg=torch.zeros(2, 64)); "
@@ -151,7 +239,7 @@ def test_without_a_compiler_the_model_keeps_plain_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
     why, path = out.stdout.splitlines()
     assert why.startswith("the compiled CPU kernels are unavailable:") and "no-such-c++" in why
-    assert path.startswith(f"code: memory sorted_kv_memory, CE all_items_cross_entropy, GRU nn.GRU ({why})")
+    assert path.startswith(f"code: memory sorted_kv_memory, CE all_items_cross_entropy, GRU nn.GRU, dropout Dropout ({why})")
     assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
     # a compiler that fails: its first error line is the reason
     fake = tmp_path / "bad-c++"
