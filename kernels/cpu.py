@@ -1,29 +1,38 @@
-"""KSR's two recurrences, the GRU and the memory write, and its CE loss as compiled C++ loops for
-the CPU (kernels/cpu.cpp); each is proven equal to its reference by tests/test_cpu_kernels.py
-(float64, values and gradients, random shapes, any thread count).
+"""KSR's two recurrences (the GRU, the memory write), the memory read, the CE loss and the
+dropout mask as compiled C++ loops for the CPU (kernels/cpu.cpp); each is proven equal to its
+reference by tests/test_cpu_kernels.py (float64, values and gradients, random shapes, any
+thread count; the dropout: nn.Dropout's distribution).
 
     cpu_gru_layer(x, w_ih, w_hh, lengths) -> out (B, L, H)
         one layer of ksr.GRU's nn.GRU (bias-free, batch_first, h_0 = 0) at every valid step
         (0 at padding steps, which nn.GRU computes and its callers never read); forward and
         backward.                                               KSR(..., gru_layer=...)
     cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps)
-        = ksr.kv_memory for a frozen KG (the default): the write compiled (memory_write: no
-        autograd, nothing in it is trained), then ksr.memory_read.  KSR(..., memory=...)
+        = ksr.kv_memory for a frozen KG (the default): the write (memory_write: no autograd,
+        nothing in it is trained) and the read (MemoryReadFunction: the gradient towards the
+        query only) compiled.                                   KSR(..., memory=...)
     cpu_cross_entropy(p, q, targets)
         = ksr.cross_entropy: the value and the gradient in one pass, no (n, N) scores in
         memory.                                                  KSR(..., ce=...)
+    CPUDropout(p)
+        nn.Dropout's distribution, its mask made on all threads from a counter-based
+        generator seeded from torch's (not the same draws).       KSR(..., dropout=...)
 
-Why: both are recurrences over the L steps, which torch runs as many small operations per
-step (a few microseconds each, on blocks of B x 128 floats or smaller). What stays in torch:
-the GRU's input projections x W_ih^T of all steps, its weight gradients and dx, each one large
-product (autograd). cpu.cpp runs per step one product h_{t-1} W_hh^T (B x H x 3H) and the gate
-math; rows are spread over threads (torch.get_num_threads()), padding steps skipped.
+Why: the recurrences run over the L steps, which torch runs as many small operations per
+step (a few microseconds each, on blocks of B x 128 floats or smaller); the read is ~8 small
+operations forward and as many backward; torch draws a dropout mask on one thread. What stays
+in torch: the GRU's input projections x W_ih^T (over the valid steps only, packed row after
+row), its weight gradients and dx, each one large product (autograd). cpu.cpp runs per step
+one product h_{t-1} W_hh^T (B x H x 3H) and the gate math; rows are spread over threads
+(torch.get_num_threads()), padding steps skipped.
 
 The library is compiled once per source, compiler and CPU with the machine's C++ compiler
-(`c++`, or $CXX) into ~/.cache/ksr (or $KSR_CACHE_DIR), a few seconds (-march=native: a library
-built for one CPU may not run on another, so a home folder shared by machines keeps one each). Where no compiler works
-(Windows without one, say) `unavailable_reason()` says why and KSR keeps nn.GRU and
-sorted_kv_memory (train.build_model; --cpp_kernels off does the same by choice).
+(`c++`, or $CXX; more flags in $KSR_CXXFLAGS, e.g. -mno-avx512f for the AVX2 build on an
+AVX-512 CPU) into ~/.cache/ksr (or $KSR_CACHE_DIR), a few seconds (-march=native: a library
+built for one CPU may not run on another, so a home folder shared by machines keeps one each).
+Where no compiler works (Windows without one, say) `unavailable_reason()` says why and KSR
+keeps nn.GRU, sorted_kv_memory and nn.Dropout (train.build_model; --cpp_kernels off does the
+same by choice).
 """
 import ctypes
 import hashlib
@@ -32,6 +41,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -46,7 +56,6 @@ SOURCE = Path(__file__).with_name("cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-std=c++17",
          "-shared", "-fPIC"]
 OPENMP = ["-fopenmp"]
-PAD = 16  # cpu.cpp pads the weights' columns to a multiple of it
 
 _lib, _why = None, None
 
@@ -77,8 +86,8 @@ def _load():
     try:
         if not cxx:
             raise RuntimeError("no C++ compiler (c++, g++, clang++ or $CXX) on this machine")
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(source + " ".join([cxx, *FLAGS, *OPENMP, _cpu_id()]).encode()).hexdigest()[:16]
+        source, extra = SOURCE.read_bytes(), os.environ.get("KSR_CXXFLAGS", "").split()  # e.g. -mno-avx512f
+        key = hashlib.sha256(source + " ".join([cxx, *FLAGS, *extra, *OPENMP, _cpu_id()]).encode()).hexdigest()[:16]
         cache = Path(os.environ.get("KSR_CACHE_DIR") or Path.home() / ".cache" / "ksr")
         path = cache / f"ksr_cpu-{key}.so"
         if not path.exists():
@@ -86,7 +95,7 @@ def _load():
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # compiled aside, then renamed: never half a library
             os.close(fd)
             try:
-                for flags in (FLAGS + OPENMP, FLAGS):
+                for flags in (FLAGS + extra + OPENMP, FLAGS + extra):
                     done = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
                     if not done.returncode:
                         break
@@ -102,6 +111,8 @@ def _load():
         _why = f"the compiled CPU kernels are unavailable: {e}"
         raise RuntimeError(_why) from None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.ksr_pad.restype = ctypes.c_int
+    lib.ksr_product_loop.argtypes = [i64, ctypes.c_int]
     for suffix in ("f32", "f64"):
         getattr(lib, f"ksr_gru_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
         getattr(lib, f"ksr_gru_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
@@ -117,6 +128,24 @@ def _load():
     return lib
 
 
+def product_gflops(threads, seconds=0.2):
+    """The float32 GFLOP/s of cpu.cpp's register block on `threads` threads, each making the GRU's
+    step product (6 x 128 @ 128 x 384) over and over in its own cache: the rate this CPU's
+    vector units give the compiled kernels (bench.py's second peak). Best of 3 runs of about
+    `seconds` each."""
+    lib, flops = _load(), 2 * 6 * 128 * 384
+
+    def run(iters):
+        t0 = time.perf_counter()
+        lib.ksr_product_loop(iters, threads)
+        return time.perf_counter() - t0
+
+    iters = 1000
+    while run(iters) < seconds / 4:  # the first call is also the warm-up
+        iters *= 4
+    return threads * iters * flops / min(run(iters) for _ in range(3)) / 1e9
+
+
 def unavailable_reason():
     """None when the compiled kernels can run here (compiling them if needed), else why not (one line)."""
     try:
@@ -127,8 +156,10 @@ def unavailable_reason():
 
 
 def _padded(w, cols):
-    """w (rows, c) with zero columns up to a multiple of PAD: cpu.cpp's products read whole blocks."""
-    out = w.new_zeros(w.shape[0], -(-cols // PAD) * PAD)
+    """w (rows, c) with zero columns up to a multiple of cpu.cpp's PAD (two vectors: 16 or 32
+    floats): its products read whole blocks."""
+    pad = _load().ksr_pad()
+    out = w.new_zeros(w.shape[0], -(-cols // pad) * pad)
     out[:, :w.shape[1]] = w
     return out
 

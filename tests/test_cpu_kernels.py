@@ -307,3 +307,27 @@ def test_cpu_cross_entropy_bad_input():
         kernels.cpu_cross_entropy(p, q.double(), torch.tensor([1, 2, 3]))
     assert kernels.cpu_cross_entropy(p[:0], q, torch.tensor([], dtype=torch.long)).isnan()  # as the reference
     assert kernels.cpu_cross_entropy(p * float("nan"), q, torch.tensor([1, 2, 3])).isnan()  # a NaN is not hidden
+
+
+@pytest.mark.skipif(kernels.cpu_unavailable_reason() is not None or kernels.cpu._load().ksr_pad() != 32,
+                    reason="the library here is the 32-byte (AVX2) build already")
+def test_avx2_build_on_an_avx512_cpu(tmp_path):
+    """On an AVX-512 CPU the tests above run the 64-byte build; the 32-byte one (what AVX2 CPUs
+    get) is built here with -mno-avx512f and checked against the references too (a fresh process:
+    one library per process)."""
+    code = ("import torch, ksr, kernels; from kernels import cpu; assert cpu._load().ksr_pad() == 16\n"
+            "torch.manual_seed(0); g = torch.nn.GRU(5, 37, 1, bias=False, batch_first=True).double()\n"
+            "x = torch.randn(9, 7, 5, dtype=torch.float64, requires_grad=True); lengths = torch.tensor([7, 1, 3, 7, 2, 5, 6, 4, 7])\n"
+            "mask = (torch.arange(7) < lengths[:, None])[..., None]\n"
+            "a = cpu.cpu_gru_layer(x, g.weight_ih_l0, g.weight_hh_l0, lengths) * mask; b = g(x)[0] * mask\n"
+            "torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)\n"
+            "torch.testing.assert_close(torch.autograd.grad(a.sum(), x)[0], torch.autograd.grad(b.sum(), x)[0], rtol=1e-10, atol=1e-11)\n"
+            "p, q, t = torch.randn(70, 19, dtype=torch.float64), torch.randn(41, 19, dtype=torch.float64), torch.randint(1, 41, (70,))\n"
+            "torch.testing.assert_close(cpu.cpu_cross_entropy(p, q, t), ksr.cross_entropy(p, q, t), rtol=1e-12, atol=1e-12)\n"
+            "kg, rel, s = torch.randn(3, 6, 11, dtype=torch.float64), torch.randn(4, 11, dtype=torch.float64), torch.randn(3, 6, 11, dtype=torch.float64)\n"
+            "l = torch.tensor([6, 2, 4])\n"
+            "torch.testing.assert_close(cpu.cpu_kv_memory(kg, l, rel, s, 3.0, True), ksr.kv_memory(kg, l, rel, s, 3.0, True), rtol=1e-12, atol=1e-12)\n"
+            "print('ok')")
+    env = dict(os.environ, KSR_CXXFLAGS="-mno-avx512f", KSR_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
