@@ -286,6 +286,8 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
         raise ValueError(f"cpu_kv_memory: all_steps={all_steps} needs a query of shape "
                          f"{'(B, L, K)' if all_steps else '(B, K)'}, got {tuple(query.shape)}")
     V = memory_write(kg_seq, lengths, relations, all_steps)
+    if V.shape[:-2] != query.shape[:-1] or query.shape[-1] != V.shape[-1]:  # the compiled read reads V at every query
+        raise ValueError(f"cpu_kv_memory: a query of shape {tuple(query.shape)} for a memory of {tuple(V.shape)}")
     if query.dtype != V.dtype or isinstance(gamma, torch.Tensor):  # mixed dtypes or a trained gamma: the reference read
         return ksr.memory_read(V, relations, query, gamma)
     return MemoryReadFunction.apply(V, relations, query, gamma)
