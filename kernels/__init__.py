@@ -11,7 +11,7 @@ computes the same function (tests prove it). train.build_model hands them to ksr
 
 Importing never fails and never touches a GPU: without triton (macOS, Windows)
 `unavailable_reason()` says why and `fused_kv_memory` raises that reason; without a C++
-compiler `cpu_unavailable_reason()` says why and KSR keeps nn.GRU and sorted_kv_memory.
+compiler `cpu_unavailable_reason()` says why and KSR keeps nn.GRU, sorted_kv_memory and nn.Dropout.
 """
 from .fast_torch import MemoryWriteFunction, all_items_cross_entropy, memory_write, sorted_kv_memory
 from .cpu import CPUDropout, cpu_cross_entropy, cpu_gru_layer, cpu_kv_memory
@@ -19,4 +19,5 @@ from .cpu import unavailable_reason as cpu_unavailable_reason
 from .kv_memory import fused_kv_memory, unavailable_reason
 
 __all__ = ["memory_write", "MemoryWriteFunction", "sorted_kv_memory", "all_items_cross_entropy", "cpu_gru_layer",
-           "cpu_kv_memory", "cpu_cross_entropy", "CPUDropout", "cpu_unavailable_reason", "fused_kv_memory", "unavailable_reason"]
+           "cpu_kv_memory", "cpu_cross_entropy", "CPUDropout", "cpu_unavailable_reason", "fused_kv_memory",
+           "unavailable_reason"]

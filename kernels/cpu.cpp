@@ -293,7 +293,8 @@ void memory_write(int64_t B, int64_t L, int64_t R, int64_t K, const T* kg, const
     for_each_tile(nthreads, (B + ROWS - 1) / ROWS, [&](int64_t i) {
         std::vector<T> E(K);
         for (int64_t b = i * ROWS; b < std::min(B, (i + 1) * ROWS); ++b)
-            write_row<T>(lengths[b], R, K, kg + b * L * K, rel, V + b * R * K, states ? states + b * L * R * K : nullptr, E.data());
+            write_row<T>(lengths[b], R, K, kg + b * L * K, rel, V + b * R * K, states ? states + b * L * R * K : nullptr,
+                         E.data());
     });
 }
 
