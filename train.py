@@ -231,8 +231,8 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
     total, count = 0.0, 0
     for b in range(n_batches):
-        batch = order[b * size:(b + 1) * size].numpy()
-        seq, lengths, targets = map(torch.as_tensor, split.cut(np.repeat(batch, n_neg) if n_neg > 1 else batch))
+        batch = np.repeat(order[b * size:(b + 1) * size].numpy(), n_neg)
+        seq, lengths, targets = map(torch.as_tensor, split.cut(batch))
         negatives = ksr.sample_negatives(targets, raw_model.n_items, gen) if cfg["loss_type"] == "BPR" else None
         n_total = n_mine = int((targets > 0).sum())  # targets (B,), or (B, L) with 0 = none
         if ddp:  # this process's rows

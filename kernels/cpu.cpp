@@ -156,6 +156,11 @@ template <typename T> inline T dot(const T* __restrict a, const T* __restrict b,
     return sum;
 }
 
+// Items 0..n-1 in tiles of `per` consecutive ones, spread over threads: fn(j0, j1) per tile.
+template <typename Fn> void for_each_range(int nthreads, int64_t n, int64_t per, Fn fn) {
+    for_each_tile(nthreads, (n + per - 1) / per, [&](int64_t i) { fn(i * per, std::min(n, (i + 1) * per)); });
+}
+
 inline int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }  // x up to a multiple of m
 
 struct Shape {
@@ -289,10 +294,9 @@ void write_row(int64_t len, int64_t R, int64_t K, const T* __restrict kg, const 
 template <typename T>
 void memory_write(int64_t B, int64_t L, int64_t R, int64_t K, const T* kg, const int64_t* lengths, const T* rel, T* V,
                   T* states, int nthreads) {
-    constexpr int64_t ROWS = 8;  // rows per tile
-    for_each_tile(nthreads, (B + ROWS - 1) / ROWS, [&](int64_t i) {
+    for_each_range(nthreads, B, 8, [&](int64_t b0, int64_t b1) {  // 8 rows a tile
         std::vector<T> E(K);
-        for (int64_t b = i * ROWS; b < std::min(B, (i + 1) * ROWS); ++b)
+        for (int64_t b = b0; b < b1; ++b)
             write_row<T>(lengths[b], R, K, kg + b * L * K, rel, V + b * R * K, states ? states + b * L * R * K : nullptr,
                          E.data());
     });
@@ -337,9 +341,8 @@ void read_backward_position(int64_t R, int64_t K, const T* __restrict V, const T
 template <typename T>
 void memory_read(int64_t M, int64_t R, int64_t K, const T* V, const T* rel, const T* s, T gamma, T* m, T* w,
                  int nthreads) {
-    constexpr int64_t ROWS = 64;  // positions per tile
-    for_each_tile(nthreads, (M + ROWS - 1) / ROWS, [&](int64_t i) {
-        for (int64_t j = i * ROWS; j < std::min(M, (i + 1) * ROWS); ++j)
+    for_each_range(nthreads, M, 64, [&](int64_t j0, int64_t j1) {  // 64 positions a tile
+        for (int64_t j = j0; j < j1; ++j)
             read_position<T>(R, K, V + j * R * K, rel, s + j * K, gamma, m + j * K, w + j * R);
     });
 }
@@ -347,10 +350,9 @@ void memory_read(int64_t M, int64_t R, int64_t K, const T* V, const T* rel, cons
 template <typename T>
 void memory_read_backward(int64_t M, int64_t R, int64_t K, const T* V, const T* rel, const T* w, const T* dm, T gamma,
                           T* ds, int nthreads) {
-    constexpr int64_t ROWS = 64;
-    for_each_tile(nthreads, (M + ROWS - 1) / ROWS, [&](int64_t i) {
+    for_each_range(nthreads, M, 64, [&](int64_t j0, int64_t j1) {
         std::vector<T> dw(R);
-        for (int64_t j = i * ROWS; j < std::min(M, (i + 1) * ROWS); ++j)
+        for (int64_t j = j0; j < j1; ++j)
             read_backward_position<T>(R, K, V + j * R * K, rel, w + j * R, dm + j * K, gamma, dw.data(), ds + j * K);
     });
 }
@@ -444,9 +446,8 @@ void cross_entropy(int64_t n, int64_t N, int64_t D, const T* p, const int64_t* t
         ce_chunk<T>(s, k, p, t, qp.data(), qt.data(), c, grad, loss, dp, grad ? dqc.data() + k * s.Np * s.Dp : nullptr);
     });
     if (!grad) return;
-    constexpr int64_t ROWS = 64;  // dQ (N x D) = the chunks' sums, added in chunk order, rows in tiles
-    for_each_tile(nthreads, (N + ROWS - 1) / ROWS, [&](int64_t i) {
-        for (int64_t r = i * ROWS; r < std::min(N, (i + 1) * ROWS); ++r)
+    for_each_range(nthreads, N, 64, [&](int64_t r0, int64_t r1) {  // dQ (N x D) = the chunks' sums, in chunk order
+        for (int64_t r = r0; r < r1; ++r)
             for (int64_t d = 0; d < D; ++d) {
                 T acc = 0;
                 for (int64_t k = 0; k < s.chunks; ++k) acc += dqc[(k * s.Np + r) * s.Dp + d];
@@ -467,11 +468,10 @@ inline uint64_t splitmix64(uint64_t x) {
 }
 
 template <typename T> void dropout_mask(int64_t n, double p, uint64_t seed, T* out, int nthreads) {
-    constexpr int64_t ROWS = 4096;  // elements per tile
     const uint64_t threshold = uint64_t(p * 9007199254740992.0);  // p * 2^53: u_i < p <=> bits < threshold
     const T keep = T(1.0 / (1.0 - p));
-    for_each_tile(nthreads, (n + ROWS - 1) / ROWS, [&](int64_t i) {
-        for (int64_t j = i * ROWS; j < std::min(n, (i + 1) * ROWS); ++j)
+    for_each_range(nthreads, n, 4096, [&](int64_t j0, int64_t j1) {
+        for (int64_t j = j0; j < j1; ++j)
             out[j] = (splitmix64(seed + uint64_t(j + 1) * 0x9E3779B97F4A7C15ull) >> 11) < threshold ? T(0) : keep;
     });
 }

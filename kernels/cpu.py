@@ -253,7 +253,7 @@ class MemoryReadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, V, relations, query, gamma):
         lib, (R, K) = _load(), relations.shape
-        V, relations, query = V.contiguous(), relations.to(V.dtype).contiguous(), query.to(V.dtype).contiguous()
+        V, relations, query = V.contiguous(), relations.to(V.dtype).contiguous(), query.contiguous()
         M = query.numel() // K
         m, w = query.new_empty(query.shape), query.new_empty(M, R)
         getattr(lib, f"ksr_memory_read_{_suffix(V)}")(M, R, K, V.data_ptr(), relations.data_ptr(), query.data_ptr(),
@@ -282,13 +282,11 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
     if kg_seq.requires_grad or relations.requires_grad:
         raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq and relations need no gradient); "
                          "use kernels.sorted_kv_memory")
-    if query.dim() != (3 if all_steps else 2):
-        raise ValueError(f"cpu_kv_memory: all_steps={all_steps} needs a query of shape "
-                         f"{'(B, L, K)' if all_steps else '(B, K)'}, got {tuple(query.shape)}")
     V = memory_write(kg_seq, lengths, relations, all_steps)
     if V.shape[:-2] != query.shape[:-1] or query.shape[-1] != V.shape[-1]:  # the compiled read reads V at every query
-        raise ValueError(f"cpu_kv_memory: a query of shape {tuple(query.shape)} for a memory of {tuple(V.shape)}")
-    if query.dtype != V.dtype or isinstance(gamma, torch.Tensor):  # mixed dtypes or a trained gamma: the reference read
+        raise ValueError(f"cpu_kv_memory: a query of shape {tuple(query.shape)} for a memory of {tuple(V.shape)} "
+                         f"(all_steps={all_steps})")
+    if query.dtype != V.dtype:  # mixed dtypes: the reference read, which promotes
         return ksr.memory_read(V, relations, query, gamma)
     return MemoryReadFunction.apply(V, relations, query, gamma)
 
@@ -296,27 +294,18 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
 # ----------------------------------------------------------------------------
 # Dropout
 
-class CPUDropout(torch.nn.Module):
+class CPUDropout(torch.nn.Dropout):
     """nn.Dropout(p) with its mask made by cpu.cpp (4.) on all threads: each element is kept with
     probability 1 - p and scaled by 1 / (1 - p), from a stream whose seed is drawn from torch's
     generator (torch.manual_seed fixes every mask). The same distribution as nn.Dropout, not the
-    same draws. KSR(..., dropout=CPUDropout)"""
-
-    def __init__(self, p=0.5):
-        super().__init__()
-        if not 0 <= p <= 1:
-            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
-        self.p = p
+    same draws; nn.Dropout's own forward where this one does not apply. KSR(..., dropout=CPUDropout)"""
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        if self.p == 1 or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            return torch.nn.functional.dropout(x, self.p, True)
+        if self.p == 1 or self.inplace or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return super().forward(x)
         return x * dropout_mask(x.shape, self.p, x.dtype)
-
-    def extra_repr(self):
-        return f"p={self.p}"
 
 
 def dropout_mask(shape, p, dtype=torch.float32):

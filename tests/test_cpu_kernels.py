@@ -223,8 +223,10 @@ def test_bad_input_is_refused():
         kernels.cpu_gru_layer(torch.randn(2, 5, 3), gru.weight_ih_l0, gru.weight_hh_l0, torch.tensor([6, 1]))
     with pytest.raises(TypeError, match="float32 or float64 tensors, got torch.bfloat16"):
         kernels.cpu.memory_write(torch.randn(1, 2, 3).bfloat16(), torch.tensor([2]), torch.randn(2, 3))
-    with pytest.raises(ValueError, match=r"a query of shape \(3, 2, 3\) for a memory of \(1, 2, 2, 3\)"):
+    with pytest.raises(ValueError, match=r"a query of shape \(3, 2, 3\) for a memory of \(1, 2, 2, 3\) \(all_steps=True\)"):
         kernels.cpu_kv_memory(torch.randn(1, 2, 3), torch.tensor([2]), torch.randn(2, 3), torch.randn(3, 2, 3), 1.0, True)
+    with pytest.raises(ValueError, match=r"a query of shape \(1, 3\) for a memory of \(1, 2, 2, 3\)"):  # all_steps: (B, L, K)
+        kernels.cpu_kv_memory(torch.randn(1, 2, 3), torch.tensor([2]), torch.randn(2, 3), torch.randn(1, 3), 1.0, True)
     with pytest.raises(ValueError, match="frozen KG only"):
         kernels.cpu_kv_memory(torch.randn(1, 2, 3, requires_grad=True), torch.tensor([2]), torch.randn(2, 3),
                               torch.randn(1, 3), 1.0)
