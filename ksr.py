@@ -144,7 +144,7 @@ class KSR(nn.Module):
     gru_layer    None (the default): the encoder is nn.GRU; or kernels.cpu_gru_layer, the same
                  GRU compiled for the CPU (GRU above)
     dropout      nn.Dropout (the default), or kernels.CPUDropout: its masks drawn on all threads
-    The other options are RecBole's (KSR.yaml); their defaults are set once, in cli.DEFAULTS.
+    The other options are RecBole's (KSR.yaml); their defaults are set once, in options.DEFAULTS.
     """
 
     def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,

@@ -3,32 +3,41 @@
     python train.py --dataset ml-100k                      # train, early-stop on valid MRR@10, test
     python train.py --dataset ml-100k --kg freebase        # RecBole's own (mislinked) Freebase files
     python train.py --dataset ml-100k --no_memory          # plain GRU4Rec baseline
+    python train.py --dataset ml-100k --kernels reference  # ksr.py alone (kernels/__init__.py: the table)
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
-    python train.py explain|tune|compare ...               (explain.py, tune.py, compare.py)
+    python train.py explain|tune|compare ...               # extras/explain.py, tune.py, compare.py
 
-The path of a run, top to bottom: main -> parse_args (options and defaults: cli.py) -> run:
-data.load_dataset, build_model (ksr.KSR with the memory --memory_impl names), then per epoch
-train_epoch (p, loss = model(seq, lengths, targets); loss.backward(); opt.step()) and
-evaluate on valid (full ranking); early stopping on valid MRR@10; the best checkpoint is tested.
+A run, top to bottom: main -> parse_args (options.py: every option and its default) -> run: it
+holds the run folder (run_folder), loads the data (data.load_dataset), builds the model
+(build_model: ksr.KSR with the kernels --kernels picks), then per epoch train_epoch (forward,
+loss, backward, step) and rank_all on valid (full ranking); early stopping on valid MRR@10; the
+best checkpoint is tested. Under torchrun (extras/distributed.py joins the processes) the few
+`world > 1` lines below split each batch and gather the ranks.
 """
 import contextlib
+import io
+import json
 import math
 import os
 import platform
-import runpy
+import socket
 import sys
 import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import data
-import distributed
-import files
 import kernels
 import ksr
-from cli import (DATA_ARGS, DEFAULTS, MODE_DEFAULTS, DataError, UsageError, UserError, cli, default_kg, given_options,
-                 option_parser, transe_settings)
+from options import (DATA_ARGS, DEFAULTS, FOLLOWS, DataError, UsageError, UserError, cli, given_options, option_parser,
+                     transe_settings)
+
+try:
+    import fcntl  # POSIX: the kernel's flock makes a lock's takeover race-free
+except ImportError:  # Windows: the pid in the lock alone says who holds it
+    fcntl = None
 
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision", "map")  # --metrics chooses among them (default: all but map)
 BENCHMARK_IGNORES = ("split_ratio", "rm_dup_inter", "val_interval", "user_inter_num_interval", "item_inter_num_interval",
@@ -36,26 +45,26 @@ BENCHMARK_IGNORES = ("split_ratio", "rm_dup_inter", "val_interval", "user_inter_
 
 
 def parse_args(argv=None, ap=None, config_dict=None):
-    """train.py's options, checked and completed (mode defaults, the KG); bad ones raise UsageError.
-    RecBole config files (--config_files) and a config_dict become the options' defaults, so the
-    command line wins (recbole_config.py); args.config_sources says where each value came from."""
+    """train.py's options, checked; bad ones raise UsageError. RecBole config files (--config_files)
+    and a config_dict become the options' defaults, so the command line wins (extras/recbole_config.py);
+    args.config_sources says where each value came from. A default that follows another option
+    (options.FOLLOWS: the KG of a dataset other than ml-100k, prefix mode's batch and learning rate,
+    the window stride) follows it when neither a config nor the command line set it."""
     ap = ap or option_parser("train.py", "Train KSR (RecBole's protocol) and report test metrics. More commands: "
-                             "`train.py explain` and `train.py tune` (see --help of each).")
+                             "`train.py explain`, `train.py tune` and `train.py compare` (see --help of each).")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
     sources = {name: "command line" if name in given_options(argv) else "default" for name in DEFAULTS}
     if args.config_files or config_dict:
-        import recbole_config  # the YAML reader, only for a run that has a RecBole config
+        from extras import recbole_config  # the YAML reader, only for a run that has a RecBole config
         sources = recbole_config.apply(ap, argv, args.config_files, config_dict)
         args = ap.parse_args(argv)
     args.config_sources = sources
-    for key, value in MODE_DEFAULTS[args.train_mode].items():  # the defaults that depend on the training mode
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.kg = args.kg or default_kg(args.dataset)
-    if args.window_stride and args.window_stride > args.MAX_ITEM_LIST_LENGTH:
+    for key, rule in FOLLOWS.items():
+        if sources[key] == "default":
+            setattr(args, key, rule(vars(args)))
+    if args.window_stride > args.MAX_ITEM_LIST_LENGTH:
         ap.error(f"--window_stride: must be at most MAX_ITEM_LIST_LENGTH ({args.MAX_ITEM_LIST_LENGTH}), got {args.window_stride}")
-    args.window_stride = args.window_stride or args.MAX_ITEM_LIST_LENGTH
     name, _, k = args.valid_metric.partition("@")
     chosen = [m.lower() for m in args.metrics]
     if not args.eval_only and (name.lower() not in chosen or not k.isdigit() or int(k) not in args.topk):
@@ -71,10 +80,10 @@ def parse_args(argv=None, ap=None, config_dict=None):
                      f"it would change nothing")
     if not 0 <= args.dropout_prob < 1:
         ap.error(f"--dropout_prob: must be in [0, 1), got {args.dropout_prob}")
-    if args.memory_impl == "fused" and (why := kernels.unavailable_reason()):
-        ap.error(f"--memory_impl fused: {why}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available on this machine")
+    if args.kernels in ("cpp", "triton") and (why := kernels.unavailable(args.kernels, args.device)):
+        ap.error(f"--kernels {args.kernels}: {why}")
     return args
 
 
@@ -93,6 +102,7 @@ def rank_of_target(scores, targets):
     return torch.where(s[:, 0].isnan(), last, 1 + higher + tied_before)
 
 
+
 def user_metrics(ranks, k):
     """Each user's Recall, MRR, NDCG, Hit, Precision, MAP @k from the rank of their one target, as RecBole
     (float64 tensors): the metrics are their means; compare.py bootstraps them user by user."""
@@ -102,11 +112,13 @@ def user_metrics(ranks, k):
             "map": hit / ranks}  # RecBole's MAP with one relevant item: precision at its rank, 1/rank
 
 
+
 def metrics_from_ranks(ranks, topk, metrics=METRICS[:5]):
     """Recall, MRR, NDCG, Hit, Precision, MAP @k for one ground-truth item per user, as RecBole
     (`metrics`: which, in RecBole's or lower-case spelling)."""
     chosen = {m.lower() for m in metrics}
     return {f"{name}@{k}": v.mean().item() for k in topk for name, v in user_metrics(ranks, k).items() if name in chosen}
+
 
 
 def metrics_table(m, topk, decimals=4):
@@ -117,6 +129,7 @@ def metrics_table(m, topk, decimals=4):
     return "\n".join(lines)
 
 
+
 def batches(split, size, device="cpu", rank=0, world=1):
     """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order, cut
     (data.Split.cut) one at a time; with world > 1 only slices rank, rank + world, ..."""
@@ -124,38 +137,49 @@ def batches(split, size, device="cpu", rank=0, world=1):
         yield (i,) + tuple(torch.as_tensor(a, device=device) for a in split.cut(np.arange(i, min(i + size, len(split)))))
 
 
+
 class NonFiniteError(UserError):
     """A NaN or inf loss or score: the run stops (cli() prints one line, exit 1)."""
 
 
-def evaluate(model, split, cfg, device, negatives=None):
-    """Metrics of `split` (--metrics at every --topk), full ranking or among `negatives`."""
-    return metrics_from_ranks(rank_all(model, split, cfg, device, negatives), cfg["topk"], cfg["metrics"])
+
+def world():
+    """(this process's rank, the number of processes): (0, 1) unless torchrun started the job."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 @torch.no_grad()
-def rank_all(model, split, cfg, device, negatives=None):
+def rank_all(model, split, cfg, device, candidates=None):
     """The rank of each sample's target among all items (split order), or among the target and its
-    row of `negatives` (sampled evaluation, data.eval_negatives). With N processes each ranks whole
-    batches, round-robin, as one process would, and the integer ranks are gathered: the same ranks,
-    exactly."""
+    row of `candidates` (sampled evaluation, extras/sampled_eval.py). With N processes each ranks
+    whole batches, round-robin, as one process would, and the integer ranks are gathered: the same
+    ranks, exactly."""
     model.eval()
-    mine = {}  # batch start -> ranks of its users
-    for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device, distributed.rank(), distributed.world_size()):
+    rank, world_size = world()
+    mine = {}  # batch start -> ranks of its users, or why they cannot be ranked
+    for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device, rank, world_size):
         p, _ = model(seq, lengths)  # p_u after each user's last item
         scores = model.full_scores(p)
-        bad = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
-        if negatives is not None:  # sampled: every item but the target and its negatives scores -inf, ranked last
-            keep = torch.as_tensor(negatives[i:i + len(seq)], device=scores.device)
+        n_nonfinite = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
+        if candidates is not None:  # sampled: every item but the target and its candidates scores -inf, ranked last
+            keep = torch.as_tensor(candidates[i:i + len(seq)], device=scores.device)
             keep = torch.cat([keep, targets[:, None]], 1)
             scores = torch.full_like(scores, -math.inf).scatter_(1, keep, scores.gather(1, keep))
-        mine[i] = f"{bad} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if bad else \
-            rank_of_target(scores, targets).cpu()
-    ranks = distributed.gather(mine)
-    errors = [r for r in ranks.values() if isinstance(r, str)]
+        mine[i] = f"{n_nonfinite} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if n_nonfinite \
+            else rank_of_target(scores, targets).cpu()
+    if world_size > 1:  # every process's batches, on every process
+        parts = [None] * world_size
+        dist.all_gather_object(parts, mine)
+        mine = {k: v for part in parts for k, v in part.items()}
+    errors = [r for r in mine.values() if isinstance(r, str)]
     if errors:
         raise NonFiniteError(errors[0])
-    return torch.cat([ranks[k] for k in sorted(ranks)])
+    return torch.cat([mine[k] for k in sorted(mine)])
+
+
+def evaluate(model, split, cfg, device, candidates=None):
+    """Metrics of `split` (--metrics at every --topk), full ranking or among `candidates`."""
+    return metrics_from_ranks(rank_all(model, split, cfg, device, candidates), cfg["topk"], cfg["metrics"])
 
 
 # -----------------------------------------------------------------------------
@@ -163,42 +187,25 @@ def rank_all(model, split, cfg, device, negatives=None):
 
 MODEL_OPTIONS = ("embedding_size", "hidden_size", "num_layers", "dropout_prob", "gamma", "loss_type", "freeze_kg",
                  "no_memory", "pad_slot")
-# --memory_impl: the function that computes ksr.kv_memory (each proven equal to it by the tests)
-MEMORY_IMPLS = {"reference": ksr.kv_memory, "sorted": kernels.sorted_kv_memory, "fused": kernels.fused_kv_memory}
 
 
-def build_model(cfg, ds):
-    """ksr.KSR with RecBole's options and the fast paths --memory_impl names: the one seam between
-    the reference (ksr.py alone: --memory_impl reference) and kernels/ (sorted, fused: that memory,
-    with kernels.all_items_cross_entropy for the CE loss; on the CPU where a C++ compiler works,
-    the compiled ones: kernels.cpu_gru_layer for the GRU, cpu_cross_entropy for the CE and, for a
-    frozen KG, cpu_kv_memory)."""
-    fast = cfg["memory_impl"] != "reference"
-    compiled = wants_cpp_kernels(cfg) and kernels.cpu_unavailable_reason() is None
-    return ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
-                   memory=kernels.cpu_kv_memory if compiled and cfg["freeze_kg"] else MEMORY_IMPLS[cfg["memory_impl"]],
-                   ce=kernels.cpu_cross_entropy if compiled else kernels.all_items_cross_entropy if fast else ksr.cross_entropy,
-                   gru_layer=kernels.cpu_gru_layer if compiled else None,
-                   dropout=kernels.CPUDropout if compiled else torch.nn.Dropout)
+def build_model(cfg, ds, log=print):
+    """ksr.KSR with RecBole's options, computed by the kernels --kernels picks (kernels.choose: the
+    one table of implementations); model.kernels records the choice."""
+    try:
+        chosen = kernels.choose(cfg["kernels"], cfg["device"], cfg["freeze_kg"], log)
+    except ValueError as e:
+        raise UsageError(f"train.py: error: {e}") from None
+    fn = lambda op: kernels.function(op, chosen[op])
+    model = ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
+                    memory=fn("memory"), ce=fn("ce"), gru_layer=fn("gru"), dropout=fn("dropout"))
+    model.kernels = chosen
+    return model
 
 
-def wants_cpp_kernels(cfg):
-    """--memory_impl sorted on the CPU with --cpp_kernels auto: the compiled kernels, where they compile."""
-    return cfg["memory_impl"] == "sorted" and cfg["device"] == "cpu" and cfg.get("cpp_kernels", "auto") == "auto"
-
-
-def code_path(model, cfg):
-    """One line: the functions this model runs (ksr.py's reference, or the fast paths)."""
-    gru = "nn.GRU" if model.gru.layer is None else model.gru.layer.__name__
-    why = kernels.cpu_unavailable_reason() if wants_cpp_kernels(cfg) else None
-    return (f"code: memory {model.memory.__name__}, CE {model.ce.__name__}, GRU {gru}, "
-            f"dropout {type(model.emb_dropout).__name__}" + f" ({why})" * bool(why)
-            + f", {torch.get_num_threads()} thread" + "s" * (torch.get_num_threads() > 1))
-
-
-# --learner: RecBole's names for torch's optimizers (trainer._build_optimizer)
 LEARNERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
             "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+
 
 
 def make_optimizer(model, cfg):
@@ -212,16 +219,16 @@ def make_optimizer(model, cfg):
     return learner(params, **kw)
 
 
+
 def train_epoch(model, opt, split, cfg, device, gen, progress):
     """One pass over `split` in a random order; returns the mean loss per target.
 
-    `model` is the KSR or, under torchrun, the KSR inside DistributedDataParallel: then every
-    process takes its contiguous slice of each batch, DDP averages the gradients over the
-    processes, and the loss is scaled so that the average is the one-process step."""
+    Under torchrun `model` is the KSR inside DistributedDataParallel: every process takes its
+    contiguous slice of each batch, DDP averages the gradients over the processes, and the loss is
+    scaled so that the average is the one-process step."""
     model.train()
-    rank, world = distributed.rank(), distributed.world_size()
-    ddp = world > 1
-    raw_model = model.module if ddp else model  # the KSR itself
+    rank, world_size = world()
+    n_items = (model.module if world_size > 1 else model).n_items
     all_steps = cfg["train_mode"] == "sequence"  # windows: a target after every step
     order = torch.randperm(len(split), generator=gen)  # the same on every rank: same seed, same draws
     # BPR with N negatives per target repeats each sample N times, in batches of train_batch_size rows (RecBole's)
@@ -231,26 +238,31 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
     total, count = 0.0, 0
     for b in range(n_batches):
-        batch = np.repeat(order[b * size:(b + 1) * size].numpy(), n_neg)
-        seq, lengths, targets = map(torch.as_tensor, split.cut(batch))
-        negatives = ksr.sample_negatives(targets, raw_model.n_items, gen) if cfg["loss_type"] == "BPR" else None
-        n_total = n_mine = int((targets > 0).sum())  # targets (B,), or (B, L) with 0 = none
-        if ddp:  # this process's rows
-            part = np.array_split(np.arange(len(targets)), world)[rank]
+        rows = np.repeat(order[b * size:(b + 1) * size].numpy(), n_neg)
+        seq, lengths, targets = map(torch.as_tensor, split.cut(rows))  # targets (B,), or (B, L) with 0 = none
+        negatives = ksr.sample_negatives(targets, n_items, gen) if cfg["loss_type"] == "BPR" else None
+        n_total = n_mine = int((targets > 0).sum())
+        if world_size > 1:  # this process's rows; every process joins every step (an empty slice: row 0, weight 0)
+            part = np.array_split(np.arange(len(targets)), world_size)[rank]
             n_mine = int((targets[part] > 0).sum())
-            if len(part) == 0:  # every process joins every step; an empty slice computes row 0 and weighs it 0
-                part = np.arange(1)
+            part = part if len(part) else np.arange(1)
             seq, lengths, targets, negatives = (None if x is None else x[part] for x in (seq, lengths, targets, negatives))
         to = lambda x: None if x is None else x.to(device)
-        _, loss = model(to(seq), to(lengths), to(targets), to(negatives), all_steps=all_steps)
-        loss_sum = distributed.all_sum([loss.item() * n_mine], device)[0]  # the batch's, on every rank
+
+        p, loss = model(to(seq), to(lengths), to(targets), to(negatives), all_steps=all_steps)  # forward and loss
+        loss_sum = loss.item() * n_mine
+        if world_size > 1:  # the batch's loss, summed over the processes
+            t = torch.tensor([loss_sum], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            loss_sum = t.item()
         if not math.isfinite(loss_sum):  # stop before the step: the weights stay finite
             raise NonFiniteError(f"batch {b + 1}/{n_batches}: the training loss is {loss_sum / n_total}")
         opt.zero_grad(set_to_none=True)
-        (loss * (n_mine * world / n_total)).backward()  # one process: loss * 1; DDP averages: the batch mean's gradient
+        (loss * (n_mine * world_size / n_total)).backward()  # one process: loss * 1; DDP averages: the batch mean's
         if cfg["clip_grad_norm"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
         opt.step()
+
         total += loss_sum
         count += n_total
         progress(b + 1, n_batches, total / count)
@@ -264,118 +276,223 @@ def make_progress(enabled):
     return progress
 
 
+
 def load_data(cfg, log):
     return data.load_dataset(cfg["dataset"], cfg["data_path"], cfg["kg"], cfg["keep_unlinked"],
                              cfg["kg_embedding_size"], cfg["MAX_ITEM_LIST_LENGTH"], transe_settings(cfg), log=log,
                              data_args={k: cfg[k] for k in DATA_ARGS})
 
 
-def eval_negatives(ds, cfg, log):
-    """{"valid": ..., "test": ...}: each split's sampled negatives (--valid/test_eval_mode uniN, popN), None for
+def eval_candidates(ds, cfg, log):
+    """{"valid": ..., "test": ...}: each split's sampled candidates (--valid/test_eval_mode uniN, popN), None for
     full ranking; drawn once per run from --seed, so every epoch is validated on the same candidates."""
     gen = torch.Generator().manual_seed(cfg["seed"])
     out = {}
     for name in ("valid", "test"):
         mode = cfg[f"{name}_eval_mode"]
-        out[name] = None if mode == "full" else data.eval_negatives(ds, getattr(ds, name), mode, gen)
-        if out[name] is not None:
+        out[name] = None
+        if mode != "full":
+            from extras.sampled_eval import eval_candidates as draw  # RecBole's sampled evaluation
+            out[name] = draw(ds, getattr(ds, name), mode, gen)
             log(f"{name}: each target ranked among {out[name].shape[1]} sampled items ({mode})")
     return out
 
 
+def rank0_first(fn):
+    """fn() on rank 0, then on the other processes, rank 0's error raised on every one of them
+    (extras/distributed.py); one process: fn()."""
+    if world()[1] == 1:
+        return fn()
+    from extras.distributed import main_first
+    return main_first(fn)
+
+
 def run(cfg, log=print):
-    """Train with early stopping, test the best checkpoint; returns the results dict. Under
-    torchrun every process runs this; only rank 0 logs and writes files. Rank 0 holds the run
-    folder (files.run_folder: its .lock) from the check that it holds no run to the last write,
-    so a second run into the same --out_dir is refused instead of mixing its files in."""
+    """Train with early stopping, test the best checkpoint; returns the results dict. Under torchrun
+    every process runs this; only rank 0 logs and writes files. Rank 0 holds the run folder (its
+    .lock) from the check that it holds no run to the last write, so a second run into the same
+    --out_dir is refused instead of mixing its files in."""
+    rank, world_size = world()
+    log = log if rank == 0 else (lambda m: None)
     out_dir = cfg["out_dir"] or os.path.join(cfg["checkpoint_dir"], f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_files = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
+    ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
     with contextlib.ExitStack() as held:
-        distributed.main_first(lambda: distributed.rank() == 0 and held.enter_context(
-            files.run_folder(out_dir, run_files, cfg["overwrite"])))
-        return train_and_test(cfg, *run_files, log)
+        rank0_first(lambda: rank == 0 and held.enter_context(run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"])))
+        t_start = time.time()
+        torch.manual_seed(cfg["seed"])
+        np.random.seed(cfg["seed"])
+        device = torch.device(cfg["device"])
+        ds = rank0_first(lambda: load_data(cfg, log))
+        log(f"data: {ds.n_users} users, {ds.n_items} items, {len(ds.train)} train / {len(ds.valid)} valid / "
+            f"{len(ds.test)} test samples, {len(ds.relation_tokens)} relations (kg={cfg['kg']})")
+        model = build_model(cfg, ds, log).to(device)
+        log(kernels.describe(model.kernels))
+        opt = make_optimizer(model, cfg)
+        train_model = model  # what train_epoch calls: under torchrun DDP, which averages the gradients over processes
+        if world_size > 1:
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[torch.cuda.current_device()] if cfg["device"] == "cuda" else None)
+        train_split = ds.train
+        if cfg["train_mode"] == "sequence":
+            train_split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
+            log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
+                f"{train_split.n_targets()} targets, stride {cfg['window_stride']}")
+        candidates = eval_candidates(ds, cfg, log)
+        fitted = fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_path, log)
+        model.load_state_dict(fitted.pop("best_state"))
+        t1, test_ranks = time.time(), rank_all(model, ds.test, cfg, device, candidates["test"])
+        test = metrics_from_ranks(test_ranks, cfg["topk"], cfg["metrics"])
+        # every user's rank of the target: metrics recomputed, or compared user by user across runs, afterwards
+        per_user = lambda split, ranks: {"user": [ds.user_tokens[u] for u in split.users.tolist()], "rank": ranks.tolist()}
+        results = {
+            "config": {k: v for k, v in cfg.items() if k != "config_sources"}, "config_sources": cfg.get("config_sources"),
+            "kernels": model.kernels, "dataset": ds.stats, "train_samples": len(train_split), **fitted, "test": test,
+            "ranks": {"valid": per_user(ds.valid, fitted.pop("best_valid_ranks")), "test": per_user(ds.test, test_ranks)},
+            "test_seconds": time.time() - t1, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path,
+            "world_size": world_size,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        }
+        results.pop("best_valid_ranks")
+        if rank == 0:
+            save(results, results_path)
+    log(f"best valid {cfg['valid_metric']} {fitted['best_score']:.4f} at epoch {fitted['best_epoch']}; test metrics of "
+        f"that checkpoint:")
+    log(metrics_table(test, cfg["topk"], 4 if cfg["metric_decimal_place"] is None else cfg["metric_decimal_place"]))
+    log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
+    return results
 
 
-def train_and_test(cfg, ckpt_path, results_path, log):
-    """run()'s work, in a folder that run() holds."""
-    t_start, is_main = time.time(), distributed.rank() == 0
-    log = log if is_main else (lambda m: None)
-    torch.manual_seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
-    device = torch.device(cfg["device"])
-    ds = distributed.main_first(lambda: load_data(cfg, log))
-    log(f"data: {ds.n_users} users, {ds.n_items} items, {len(ds.train)} train / {len(ds.valid)} valid / "
-        f"{len(ds.test)} test samples, {len(ds.relation_tokens)} relations (kg={cfg['kg']})")
-    model = build_model(cfg, ds).to(device)
-    log(code_path(model, cfg))
-    opt, train_model = make_optimizer(model, cfg), distributed.wrap(model, cfg["device"])  # under torchrun: DDP(model)
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    train_split, all_steps = ds.train, cfg["train_mode"] == "sequence"
-    if all_steps:
-        train_split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
-        log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
-            f"{train_split.n_targets()} targets, stride {cfg['window_stride']}")
-    valid_key = cfg["valid_metric"].lower()
-    negatives = eval_negatives(ds, cfg, log)
+def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_path, log):
+    """The epochs: train_epoch, then every eval_step epochs rank_all on valid; the best valid epoch's
+    weights kept (in memory, and in ckpt_path by rank 0), early stopping as RecBole's. Returns the
+    history that results.json records, with the best weights and their valid ranks."""
+    is_main = world()[0] == 0
     progress = make_progress(is_main and cfg["show_progress"] and sys.stderr.isatty())
-    epoch_seconds, eval_seconds, valid_hist, losses, valid_epochs = [], [], [], [], []  # epoch: training + valid evaluation
-    best, best_epoch, bad = float("-inf"), -1, 0
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    valid_key = cfg["valid_metric"].lower()
+    h = {"epoch_seconds": [], "eval_seconds": [], "train_loss": [], "valid": [], "valid_epochs": []}
+    best, best_epoch, since_best = float("-inf"), -1, 0  # since_best: epochs without a better valid metric
     for epoch in range(cfg["epochs"]):
         t0 = time.time()
         validate = (epoch + 1) % cfg["eval_step"] == 0  # RecBole validates every eval_step epochs
         try:
             loss, t1 = train_epoch(train_model, opt, train_split, cfg, device, gen, progress), time.time()
             if validate:
-                valid_ranks = rank_all(model, ds.valid, cfg, device, negatives["valid"])
+                valid_ranks = rank_all(model, ds.valid, cfg, device, candidates["valid"])
                 valid = metrics_from_ranks(valid_ranks, cfg["topk"], cfg["metrics"])
         except NonFiniteError as e:
             kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
             raise NonFiniteError(f"epoch {epoch}, {e}: training stopped; {kept}") from None
-        epoch_seconds.append(time.time() - t0)
-        losses.append(loss)
+        h["epoch_seconds"].append(time.time() - t0)
+        h["train_loss"].append(loss)
         if not validate:
-            log(f"epoch {epoch:3d}  loss {loss:.4f}  train {epoch_seconds[-1]:.1f}s")
+            log(f"epoch {epoch:3d}  loss {loss:.4f}  train {h['epoch_seconds'][-1]:.1f}s")
             continue
-        eval_seconds.append(time.time() - t1)
-        valid_hist.append(valid)
-        valid_epochs.append(epoch)
+        h["eval_seconds"].append(time.time() - t1)
+        h["valid"].append(valid)
+        h["valid_epochs"].append(epoch)
         score = valid[valid_key] if cfg["metric_decimal_place"] is None else round(valid[valid_key], cfg["metric_decimal_place"])
         improved = score >= best  # RecBole's early_stopping: a tie also counts as better
         if improved:  # every rank keeps the best weights in memory (no shared disk needed); rank 0 saves them
-            best, best_epoch, bad, best_valid_ranks, best_valid = score, epoch, 0, valid_ranks, valid
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best, best_epoch, since_best = score, epoch, 0
+            h.update(best_valid=valid, best_valid_ranks=valid_ranks,
+                     best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
             if is_main:
-                files.save({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
-                                  "model": best_state}, ckpt_path)
+                save({"config": cfg, "fingerprint": ds.fingerprint, "stats": ds.stats, "epoch": epoch,
+                      "model": h["best_state"]}, ckpt_path)
         else:
-            bad += 1
-        log(f"epoch {epoch:3d}  loss {loss:.4f}  train {epoch_seconds[-1] - eval_seconds[-1]:.1f}s  valid ({eval_seconds[-1]:.1f}s) "
-            + "  ".join(f"{k} {v:.4f}" for k, v in valid.items() if k in (valid_key, "ndcg@10", "hit@10"))
+            since_best += 1
+        log(f"epoch {epoch:3d}  loss {loss:.4f}  train {h['epoch_seconds'][-1] - h['eval_seconds'][-1]:.1f}s  valid "
+            f"({h['eval_seconds'][-1]:.1f}s) " + "  ".join(f"{k} {v:.4f}" for k, v in valid.items()
+                                                          if k in (valid_key, "ndcg@10", "hit@10"))
             + ("  *" if improved else ""))
-        if bad > cfg["stopping_step"]:  # RecBole stops after stopping_step + 1 epochs without improvement
-            log(f"early stop: no better valid {cfg['valid_metric']} for {bad} epochs")
+        if since_best > cfg["stopping_step"]:  # RecBole stops after stopping_step + 1 epochs without improvement
+            log(f"early stop: no better valid {cfg['valid_metric']} for {since_best} epochs")
             break
+    return dict(h, best_epoch=best_epoch, best_score=best)
 
-    model.load_state_dict(best_state)
-    t1, test_ranks = time.time(), rank_all(model, ds.test, cfg, device, negatives["test"])
-    test = metrics_from_ranks(test_ranks, cfg["topk"], cfg["metrics"])
-    # every user's rank of the target: metrics recomputed, or compared user by user across runs, afterwards
-    per_user = lambda split, ranks: {"user": [ds.user_tokens[u] for u in split.users.tolist()], "rank": ranks.tolist()}
-    results = {
-        "config": {k: v for k, v in cfg.items() if k != "config_sources"}, "config_sources": cfg.get("config_sources"),
-        "dataset": ds.stats, "train_samples": len(train_split), "epoch_seconds": epoch_seconds,
-        "eval_seconds": eval_seconds, "test_seconds": time.time() - t1, "train_loss": losses,
-        "valid": valid_hist, "valid_epochs": valid_epochs, "best_epoch": best_epoch, "best_valid": best_valid,
-        "test": test, "ranks": {"valid": per_user(ds.valid, best_valid_ranks), "test": per_user(ds.test, test_ranks)},
-        "total_seconds": time.time() - t_start, "checkpoint": ckpt_path, "world_size": distributed.world_size(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-    }
-    if is_main:
-        files.save(results, results_path)
-    log(f"best valid {cfg['valid_metric']} {best:.4f} at epoch {best_epoch}; test metrics of that checkpoint:")
-    log(metrics_table(test, cfg["topk"], 4 if cfg["metric_decimal_place"] is None else cfg["metric_decimal_place"]))
-    log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
-    return results
+
+# -----------------------------------------------------------------------------
+# The run folder: whole files, one run at a time, never over a user's run
+
+def save(obj, path):
+    """results.json (a dict) or a checkpoint (torch.save), written whole or not at all (data.replacing)."""
+    if path.endswith(".json"):
+        payload = json.dumps(obj, indent=1).encode()
+    else:
+        buf = io.BytesIO()
+        torch.save(obj, buf)  # in memory first: torch's own writer turns a full disk into an opaque RuntimeError
+        payload = buf.getbuffer()
+    with data.replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(payload)
+
+
+@contextlib.contextmanager
+def locked(folder, holder, error=DataError, prefix=""):
+    """Hold folder/.lock (it names this process: pid and host) until the with-block ends. Another
+    process of this project holding it is refused at once, in one line naming it (`error`, the
+    message after `prefix`); a lock whose process is gone (a killed run) is taken over. The
+    kernel's flock is what is held, so two takeovers of one stale lock cannot both win; a lock
+    of another host is never taken over (its pid means nothing here)."""
+    path = os.path.join(folder, ".lock")
+    host = socket.gethostname()
+    where = f"--out_dir {folder}"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise error(f"{prefix}{where}: cannot write there ({e.strerror or e})") from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = True
+        except BlockingIOError:  # a live process holds it
+            got = False
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid, _, their_host = os.read(fd, 200).decode("utf-8", "replace").strip().partition(" ")
+        if got and os.path.exists(path) and os.stat(path).st_ino != os.fstat(fd).st_ino:
+            os.close(fd)  # its holder removed it as we opened it: try again
+            continue
+        if got and (not pid or (their_host == host and pid.isdigit() and not data.process_alive(int(pid)))):
+            break  # ours: new, or its process is gone
+        os.close(fd)
+        who = f"process {pid} on {their_host}" if pid else "a process starting up"
+        raise error(f"{prefix}{where} is in use by another {holder} ({who}, {path}); wait for it, or use another "
+                    f"--out_dir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {host}".encode())
+    except OSError as e:  # a full disk: the lock cannot name us
+        os.remove(path)
+        os.close(fd)
+        raise error(f"{prefix}{where}: cannot write there ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        os.remove(path)  # before the flock goes: a process that opened this file sees it removed, and tries again
+        os.close(fd)
+
+
+
+@contextlib.contextmanager
+def run_folder(folder, run_files, overwrite):
+    """A training run's folder, held (locked) from the check that it holds no run to the last
+    write: made before any long work, a folder holding a run (any of run_files) refused unless
+    overwrite; then those files go first, so a results.json and a model.pt of two different runs
+    never sit side by side."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write the run there ({e.strerror or e})") from None
+    with locked(folder, "training run"):
+        held = [f for f in run_files if os.path.exists(f)]
+        if held and not overwrite:
+            raise DataError(f"{folder}: holds a run ({', '.join(map(os.path.basename, held))}); choose another "
+                            f"--out_dir, or pass --overwrite to replace it")
+        for f in held:
+            os.remove(f)
+        yield
 
 
 # -----------------------------------------------------------------------------
@@ -389,8 +506,8 @@ def load_checkpoint(path, cfg_overrides, log=print):
         if missing:
             raise KeyError(f"no {', '.join(sorted(missing))}")
         cfg = {**DEFAULTS, "train_mode": "prefix", **ckpt["config"]}  # options newer than the checkpoint: as trained
-        if "memory_backend" in cfg:  # memory_impl's earlier name and values
-            cfg["memory_impl"] = {"torch": "sorted", "triton": "fused"}.get(cfg.pop("memory_backend"), "sorted")
+        cfg["kernels"] = KERNELS_OF_OLD_OPTIONS.get((cfg.pop("memory_impl", None), cfg.pop("cpp_kernels", None)),
+                                                    cfg["kernels"])
     except Exception as e:
         raise DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
     # train.py never saves a NaN (a non-finite loss stops the run): one here was edited or damaged, and would
@@ -405,19 +522,25 @@ def load_checkpoint(path, cfg_overrides, log=print):
     if ds.fingerprint != ckpt["fingerprint"]:
         raise DataError(f"{path}: the checkpoint was trained on data with fingerprint {ckpt['fingerprint']}, "
                              f"but {cfg['data_path']}/{cfg['dataset']} (kg={cfg['kg']}) now has {ds.fingerprint}")
-    model = build_model(cfg, ds).to(cfg["device"])
+    model = build_model(cfg, ds, log).to(cfg["device"])
     state = {k.replace("dense.", "read_query.") if k.startswith("dense.") else k: v for k, v in ckpt["model"].items()}
-    try:  # (read_query was called dense in earlier checkpoints)
+    try:  # checkpoints of 2025 call read_query dense
         model.load_state_dict(state)
     except RuntimeError as e:
         raise DataError(f"{path}: its weights do not fit its own config ({str(e).splitlines()[-1].strip()})") from None
     return cfg, ds, model, ckpt["epoch"]
 
 
+# the kernels a checkpoint's --memory_impl and --cpp_kernels (the options --kernels replaced) chose
+KERNELS_OF_OLD_OPTIONS = {("reference", "auto"): "reference", ("reference", "off"): "reference", ("reference", None): "reference",
+                          ("sorted", "off"): "torch", ("fused", "auto"): "triton", ("fused", "off"): "triton",
+                          ("fused", None): "triton"}
+
+
 def eval_only(path, cfg_overrides, log=print):
     cfg, ds, model, epoch = load_checkpoint(path, cfg_overrides, log)
-    negatives = eval_negatives(ds, cfg, log)  # the training run's candidates: the same seed draws the same items
-    out = {name: evaluate(model, getattr(ds, name), cfg, cfg["device"], negatives[name]) for name in ("valid", "test")}
+    candidates = eval_candidates(ds, cfg, log)  # the training run's candidates: the same seed draws the same items
+    out = {name: evaluate(model, getattr(ds, name), cfg, cfg["device"], candidates[name]) for name in ("valid", "test")}
     log(f"{path} (epoch {epoch}): test metrics")
     log(metrics_table(out["test"], cfg["topk"]))
     return out
@@ -426,13 +549,13 @@ def eval_only(path, cfg_overrides, log=print):
 # -----------------------------------------------------------------------------
 # The command
 
-EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "memory_impl", "cpp_kernels", "topk")  # what --eval_only can change
+EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "kernels", "topk")  # what --eval_only can change
 
 
 def train_main(argv):
     args = parse_args(argv)
     if args.eval_only:
-        if distributed.launched():
+        if launched():
             raise UsageError("train.py: error: --eval_only runs in one process: python train.py --eval_only ...")
         if not os.path.isfile(args.eval_only):
             raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
@@ -441,8 +564,11 @@ def train_main(argv):
             raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
                              f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
         eval_only(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
-    else:
-        distributed.setup(args.device)  # under torchrun: join the other processes (distributed.py)
+    elif not launched():
+        run(vars(args))
+    else:  # under torchrun: join the other processes, run, leave (extras/distributed.py)
+        from extras import distributed
+        distributed.setup(args.device)
         try:
             run(vars(args))
         except BaseException:
@@ -452,25 +578,20 @@ def train_main(argv):
     return 0
 
 
-def run_ksr(dataset=None, config_file_list=None, config_dict=None, argv=(), log=print):
-    """RecBole's quick start for ksr: run_recbole(model="KSR", dataset=..., config_file_list=...,
-    config_dict=...) becomes run_ksr(dataset=..., config_file_list=..., config_dict=...), a training run
-    with RecBole's precedence (files in order, then config_dict, then `argv`, train.py's options);
-    returns the results dict (results.json). Bad settings raise cli.UsageError, bad data cli.DataError."""
-    argv = list(argv) + (["--dataset", dataset] if dataset else []) + (["--config_files", *config_file_list]
-                                                                         if config_file_list else [])
-    return run(vars(parse_args(argv, config_dict=config_dict)), log)
+def launched():
+    """True under torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-# `python train.py explain ...` runs explain.py, and so on: they import train.py, never the reverse
-COMMANDS = {"explain": "explain.py", "tune": "tune.py", "compare": "compare.py"}
+# `python train.py explain ...` runs extras/explain.py, and so on: they import train.py, never the reverse
+COMMANDS = ("explain", "tune", "compare")
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] and argv[0] in COMMANDS:
-        program = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), COMMANDS[argv[0]]))
-        return program["main"](argv[1:])
+        import importlib
+        return importlib.import_module(f"extras.{argv[0]}").main(argv[1:])
     return cli(train_main, argv)
 
 

@@ -28,7 +28,7 @@ HITS_SAMPLE = 2000  # held-out triples that Hits@10 ranks against every entity
 # measured at 1M triples (3.6 s an epoch).
 DENSE_MAX_TRIPLES = 100_000
 LEARNING_RATES = {"lazy": 0.005, "dense": 0.01}  # --transe_learning_rate's default for each
-# fixed here, not options: (dim, epochs, lr, seed) are, with their defaults in cli.DEFAULTS
+# fixed here, not options: (dim, epochs, lr, seed) are, with their defaults in options.DEFAULTS
 BATCH_SIZE, MARGIN, HOLDOUT = 4096, 1.0, 0.05
 
 
@@ -37,7 +37,7 @@ OPTIMIZERS = {"lazy": "Adam without momentum, rows of the batch only (LazyAdam, 
 
 
 def resolve(settings, n_triples):
-    """cli.transe_settings with optimizer "auto" and learning_rate None made concrete for a KG of n_triples."""
+    """options.transe_settings with optimizer "auto" and learning_rate None made concrete for a KG of n_triples."""
     optimizer = settings["optimizer"]
     if optimizer == "auto":
         optimizer = "dense" if n_triples <= DENSE_MAX_TRIPLES else "lazy"

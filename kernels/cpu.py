@@ -75,8 +75,9 @@ def _compiler():
     return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
 
-def _load():
-    """The compiled library (compiled now if not cached), or raise RuntimeError saying why not."""
+def _load(log=None):
+    """The compiled library (compiled now if not cached, saying so through `log`), or raise
+    RuntimeError saying why not."""
     global _lib, _why
     if _why:
         raise RuntimeError(_why)
@@ -91,6 +92,8 @@ def _load():
         cache = Path(os.environ.get("KSR_CACHE_DIR") or Path.home() / ".cache" / "ksr")
         path = cache / f"ksr_cpu-{key}.so"
         if not path.exists():
+            if log:
+                log(f"kernels: compiling {SOURCE.name} with {cxx} into {path} (once: cached)")
             cache.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # compiled aside, then renamed: never half a library
             os.close(fd)
@@ -146,10 +149,11 @@ def product_gflops(threads, seconds=0.2):
     return threads * iters * flops / min(run(iters) for _ in range(3)) / 1e9
 
 
-def unavailable_reason():
-    """None when the compiled kernels can run here (compiling them if needed), else why not (one line)."""
+def unavailable_reason(log=print):
+    """None when the compiled kernels can run here (compiling them if needed, one line through
+    `log`), else why not (one line)."""
     try:
-        _load()
+        _load(log)
         return None
     except RuntimeError as e:
         return str(e)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from hypothesis import settings, strategies as st
 
-import cli
+import options
 import ksr
 
 # Shared, noisy machines: no per-example deadline (a slow example is not a wrong one).
 settings.register_profile("ksr", deadline=None)
 settings.load_profile("ksr")
 
-TRANSE = cli.transe_settings(cli.DEFAULTS)  # what data.load_dataset trains KG vectors with
+TRANSE = options.transe_settings(options.DEFAULTS)  # what data.load_dataset trains KG vectors with
 
 
 def write_tiny_dataset(root, name="tiny", n_users=12, n_items=15, n_inter=(4, 9), n_relations=3,

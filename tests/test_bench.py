@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import bench
+from bench import epoch as bench
 import kernels
 import ksr
-from cli import DEFAULTS
+from options import DEFAULTS
 
 
 class FullWindows:

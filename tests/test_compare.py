@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import compare
+from extras import compare
 import train
 from conftest import prepared_tiny_dataset
 

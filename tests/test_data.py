@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import atomic_files
 import data
-import link_check
+from extras import link_check
 import transe
 from conftest import TRANSE, write_tiny_dataset
 

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 import data
-import distributed
+from extras import distributed
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,8 +185,8 @@ def test_torchrun_writes_one_run_and_a_dead_process_ends_the_job(tiny_root, tmp_
 
 
 def test_tune_explain_and_eval_only_stay_single_process(monkeypatch, capsys):
-    import explain
-    import tune
+    from extras import explain
+    from extras import tune
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert tune.main(["--params_file", "hyper.test"]) == 2
     assert explain.main(["--run", "x", "--summary"]) == 2

@@ -5,9 +5,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import explain
+from extras import explain
 import train
-from cli import DEFAULTS
+from options import DEFAULTS
 from ksr import KSR
 from test_train import tiny_cfg
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import data
-import explain
+from extras import explain
 import files
 import train
 import transe
-import tune
+from extras import tune
 from conftest import TRANSE, prepared_tiny_dataset, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

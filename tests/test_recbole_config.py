@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import cli
+import options
 import data
 import train
 from conftest import TRANSE, write_tiny_dataset
@@ -59,7 +59,7 @@ hidden_size: 64
     assert args.learner == "rmsprop" and args.val_interval == {"rating": "[2,inf)"}
     assert args.clip_grad_norm is None and args.hidden_size == 64          # the later file over the earlier
     assert args.dropout_prob == 0.2 and args.embedding_size == 32          # the first file over DEFAULTS
-    assert args.num_layers == cli.DEFAULTS["num_layers"]
+    assert args.num_layers == options.DEFAULTS["num_layers"]
     src = args.config_sources
     assert (src["epochs"], src["topk"]) == ("command line", "command line")
     assert src["learning_rate"] == src["freeze_kg"] == src["learner"] == src["val_interval"] == "config_dict"
@@ -134,9 +134,9 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, needles):
 
 
 def test_bad_config_dict_names_config_dict():
-    with pytest.raises(cli.UsageError, match="config_dict: epochs: invalid int value"):
+    with pytest.raises(options.UsageError, match="config_dict: epochs: invalid int value"):
         parse([], config_dict={"epochs": "ten"})
-    with pytest.raises(cli.UsageError, match="config_dict: unknown key 'epoch'"):
+    with pytest.raises(options.UsageError, match="config_dict: unknown key 'epoch'"):
         parse([], config_dict={"epoch": 2})
 
 
@@ -194,7 +194,7 @@ def test_each_filter_in_recboles_order(tmp_path):
     last = load(root, "filt", **{**FILTERS, "rm_dup_inter": "last"})
     assert {last.user_tokens[u]: last.item_tokens[last.test.items[e]] for u, e in zip(last.test.users, last.test.ends)}["A"] == "1"
     # the defaults filter nothing and keep the fingerprint of a load without data_args; each filter changes it
-    plain, default = load(root, "filt"), load(root, "filt", **{k: cli.DEFAULTS[k] for k in cli.DATA_ARGS})
+    plain, default = load(root, "filt"), load(root, "filt", **{k: options.DEFAULTS[k] for k in options.DATA_ARGS})
     assert len(plain.seqs.items) == 23 and "filters" not in plain.stats and plain.fingerprint == default.fingerprint
     assert len({plain.fingerprint, ds.fingerprint, last.fingerprint}) == 3
 
@@ -204,7 +204,7 @@ def test_the_kcore_repeats_until_nothing_changes():
     four rounds of the 2-core, and what is left is u1, u2 x i1, i2."""
     pairs = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 3), (3, 4), (4, 4)]
     users, items = (np.array(x, np.int64) for x in zip(*pairs))
-    a = {**{k: cli.DEFAULTS[k] for k in cli.DATA_ARGS}, "user_inter_num_interval": "[2,inf)", "item_inter_num_interval": "[2,inf)"}
+    a = {**{k: options.DEFAULTS[k] for k in options.DATA_ARGS}, "user_inter_num_interval": "[2,inf)", "item_inter_num_interval": "[2,inf)"}
     rows, left = data.filter_interactions(users, items, np.arange(8.0), {}, {}, a, "x")
     assert rows.tolist() == [0, 1, 3, 4] and left["inter_num_interval (4 rounds)"] == 4
     # an upper bound too: users with at most 2 interactions (u1's 3 go), then items with 2+ users
@@ -218,7 +218,7 @@ def test_value_intervals_and_token_lists():
     assert data.value_mask(col, ["x", "z"], "f", "p").tolist() == [True, False, True, True]
     v = np.array([1.0, 3.0, 4.5, 5.0])
     assert data.value_mask(v, "(1,4.5];[5,5]", "f", "p").tolist() == [False, True, True, True]
-    with pytest.raises(cli.DataError, match="not a token column"):
+    with pytest.raises(options.DataError, match="not a token column"):
         data.value_mask(v, ["1"], "f", "p")
 
 
@@ -259,7 +259,7 @@ def test_benchmark_files_are_used_as_given(tmp_path):
                         (ds.test, [("1 2 3 4", "5"), ("6 6", "1")])):
         seq, lengths, targets = split.cut(np.arange(len(split)))
         assert [(" ".join(tok(s)), ds.item_tokens[t]) for s, t in zip(seq, targets)] == want
-    with pytest.raises(cli.UsageError, match="train_mode prefix"):
+    with pytest.raises(options.UsageError, match="train_mode prefix"):
         parse(["--benchmark_filename", "train,valid,test"])
 
 
@@ -293,7 +293,7 @@ def test_uni100_ranks_among_100_sampled_non_interacted_items(tmp_path):
         s, t = scores[k], int(targets[k])
         want = 1 + sum(int(s[j] > s[t] or (s[j] == s[t] and j < t)) for j in neg[k].tolist())
         assert ranks[k].item() == want and 1 <= want <= 101
-    with pytest.raises(cli.DataError, match="fewer than 200 items"):
+    with pytest.raises(options.DataError, match="fewer than 200 items"):
         data.eval_negatives(ds, ds.test, "uni200", torch.Generator().manual_seed(1))
 
 
@@ -333,13 +333,13 @@ train_neg_sample_args: ~
 
 
 def test_tune_and_data_py_take_config_files(tmp_path, capsys):
-    import tune
+    from extras import tune
     f = write(tmp_path / "t.yaml", "learning_rate: 0.5\nmetrics: [NDCG, Hit]\nvalid_metric: NDCG@10\nepochs: 3\n")
     space = tune.read_params_file(write(tmp_path / "hyper.test", "learning_rate choice [0.01, 0.001]\n"), ["--config_files", f])
     assert space == [("learning_rate", "choice", [0.01, 0.001])]
     trial = parse(["--config_files", f, "--learning_rate", "0.001"])  # a trial: its searched value on the command line
     assert trial.learning_rate == 0.001 and trial.epochs == 3 and trial.metrics == ["NDCG", "Hit"]
-    with pytest.raises(cli.UsageError, match="valid_metric"):  # checked against the config's metrics
+    with pytest.raises(options.UsageError, match="valid_metric"):  # checked against the config's metrics
         tune.read_params_file(write(tmp_path / "h2.test", "valid_metric choice ['MRR@10']\n"), ["--config_files", f])
     # data.py reads the data settings of a config and leaves the training ones to train.py
     root = write_filter_dataset(str(tmp_path))

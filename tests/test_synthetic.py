@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import data
-import synthetic
+from extras import synthetic
 from conftest import TRANSE
 
 NAME = "syn-tiny"

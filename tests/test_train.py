@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import cli
+import options
 import data
 import kernels
 import ksr
@@ -68,7 +68,7 @@ def test_parse_recbole_names():
     assert args.freeze_kg is False and args.topk == [5, 10] and args.learning_rate == 0.001
     assert args.train_batch_size == 2048 and args.stopping_step == 10 and args.MAX_ITEM_LIST_LENGTH == 50
     seq = train.parse_args([])  # sequence mode is the default; its batch counts windows
-    assert seq.train_mode == "sequence" and seq.train_batch_size == cli.MODE_DEFAULTS["sequence"]["train_batch_size"]
+    assert seq.train_mode == "sequence" and seq.train_batch_size == options.MODE_DEFAULTS["sequence"]["train_batch_size"]
     assert seq.window_stride == seq.MAX_ITEM_LIST_LENGTH and seq.kg == "attributes"
     assert train.parse_args(["--train_batch_size", "7"]).train_batch_size == 7
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import train
-import tune
+from extras import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,10 +15,9 @@ import os
 import random
 import sys
 
-import distributed
-import files
+from extras import distributed
 import train
-from cli import DEFAULTS, Parser, UsageError, cli, given_options, positive
+from options import DEFAULTS, Parser, UsageError, cli, given_options, positive
 from train import parse_args
 
 SEARCH_KINDS = ("choice", "uniform", "loguniform", "quniform")
@@ -199,7 +198,7 @@ def tune(argv):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UsageError(f"tune.py: error: --out_dir {out_dir}: {e.strerror or e}") from None
-    with files.locked(out_dir, "search", error=UsageError, prefix="tune.py: error: "):  # held for the whole search
+    with train.locked(out_dir, "search", error=UsageError, prefix="tune.py: error: "):  # held for the whole search
         return search(space, settings, n_trials, fixed_argv, out_dir, base, args)
 
 
@@ -237,7 +236,7 @@ def search(space, settings, n_trials, fixed_argv, out_dir, base, args):
                         res = train.run(cfg, log=lambda m: print(m, file=logf, flush=True))
                     except train.NonFiniteError as e:  # a diverged trial: recorded as failed, never selected
                         res = {"config": cfg, "failed": str(e)}
-                        files.save(res, res_path)
+                        train.save(res, res_path)
             done = f"trial {i + 1}/{n_trials}{' (finished earlier)' if resumed else ''}: {_params_str(params)}  "
             if "failed" in res:
                 trials.append({"trial": i, "params": params, "failed": res["failed"], "run_dir": cfg["out_dir"]})
@@ -249,7 +248,7 @@ def search(space, settings, n_trials, fixed_argv, out_dir, base, args):
                 print(done + f"valid {valid_key} {res['best_valid'][valid_key]:.4f}  test ndcg@10 "
                       f"{res['test'].get('ndcg@10', float('nan')):.4f}  epochs {len(res['valid'])} (best {res['best_epoch']})  "
                       f"{res['total_seconds']:.0f}s", flush=True)
-            files.save(dict(head, trials=trials, best=best_trial(trials, valid_key)), os.path.join(out_dir, "tune.json"))
+            train.save(dict(head, trials=trials, best=best_trial(trials, valid_key)), os.path.join(out_dir, "tune.json"))
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(trials)} finished trials are kept in {out_dir}/tune.json; "
               f"run the same command again to continue", file=sys.stderr)

@@ -4,7 +4,7 @@ become train.py's options.
     python train.py --config_files ksr-ml100k.yaml [more.yaml ...] [options]
     train.run_ksr(dataset="ml-100k", config_file_list=["ksr-ml100k.yaml"], config_dict={...})
 
-Precedence, as RecBole's Config: cli.DEFAULTS < the first file < a later file < config_dict < the
+Precedence, as RecBole's Config: options.DEFAULTS < the first file < a later file < config_dict < the
 command line (the values become the parser's defaults, so an option given on the command line
 wins). A later value of a key replaces the earlier one whole, dicts too (RecBole's dict.update).
 
@@ -30,7 +30,7 @@ import sys
 
 import yaml
 
-from cli import DEFAULTS, UsageError, given_options
+from options import DEFAULTS, UsageError, given_options
 
 NOT_IN_A_CONFIG = ("config_files", "eval_only")  # commands of train.py, not settings
 

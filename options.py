@@ -1,9 +1,9 @@
-"""How every program here talks to its user: the options and their defaults (the one place
-they are set), option types that refuse bad values, one line per error, and exit codes
+"""The options and their defaults (the one place they are set), option types that refuse bad
+values, and how every program here talks to its user: one line per error, and exit codes
 (2: a bad option, 1: bad data or a failed run, 130: Ctrl-C, 143: stopped by torchrun).
 
-train.py, data.py, explain.py, tune.py and the bench scripts build their parsers here
-(option_parser); this module imports no other module of the project.
+train.py and the programs in extras/ and bench/ build their parsers here (option_parser); this
+module imports no other module of the project.
 """
 import argparse
 import ast
@@ -15,13 +15,15 @@ import sys
 # -----------------------------------------------------------------------------
 # Defaults: RecBole's names and values (KSR.yaml, overall.yaml) where RecBole has the option.
 DEFAULTS = dict(
-    dataset="ml-100k", data_path="dataset", kg=None, keep_unlinked=False,  # kg None: default_kg(dataset)
+    dataset="ml-100k", data_path="dataset", kg="attributes", keep_unlinked=False,  # kg: FOLLOWS
     embedding_size=64, kg_embedding_size=64, hidden_size=128, num_layers=1, dropout_prob=0.1,
     gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, pad_slot=False,
-    train_mode="sequence", learning_rate=None, train_batch_size=None,  # None: MODE_DEFAULTS[train_mode]
-    window_stride=None,  # sequence mode: None is MAX_ITEM_LIST_LENGTH, windows that do not overlap
+    # sequence mode's batch and learning rate: the best valid MRR@10 of five batch sizes x learning rates over 5
+    # seeds (docs/results.md); prefix mode's are RecBole's (FOLLOWS)
+    train_mode="sequence", learning_rate=0.002, train_batch_size=32,
+    window_stride=50,  # sequence mode: a window every MAX_ITEM_LIST_LENGTH steps, no overlap (FOLLOWS)
     eval_batch_size=4096, epochs=300, stopping_step=10, MAX_ITEM_LIST_LENGTH=50,
-    topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", memory_impl="sorted", cpp_kernels="auto",
+    topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", kernels="auto",
     max_steps=0,
     out_dir=None, overwrite=False, eval_only=None,
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
@@ -51,16 +53,22 @@ DATA_ARGS = ("split_ratio", "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "HEA
              "entity_kg_num_interval", "relation_kg_num_interval", "kg_reverse_r", "benchmark_filename")
 METRIC_NAMES = ("Recall", "MRR", "NDCG", "Hit", "Precision", "MAP")  # RecBole's spelling
 LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")  # RecBole's, as trainer._build_optimizer maps them
-# A batch counts prefixes in RecBole's prefix mode, windows (~2,400 an epoch on ml-100k) in sequence mode;
-# sequence mode's: the best valid MRR@10 of five batch sizes x learning rates over 5 seeds (docs/results.md)
-MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # RecBole's
-                 "sequence": dict(train_batch_size=32, learning_rate=0.002)}
 KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for its files (RecBole's Freebase KG)
+# A batch counts prefixes in RecBole's prefix mode, windows (~2,400 an epoch on ml-100k) in sequence mode
+MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # RecBole's
+                 "sequence": dict(train_batch_size=DEFAULTS["train_batch_size"], learning_rate=DEFAULTS["learning_rate"])}
+# The defaults that follow another option when nothing set them (train.parse_args): option -> its value
+FOLLOWS = {
+    # ml-100k: the attribute KG (RecBole's Freebase links for it point at other films: extras/link_check.py);
+    # any other dataset: its own .kg/.link files
+    "kg": lambda a: default_kg(a["dataset"]),
+    "train_batch_size": lambda a: MODE_DEFAULTS[a["train_mode"]]["train_batch_size"],
+    "learning_rate": lambda a: MODE_DEFAULTS[a["train_mode"]]["learning_rate"],
+    "window_stride": lambda a: a["MAX_ITEM_LIST_LENGTH"],
+}
 
 
 def default_kg(dataset):
-    """ml-100k: the attribute KG (RecBole's Freebase links for it point at other films, see
-    link_check.py); any other dataset: its own .kg/.link files."""
     return "attributes" if dataset == "ml-100k" else "files"
 
 
@@ -262,7 +270,7 @@ def option_parser(prog, description, names=None):
     """An argparse parser with the training options (all, or those in `names`), defaults from DEFAULTS."""
     ap = Parser(prog=prog, description=description, allow_abbrev=False)
     pint, pfloat, d, md = positive(int), positive(float), DEFAULTS, MODE_DEFAULTS
-    by_mode = lambda key: f"default {md['sequence'][key]} (prefix mode: {md['prefix'][key]})"
+    by_mode = lambda key: f"default {d[key]} (prefix mode: {md['prefix'][key]})"
     options = [
         ("dataset", dict(type=dataset_name)), ("data_path", {}),
         ("kg", dict(choices=KG_CHOICES, help="files: the dataset's .kg/.link files (for ml-100k RecBole's Freebase "
@@ -282,13 +290,9 @@ def option_parser(prog, description, names=None):
         *[(name, dict(type=pint)) for name in ("eval_batch_size", "epochs", "stopping_step", "MAX_ITEM_LIST_LENGTH")],
         ("topk", dict(type=topk_list)), ("valid_metric", {}),
         ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
-        ("memory_impl", dict(choices=["reference", "sorted", "fused"], help="the code that runs the model: "
-                             "reference is ksr.py alone; sorted kernels' fast paths (all_items_cross_entropy; the "
-                             "compiled GRU and memory write, see --cpp_kernels, or sorted_kv_memory); fused the same with the Triton kernel for the memory "
-                             "(a CUDA GPU, or the CPU under TRITON_INTERPRET=1)")),
-        ("cpp_kernels", dict(choices=["auto", "off"], help="with sorted on the CPU: the GRU and the memory write as "
-                             "compiled C++ loops (kernels/cpu.py; compiled once, where a C++ compiler works: auto), or "
-                             "plain torch (off)")),
+        ("kernels", dict(choices=["auto", "reference", "torch", "cpp", "triton"], help="the code that computes the "
+                         "model (kernels/__init__.py's table): auto, the fastest that works here (cpp on the CPU where a "
+                         "C++ compiler works, else torch); reference, ksr.py alone; torch, cpp or triton by name")),
         ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),
         ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),
         ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),
@@ -311,7 +315,7 @@ def cli(program, argv):
     """Run program(argv) as a command: a bad option is one line and exit 2; bad data, a failed
     run or running out of memory one line and exit 1; Ctrl-C one line and exit 130; stopped by
     torchrun (SIGTERM) one line and exit 143. Files are written whole or not at all
-    (files.replacing), so an interrupted run leaves nothing half-written. Under torchrun the
+    (data.replacing), so an interrupted run leaves nothing half-written. Under torchrun the
     job's own ends (Ctrl-C, torchrun stopping it, a process that died) are said once, by rank 0."""
     job_line = lambda line: os.environ.get("RANK", "0") == "0" and print(line, file=sys.stderr)
     try:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 import data
-import distributed
-import files
+from extras import distributed
+import data
 import ksr
-from cli import DataError, Parser, UsageError, cli, positive
+from options import DataError, Parser, UsageError, cli, positive
 from train import batches, load_checkpoint, rank_of_target
 
 
@@ -165,7 +165,7 @@ def _pyplot():
 
 def _save_figure(fig, path):
     fig.tight_layout()
-    with files.replacing(path) as tmp:
+    with data.replacing(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     _pyplot().close(fig)
     print(f"wrote {path}")
@@ -202,7 +202,7 @@ def explain(argv):
     ckpt = os.path.join(args.run, "model.pt")
     if not os.path.exists(ckpt):
         raise UsageError(f"explain.py: error: --run: {ckpt}: not found (give the --out_dir of a finished training run)")
-    overrides = {"device": "cpu", "memory_impl": "sorted"} | ({"data_path": args.data_path} if args.data_path else {})
+    overrides = {"device": "cpu", "kernels": "auto"} | ({"data_path": args.data_path} if args.data_path else {})
     cfg, ds, model, _ = load_checkpoint(ckpt, overrides, log=lambda m: print(m, file=sys.stderr))  # data messages off stdout
     if cfg["no_memory"]:
         raise UsageError(f"explain.py: error: {args.run} was trained with --no_memory: it has no knowledge memory to explain")

@@ -31,11 +31,11 @@ import time
 import numpy as np
 import torch
 
-import files
+import data
 import train
-from cli import Parser, UsageError, cli, positive
+from options import Parser, UsageError, cli, positive
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: train.py
 METRICS = ("ndcg@10", "hit@10", "mrr@10", "recall@10")  # the report's test metrics; valid: the --valid_metric
 NOT_PER_CONFIG = ("seed", "out_dir", "overwrite", "eval_only")  # compare sets these itself
 TRANSE_OPTIONS = ("transe_epochs", "transe_learning_rate", "transe_seed", "transe_optimizer")
@@ -221,7 +221,7 @@ def execute(runs, jobs, log):
                 run = todo.pop(0)
                 os.makedirs(run["run_dir"], exist_ok=True)
                 logf = open(os.path.join(run["run_dir"], "train.log"), "w")
-                run["proc"] = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py")] + run["argv"], env=env,
+                run["proc"] = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py")] + run["argv"], env=env,
                                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                 run["log"], run["started"] = logf, time.time()
                 running.append(run)
@@ -370,7 +370,7 @@ def figure(rep, path):
     ax2.set_xticks(range(len(names)), names)
     ax2.set(ylabel="test NDCG@10", title="test NDCG@10: mean, 95% t interval, seeds (x)")
     fig.tight_layout()
-    with files.replacing(path) as tmp:
+    with data.replacing(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return None
@@ -389,7 +389,7 @@ def compare(argv):
         if bad:
             print(f"compare: {name}: {bad[0]['error']} (its {len(bad)} runs are skipped)", file=sys.stderr)
     log = lambda m: print(m, file=sys.stderr if args.json else sys.stdout, flush=True)
-    with files.locked(out_dir, "comparison", error=UsageError, prefix="compare.py: error: "):
+    with train.locked(out_dir, "comparison", error=UsageError, prefix="compare.py: error: "):
         if args.no_run:
             for run in runs:
                 run["results"] = finished(run) if run["error"] is None else None
@@ -408,8 +408,8 @@ def compare(argv):
         rep = report(runs, valid_metric, args.n_boot)
         rep["seconds"], rep["command"] = seconds, "python compare.py " + " ".join(argv)
         text = markdown(rep)
-        files.save(rep, os.path.join(out_dir, "report.json"))
-        with files.replacing(os.path.join(out_dir, "report.md")) as tmp:
+        train.save(rep, os.path.join(out_dir, "report.json"))
+        with data.replacing(os.path.join(out_dir, "report.md")) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(f"`{rep['command']}`\n\n{text}\n")
         skipped = figure(rep, os.path.join(out_dir, "report.png"))

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import data
-from cli import DataError, cli, option_parser
+from options import DataError, cli, option_parser
 
 
 def link_check(triples, links, item_cols, label_column="class", seed=0):
@@ -63,7 +63,8 @@ def link_check(triples, links, item_cols, label_column="class", seed=0):
 def check(args):
     folder = os.path.join(args.data_path, args.dataset)
     if not os.path.isdir(folder) and args.dataset == "ml-100k":
-        data.fetch_ml100k(args.data_path)
+        from extras.fetch import fetch_ml100k
+        fetch_ml100k(args.data_path)
     item_file = os.path.join(folder, f"{args.dataset}.item")
     item_cols = data.read_atomic(item_file, types=data.COLUMN_TYPES) if os.path.exists(item_file) else None
     out = {}

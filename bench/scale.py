@@ -31,15 +31,15 @@ import time
 import numpy as np
 import torch
 
-import synthetic
+from extras import synthetic
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: train.py, data.py
 
 
 def timed(cmd, env=None):
     """Run cmd under /usr/bin/time -v: (wall seconds, peak RSS in GB, stdout)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, cwd=HERE,
+    proc = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, **(env or {})})
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

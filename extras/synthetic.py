@@ -63,8 +63,8 @@ import time
 import numpy as np
 
 import data
-from cli import Parser, UsageError, cli, number, positive
-from files import replacing
+from options import Parser, UsageError, cli, number, positive
+from data import replacing
 
 PRESETS = {
     "tiny": dict(users=200, items=500, interactions=6_000, triples=8_000),
@@ -400,7 +400,7 @@ def format_rows(fields):
 
 def write_file(path, header, blocks):
     """An atomic file from blocks of fields (format_rows), WRITE_ROWS rows at a time, written
-    whole or not at all (files.replacing)."""
+    whole or not at all (data.replacing)."""
     with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(("\t".join(header) + "\n").encode())
         for fields in blocks:

@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from explain import _pyplot, _save_figure  # noqa: E402  (matplotlib's message if it is missing; atomic write)
+from extras.explain import _pyplot, _save_figure  # noqa: E402  (matplotlib's message if it is missing; atomic write)
 
 
 def main():

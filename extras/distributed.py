@@ -14,7 +14,7 @@ single-process identity, so `python train.py` is exactly the one-process run. Th
   * rank 0 prepares data and run folders first; an error there is raised on every rank, so
     every process prints the same one line; a dead process ends the job (its peers' next
     collective fails, and torchrun stops the rest with SIGTERM), never a hang. The job's own
-    ends (Ctrl-C, torchrun's SIGTERM, a lost process) are one line, from rank 0 (cli.cli).
+    ends (Ctrl-C, torchrun's SIGTERM, a lost process) are one line, from rank 0 (options.cli).
 """
 import datetime
 import os
@@ -23,7 +23,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-from cli import Stopped
+from options import Stopped
 
 TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("KSR_DIST_TIMEOUT", 600)))  # the bound on any wait for a peer
 
@@ -45,7 +45,7 @@ def setup(device):
 
 
 def _stopped(signum, frame):
-    """torchrun sends SIGTERM when another process failed or the job is stopped: raised as cli.Stopped,
+    """torchrun sends SIGTERM when another process failed or the job is stopped: raised as options.Stopped,
     so that `finally` blocks run (the run folder's lock is released) and cli() says it in one line."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the cleanup short
     raise Stopped
