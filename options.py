@@ -6,7 +6,6 @@ train.py and the programs in extras/ and bench/ build their parsers here (option
 module imports no other module of the project.
 """
 import argparse
-import ast
 import math
 import os
 import re
@@ -14,7 +13,7 @@ import sys
 
 # -----------------------------------------------------------------------------
 # Defaults: RecBole's names and values (KSR.yaml, overall.yaml) where RecBole has the option.
-DEFAULTS = dict(
+CORE = dict(
     dataset="ml-100k", data_path="dataset", kg="attributes", keep_unlinked=False,  # kg: FOLLOWS
     embedding_size=64, kg_embedding_size=64, hidden_size=128, num_layers=1, dropout_prob=0.1,
     gamma=10.0, loss_type="CE", freeze_kg=True, no_memory=False, pad_slot=False,
@@ -29,8 +28,10 @@ DEFAULTS = dict(
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
     transe_epochs=60, transe_learning_rate=None, transe_seed=2020, transe_optimizer="auto",  # transe.resolve
 )
+DEFAULTS = dict(CORE)
 # RecBole's settings beyond KSR.yaml (overall.yaml's names), each with a default that changes nothing here.
-# A RecBole YAML config (--config_files; recbole_config.py translates it) or the command line sets them.
+# A RecBole YAML config (--config_files) or the command line sets them; their option types live in
+# extras/recbole_config.py, which a parser loads only for a command line that names one (Parser).
 DEFAULTS.update(
     # training
     learner="adam", weight_decay=0.0, clip_grad_norm=None, eval_step=1, show_progress=True,
@@ -95,9 +96,18 @@ class Stopped(BaseException):
     job was stopped. A BaseException, as KeyboardInterrupt: no `except Exception` swallows it."""
 
 
+RECBOLE = tuple(k for k in DEFAULTS if k not in CORE)  # the DEFAULTS.update block's options
+
+
 class Parser(argparse.ArgumentParser):
+    recbole = ()  # the RecBole options (of RECBOLE) it takes: extras/recbole_config.add_options adds them
+
     def error(self, message):  # one line, exit 2 (cli() catches it)
         raise UsageError(f"{self.prog}: error: {message}")
+
+    def needs_recbole(self, argv):
+        """Whether argv names one of its RecBole options (or asks for --help): then the caller adds them."""
+        return bool(self.recbole and (given_options(argv) & set(self.recbole) or {"-h", "--help"} & set(argv)))
 
 
 def str2bool(v):
@@ -136,129 +146,6 @@ def topk_list(v):
     if not ks or not all(k.isdigit() and int(k) > 0 for k in ks):
         raise argparse.ArgumentTypeError(f"expected a list of positive integers such as [10] or 5,10,20, got {v!r}")
     return [int(k) for k in ks]
-
-
-def parse_intervals(text):
-    """RecBole's intervals (Dataset._parse_intervals_str): "[5,inf)", "(0,1]", a union "(0,1];[3,4)", as
-    [(left bracket, low, high, right bracket)]. RecBole warns about an illegal one and skips it; here it is a
-    ValueError (an option refused in one line)."""
-    out = []
-    for part in str(text).split(";"):
-        part = part.strip()
-        ends = part[1:-1].split(",")
-        if len(part) < 2 or part[0] not in "([" or part[-1] not in ")]" or len(ends) != 2:
-            raise ValueError(f"{part!r} is not an interval such as [5,inf), (0,1] or [1,3];[5,inf)")
-        low, high = float(ends[0]), float(ends[1])  # inf, -inf as RecBole's float() reads them
-        if math.isnan(low) or math.isnan(high) or low > high:
-            raise ValueError(f"{part!r} is not an interval: its ends must be numbers, low <= high")
-        out.append((part[0], low, high, part[-1]))
-    return out
-
-
-def interval(v):
-    try:
-        parse_intervals(v)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return v
-
-
-def literal(v):
-    """A Python literal (RecBole's command line evals its values: --load_col="{'inter': ['user_id']}")."""
-    if not isinstance(v, str):
-        return v
-    try:
-        return ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-        raise argparse.ArgumentTypeError(f"expected a Python literal such as {{'inter': ['user_id', 'item_id']}}, got {v!r}") from None
-
-
-def column_map(v):
-    """load_col / unload_col: {file suffix: [column, ...] or '*'}."""
-    d = literal(v)
-    if not isinstance(d, dict) or not all(isinstance(k, str) and (c == "*" or isinstance(c, list) and
-                                                                 all(isinstance(x, str) for x in c)) for k, c in d.items()):
-        raise argparse.ArgumentTypeError(f"expected {{suffix: [column, ...] or '*'}} such as {{'inter': ['user_id', 'item_id']}}, got {v!r}")
-    return d
-
-
-def value_intervals(v):
-    """val_interval: {field: interval (a float field) or [token, ...] (a token field)}."""
-    d = literal(v)
-    if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
-        raise argparse.ArgumentTypeError(f"expected {{field: interval}} such as {{'rating': '[3,inf)'}}, got {v!r}")
-    for field, iv in d.items():
-        if isinstance(iv, list):
-            continue
-        try:
-            parse_intervals(iv)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{field}: {e}") from None
-    return d
-
-
-def name_list(n=None):
-    def parse(v):
-        names = [x.strip() for x in (v if isinstance(v, list) else v.strip("[]").split(",")) if str(x).strip()]
-        if not names or (n and len(names) != n):
-            raise argparse.ArgumentTypeError(f"expected {n or 'one or more'} comma-separated names, got {v!r}")
-        return [str(x).strip("'\" ") for x in names]
-    return parse
-
-
-def split_ratio(v):
-    try:
-        r = [float(x) for x in v.strip("[]").split(",")]
-    except ValueError:
-        r = []
-    if len(r) != 3 or not all(math.isfinite(x) and x >= 0 for x in r) or not r[0] > 0:
-        raise argparse.ArgumentTypeError(f"expected train,valid,test ratios such as 0.8,0.1,0.1 (train > 0), got {v!r}")
-    return r
-
-
-def eval_mode(v):
-    if not (v == "full" or re.fullmatch(r"(uni|pop)[1-9][0-9]*", v)):
-        raise argparse.ArgumentTypeError(f"expected full, uniN or popN (e.g. uni100), got {v!r}")
-    return v
-
-
-def metric_list(v):
-    names = {m.lower(): m for m in METRIC_NAMES}
-    got = name_list()(v)
-    bad = [m for m in got if m.lower() not in names]
-    if bad:
-        raise argparse.ArgumentTypeError(f"unknown metric {bad[0]!r} (ksr computes {', '.join(METRIC_NAMES)})")
-    return [names[m.lower()] for m in got]
-
-
-def recbole_options():
-    """The options of RecBole's settings (the DEFAULTS.update block): (name, argparse keywords)."""
-    pint = positive(int)
-    return [
-        ("config_files", dict(nargs="+", metavar="FILE.yaml", help="RecBole YAML config files: later files over "
-                              "earlier ones, the command line over all (recbole_config.py)")),
-        ("learner", dict(choices=LEARNERS)), ("weight_decay", dict(type=number(float, 0))),
-        ("clip_grad_norm", dict(type=positive(float), help="clip the gradient's 2-norm to this (RecBole's max_norm)")),
-        ("eval_step", dict(type=pint, help="validate every this many epochs")), ("show_progress", dict(type=str2bool)),
-        ("train_neg_sample_num", dict(type=pint, help="BPR: negatives per target")),
-        ("split_ratio", dict(type=split_ratio, help="RecBole's RS split of each user's samples in time order, e.g. "
-                             "0.8,0.1,0.1 (default: leave-one-out, RecBole's LS valid_and_test)")),
-        *[(name, dict(type=eval_mode, help="full ranking, or rank among N sampled items (uniN uniform, popN by "
-                      "popularity)")) for name in ("valid_eval_mode", "test_eval_mode")],
-        ("metrics", dict(type=metric_list)), ("metric_decimal_place", dict(type=number(int, 0, 16), help="compare "
-                         "valid metrics rounded to this many decimals, as RecBole (default: exact)")),
-        ("checkpoint_dir", dict(help="the folder of run folders (default runs)")),
-        *[(name, {}) for name in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "HEAD_ENTITY_ID_FIELD",
-                                  "TAIL_ENTITY_ID_FIELD", "RELATION_ID_FIELD", "ENTITY_ID_FIELD")],
-        ("load_col", dict(type=column_map)), ("unload_col", dict(type=column_map)),
-        ("rm_dup_inter", dict(choices=["first", "last"])), ("val_interval", dict(type=value_intervals)),
-        ("filter_inter_by_user_or_item", dict(type=str2bool)),
-        *[(name, dict(type=interval)) for name in ("user_inter_num_interval", "item_inter_num_interval",
-                                                    "entity_kg_num_interval", "relation_kg_num_interval")],
-        ("kg_reverse_r", dict(type=str2bool)),
-        ("benchmark_filename", dict(type=name_list(3), help="pre-split files <dataset>.<name>.inter, e.g. "
-                                    "train,valid,test")),
-    ]
 
 
 def given_options(argv):
@@ -305,9 +192,11 @@ def option_parser(prog, description, names=None):
                                   "rows (scales to 1M triples); dense: Adam on the whole tables (small KGs); auto: "
                                   "dense up to 100,000 triples, lazy above (transe.py)")),
     ]
-    for name, kw in options + recbole_options():
+    for name, kw in options:
         if names is None or name in names:
             ap.add_argument("--" + name, **{"default": d[name], **kw})
+    ap.recbole = tuple(n for n in RECBOLE if names is None or n in names)
+    ap.set_defaults(**{n: d[n] for n in ap.recbole})  # the values a run has when no command line names them
     return ap
 
 

@@ -53,6 +53,9 @@ def parse_args(argv=None, ap=None, config_dict=None):
     ap = ap or option_parser("train.py", "Train KSR (RecBole's protocol) and report test metrics. More commands: "
                              "`train.py explain`, `train.py tune` and `train.py compare` (see --help of each).")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if ap.needs_recbole(argv) or config_dict:  # RecBole's options, only for a run that names one
+        from extras import recbole_config
+        recbole_config.add_options(ap)
     args = ap.parse_args(argv)
     sources = {name: "command line" if name in given_options(argv) else "default" for name in DEFAULTS}
     if args.config_files or config_dict:
@@ -581,6 +584,16 @@ def train_main(argv):
 def launched():
     """True under torchrun with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def run_ksr(dataset=None, config_file_list=None, config_dict=None, argv=(), log=print):
+    """RecBole's quick start for ksr: run_recbole(model="KSR", dataset=..., config_file_list=...,
+    config_dict=...) becomes run_ksr(dataset=..., config_file_list=..., config_dict=...), a training run
+    with RecBole's precedence (files in order, then config_dict, then `argv`, train.py's options);
+    returns the results dict (results.json). Bad settings raise options.UsageError, bad data options.DataError."""
+    argv = list(argv) + (["--dataset", dataset] if dataset else []) + (["--config_files", *config_file_list]
+                                                                         if config_file_list else [])
+    return run(vars(parse_args(argv, config_dict=config_dict)), log)
 
 
 # `python train.py explain ...` runs extras/explain.py, and so on: they import train.py, never the reverse

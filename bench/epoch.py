@@ -1,12 +1,12 @@
 """Where the default command's training epoch goes, against what this machine can do.
 
-    python bench.py                                    # the default command's epoch
-    python bench.py --kg freebase --batch_sizes 16,64  # any train.py option, other batch sizes
+    python -m bench.epoch                                    # the default command's epoch
+    python -m bench.epoch --kg freebase --batch_sizes 16,64  # any train.py option, other batch sizes
 
 Prints, all measured in this one run (machines are shared and noisy: compare within a run):
   * two peaks, float32 GFLOP/s at 1 thread and at all of them (a VM does not tell its clock, so
     the nominal cores x clock x FMA width cannot be read): torch's BLAS (the best of a 2048 x
-    2048 matmul), and the compiled kernels' register block (kernels.cpu.product_gflops, in
+    2048 matmul), and the compiled kernels' register block (product_gflops, in
     cache), which is higher where torch's BLAS does not use the CPU's widest vectors (MKL takes
     its AVX2 path on AMD's AVX-512 CPUs);
   * two floors: the floating-point work an epoch must do (its matrix products, counted from its
@@ -19,7 +19,7 @@ Prints, all measured in this one run (machines are shared and noisy: compare wit
     batch cutting, embeddings, GRU, memory, the scores and softmax (the CE loss), W_u, optimizer;
     the whole step less their sum is "autograd and glue" (a few % either way: each part alone
     pays a backward call of its own);
-  * the same epoch with --memory_impl reference (ksr.py alone): what the fast paths buy;
+  * the same epoch with --kernels reference (ksr.py alone) and --kernels torch: what the fast paths buy;
   * seconds per epoch and GFLOP/s at each of --batch_sizes.
 """
 import argparse
@@ -78,6 +78,24 @@ def epoch_flops(cfg, ds, windows):
         parts["W_u"] = 6 * steps * (H + K) * D
         parts["scores + softmax"] += batches * 6 * (N + 1) * (D + K) * D  # q_i = W_i [x_i ; e_i], every batch
     return parts
+
+
+def product_gflops(threads, seconds=0.2):
+    """The float32 GFLOP/s of cpu.cpp's register block on `threads` threads, each making the GRU's
+    step product (6 x 128 @ 128 x 384) over and over in its own cache: the rate this CPU's
+    vector units give the compiled kernels (the second peak). Best of 3 runs of about
+    `seconds` each."""
+    lib, flops = kernels.cpu._load(), 2 * 6 * 128 * 384
+
+    def run(iters):
+        t0 = time.perf_counter()
+        lib.ksr_product_loop(iters, threads)
+        return time.perf_counter() - t0
+
+    iters = 1000
+    while run(iters) < seconds / 4:  # the first call is also the warm-up
+        iters *= 4
+    return threads * iters * flops / min(run(iters) for _ in range(3)) / 1e9
 
 
 def epoch_seconds(settings, ds, windows, rounds):
@@ -163,7 +181,7 @@ def main():
     args, train_argv = ap.parse_known_args()
     cfg = vars(train.parse_args(train_argv))
     if cfg["train_mode"] != "sequence":
-        ap.error("bench.py times the default command's sequence-mode epoch (--train_mode sequence)")
+        ap.error("bench.epoch times the default command's sequence-mode epoch (--train_mode sequence)")
     ds = train.load_data(cfg, log=lambda m: None)
     windows = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
     threads, bs = torch.get_num_threads(), cfg["train_batch_size"]
@@ -173,7 +191,7 @@ def main():
     counts = sorted({threads, 1}, reverse=True)  # all threads, and 1 (the same on a 1-thread machine)
     peak = {n: peak_gflops(n) for n in counts}
     compiled = kernels.cpu_unavailable_reason() is None
-    block = {n: max(peak[n], kernels.cpu.product_gflops(n)) if compiled else peak[n] for n in counts}
+    block = {n: max(peak[n], product_gflops(n)) if compiled else peak[n] for n in counts}
     flops = epoch_flops(cfg, ds, windows)
     total = sum(flops.values())
     print(f"\npeak, torch's BLAS (float32 2048^3 matmul): {peak[1]:.0f} GFLOP/s on 1 thread"
@@ -186,8 +204,8 @@ def main():
           + ("; at the register block's " + ", ".join(f"{total / 1e9 / block[n]:.2f} s" for n in counts)) * compiled)
 
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    settings = {"ours": (cfg, threads), "reference": (dict(cfg, memory_impl="reference"), threads),
-                "cpp_kernels off": (dict(cfg, cpp_kernels="off"), threads)}
+    settings = {"ours": (cfg, threads), "reference": (dict(cfg, kernels="reference"), threads),
+                "torch": (dict(cfg, kernels="torch"), threads)}
     if threads > 1:
         settings["ours, 1 thread"] = (cfg, 1)
     settings.update({f"batch {b}": (dict(cfg, train_batch_size=b), threads) for b in sizes if b != bs})
@@ -199,9 +217,9 @@ def main():
         print(f"{f'{n} thread' + 's' * (n > 1):28}{seconds[n]:>9.2f}{total / 1e9 / seconds[n]:>9.0f}"
               f"{seconds[n] * peak[n] / (total / 1e9):>9.2f}" + f"{seconds[n] * block[n] / (total / 1e9):>15.2f}" * compiled)
     print(f"{threads} threads buy {seconds[1] / seconds[threads]:.2f}x over 1; " * (threads > 1)
-          + f"--memory_impl reference (ksr.py alone): {reference:.2f} s, {reference / seconds[threads]:.2f}x ours; "
-          f"--cpp_kernels off (plain torch): {sec['cpp_kernels off']:.2f} s, {sec['cpp_kernels off'] / seconds[threads]:.2f}x ours")
-    print(train.code_path(train.build_model(cfg, ds), cfg))
+          + f"--kernels reference (ksr.py alone): {reference:.2f} s, {reference / seconds[threads]:.2f}x ours; "
+          f"--kernels torch: {sec['torch']:.2f} s, {sec['torch'] / seconds[threads]:.2f}x ours")
+    print(kernels.describe(train.build_model(cfg, ds).kernels))
 
     parts = part_seconds(cfg, ds, windows, args.batches)
     whole = parts.pop("whole step")

@@ -19,10 +19,11 @@ def main(argv=None):
 
 
 def parse_args(ap, argv):
+    from extras import recbole_config
+    recbole_config.add_options(ap)  # the data settings of RecBole's are this command's options too
     args = ap.parse_args(argv)
     kg_set = "kg" in given_options(argv)
     if args.config_files:  # a RecBole config: its data settings here (the training ones are train.py's)
-        from extras import recbole_config
         kg_set = recbole_config.apply(ap, argv, args.config_files, other_programs=True)["kg"] != "default"
         args = ap.parse_args(argv)
     if not kg_set:  # the dataset's own KG (options.FOLLOWS)

@@ -24,13 +24,14 @@ lists every key and what ksr does with it.
 import argparse
 import ast
 import difflib
+import math
 import os
 import re
 import sys
 
 import yaml
 
-from options import DEFAULTS, UsageError, given_options
+from options import DEFAULTS, UsageError, given_options, number, positive, str2bool
 
 NOT_IN_A_CONFIG = ("config_files", "eval_only")  # commands of train.py, not settings
 
@@ -305,6 +306,7 @@ def apply(ap, argv, config_files=None, config_dict=None, other_programs=False):
     naming the keys that change nothing here. Returns {option: where its value comes from}: "default",
     a file's path, "config_dict" or "command line", for every option. other_programs: a key for an
     option `ap` lacks is another program's (data.py reads the data settings, train.py the rest)."""
+    add_options(ap)
     layers = [(path, read_yaml(path)) for path in config_files or []]
     if config_dict:
         layers.append(("config_dict", read_config_dict(config_dict)))
@@ -336,3 +338,144 @@ def apply(ap, argv, config_files=None, config_dict=None, other_programs=False):
         _said.add(line)
         print(line, file=sys.stderr)
     return {name: "command line" if name in given else sources.get(name, "default") for name in DEFAULTS}
+
+# -----------------------------------------------------------------------------
+# RecBole's options (options.RECBOLE: the DEFAULTS.update block): their types and help. A parser
+# (options.Parser) adds them from here when a command line names one, or asks for --help.
+
+def add_options(ap):
+    """Add to `ap` the RecBole options it takes (ap.recbole) and does not have yet; their defaults are
+    the ones ap holds (options.option_parser set them, a config may have changed them)."""
+    for name, kw in recbole_options():
+        if name in ap.recbole and "--" + name not in ap._option_string_actions:
+            ap.add_argument("--" + name, **kw)
+
+
+METRIC_NAMES = ("Recall", "MRR", "NDCG", "Hit", "Precision", "MAP")  # RecBole's spelling
+
+
+LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")  # RecBole's, as trainer._build_optimizer maps them
+
+
+def parse_intervals(text):
+    """RecBole's intervals (Dataset._parse_intervals_str): "[5,inf)", "(0,1]", a union "(0,1];[3,4)", as
+    [(left bracket, low, high, right bracket)]. RecBole warns about an illegal one and skips it; here it is a
+    ValueError (an option refused in one line)."""
+    out = []
+    for part in str(text).split(";"):
+        part = part.strip()
+        ends = part[1:-1].split(",")
+        if len(part) < 2 or part[0] not in "([" or part[-1] not in ")]" or len(ends) != 2:
+            raise ValueError(f"{part!r} is not an interval such as [5,inf), (0,1] or [1,3];[5,inf)")
+        low, high = float(ends[0]), float(ends[1])  # inf, -inf as RecBole's float() reads them
+        if math.isnan(low) or math.isnan(high) or low > high:
+            raise ValueError(f"{part!r} is not an interval: its ends must be numbers, low <= high")
+        out.append((part[0], low, high, part[-1]))
+    return out
+
+
+def interval(v):
+    try:
+        parse_intervals(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return v
+
+
+def literal(v):
+    """A Python literal (RecBole's command line evals its values: --load_col="{'inter': ['user_id']}")."""
+    if not isinstance(v, str):
+        return v
+    try:
+        return ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"expected a Python literal such as {{'inter': ['user_id', 'item_id']}}, got {v!r}") from None
+
+
+def column_map(v):
+    """load_col / unload_col: {file suffix: [column, ...] or '*'}."""
+    d = literal(v)
+    if not isinstance(d, dict) or not all(isinstance(k, str) and (c == "*" or isinstance(c, list) and
+                                                                 all(isinstance(x, str) for x in c)) for k, c in d.items()):
+        raise argparse.ArgumentTypeError(f"expected {{suffix: [column, ...] or '*'}} such as {{'inter': ['user_id', 'item_id']}}, got {v!r}")
+    return d
+
+
+def value_intervals(v):
+    """val_interval: {field: interval (a float field) or [token, ...] (a token field)}."""
+    d = literal(v)
+    if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+        raise argparse.ArgumentTypeError(f"expected {{field: interval}} such as {{'rating': '[3,inf)'}}, got {v!r}")
+    for field, iv in d.items():
+        if isinstance(iv, list):
+            continue
+        try:
+            parse_intervals(iv)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{field}: {e}") from None
+    return d
+
+
+def name_list(n=None):
+    def parse(v):
+        names = [x.strip() for x in (v if isinstance(v, list) else v.strip("[]").split(",")) if str(x).strip()]
+        if not names or (n and len(names) != n):
+            raise argparse.ArgumentTypeError(f"expected {n or 'one or more'} comma-separated names, got {v!r}")
+        return [str(x).strip("'\" ") for x in names]
+    return parse
+
+
+def split_ratio(v):
+    try:
+        r = [float(x) for x in v.strip("[]").split(",")]
+    except ValueError:
+        r = []
+    if len(r) != 3 or not all(math.isfinite(x) and x >= 0 for x in r) or not r[0] > 0:
+        raise argparse.ArgumentTypeError(f"expected train,valid,test ratios such as 0.8,0.1,0.1 (train > 0), got {v!r}")
+    return r
+
+
+def eval_mode(v):
+    if not (v == "full" or re.fullmatch(r"(uni|pop)[1-9][0-9]*", v)):
+        raise argparse.ArgumentTypeError(f"expected full, uniN or popN (e.g. uni100), got {v!r}")
+    return v
+
+
+def metric_list(v):
+    names = {m.lower(): m for m in METRIC_NAMES}
+    got = name_list()(v)
+    bad = [m for m in got if m.lower() not in names]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown metric {bad[0]!r} (ksr computes {', '.join(METRIC_NAMES)})")
+    return [names[m.lower()] for m in got]
+
+
+def recbole_options():
+    """The options of RecBole's settings (the DEFAULTS.update block): (name, argparse keywords)."""
+    pint = positive(int)
+    return [
+        ("config_files", dict(nargs="+", metavar="FILE.yaml", help="RecBole YAML config files: later files over "
+                              "earlier ones, the command line over all (recbole_config.py)")),
+        ("learner", dict(choices=LEARNERS)), ("weight_decay", dict(type=number(float, 0))),
+        ("clip_grad_norm", dict(type=positive(float), help="clip the gradient's 2-norm to this (RecBole's max_norm)")),
+        ("eval_step", dict(type=pint, help="validate every this many epochs")), ("show_progress", dict(type=str2bool)),
+        ("train_neg_sample_num", dict(type=pint, help="BPR: negatives per target")),
+        ("split_ratio", dict(type=split_ratio, help="RecBole's RS split of each user's samples in time order, e.g. "
+                             "0.8,0.1,0.1 (default: leave-one-out, RecBole's LS valid_and_test)")),
+        *[(name, dict(type=eval_mode, help="full ranking, or rank among N sampled items (uniN uniform, popN by "
+                      "popularity)")) for name in ("valid_eval_mode", "test_eval_mode")],
+        ("metrics", dict(type=metric_list)), ("metric_decimal_place", dict(type=number(int, 0, 16), help="compare "
+                         "valid metrics rounded to this many decimals, as RecBole (default: exact)")),
+        ("checkpoint_dir", dict(help="the folder of run folders (default runs)")),
+        *[(name, {}) for name in ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "HEAD_ENTITY_ID_FIELD",
+                                  "TAIL_ENTITY_ID_FIELD", "RELATION_ID_FIELD", "ENTITY_ID_FIELD")],
+        ("load_col", dict(type=column_map)), ("unload_col", dict(type=column_map)),
+        ("rm_dup_inter", dict(choices=["first", "last"])), ("val_interval", dict(type=value_intervals)),
+        ("filter_inter_by_user_or_item", dict(type=str2bool)),
+        *[(name, dict(type=interval)) for name in ("user_inter_num_interval", "item_inter_num_interval",
+                                                    "entity_kg_num_interval", "relation_kg_num_interval")],
+        ("kg_reverse_r", dict(type=str2bool)),
+        ("benchmark_filename", dict(type=name_list(3), help="pre-split files <dataset>.<name>.inter, e.g. "
+                                    "train,valid,test")),
+    ]
+

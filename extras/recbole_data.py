@@ -13,7 +13,8 @@ data.py's: data.py calls it.
 import os
 
 import numpy as np
-from options import DataError, parse_intervals
+from extras.recbole_config import parse_intervals
+from options import DataError
 
 def within(values, intervals):
     """RecBole's _within_intervals: True where a value lies in one of the intervals (parse_intervals)."""

@@ -60,7 +60,10 @@ def choose(kernels, device, freeze_kg, log=print):
     implementation asked for by name cannot run here."""
     impl = kernels
     if kernels == "auto":
-        impl = "cpp" if device == "cpu" and unavailable("cpp", device, log) is None else "torch"
+        why = unavailable("cpp", device, log) if device == "cpu" else "on CUDA"
+        impl = "torch" if why else "cpp"
+        if why and device == "cpu":
+            log(f"kernels: {why}; the torch column runs instead")
     elif (why := unavailable(kernels, device, log)):
         raise ValueError(f"--kernels {kernels}: {why}")
     chosen = {op: impl if impl in TABLE[op] else "torch" for op in OPERATIONS}

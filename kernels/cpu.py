@@ -131,22 +131,6 @@ def _load(log=None):
     return lib
 
 
-def product_gflops(threads, seconds=0.2):
-    """The float32 GFLOP/s of cpu.cpp's register block on `threads` threads, each making the GRU's
-    step product (6 x 128 @ 128 x 384) over and over in its own cache: the rate this CPU's
-    vector units give the compiled kernels (bench.py's second peak). Best of 3 runs of about
-    `seconds` each."""
-    lib, flops = _load(), 2 * 6 * 128 * 384
-
-    def run(iters):
-        t0 = time.perf_counter()
-        lib.ksr_product_loop(iters, threads)
-        return time.perf_counter() - t0
-
-    iters = 1000
-    while run(iters) < seconds / 4:  # the first call is also the warm-up
-        iters *= 4
-    return threads * iters * flops / min(run(iters) for _ in range(3)) / 1e9
 
 
 def unavailable_reason(log=print):

@@ -10,14 +10,25 @@ import pytest
 import torch
 from hypothesis import settings, strategies as st
 
-import options
+import data
 import ksr
+import options
+from extras import line_reader
 
 # Shared, noisy machines: no per-example deadline (a slow example is not a wrong one).
 settings.register_profile("ksr", deadline=None)
 settings.load_profile("ksr")
 
 TRANSE = options.transe_settings(options.DEFAULTS)  # what data.load_dataset trains KG vectors with
+
+
+def read_line_by_line(path):
+    """The reader tests' reference: the header, then extras/line_reader.py (token columns encoded as
+    data.read_atomic encodes them). Returns (column names, {column: values})."""
+    names, types = data._read_header(path, ())
+    cols = line_reader.read_lines(path, names, types)
+    cols.update({n: data.Tokens.encode(cols[n]) for n, t in zip(names, types) if t == "token"})
+    return names, cols
 
 
 def write_tiny_dataset(root, name="tiny", n_users=12, n_items=15, n_inter=(4, 9), n_relations=3,

@@ -179,7 +179,7 @@ def test_ctrl_c_then_the_same_command_resumes(tiny_root, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group) during the runs: exit 130, finished runs kept; a
     killed run (a model.pt without results.json) is run again; the finished ones are not."""
     out = str(tmp_path / "cmp")
-    argv = [sys.executable, os.path.join(ROOT, "compare.py"), "--seeds", "2", "--jobs", "1", "--out_dir", out,
+    argv = [sys.executable, os.path.join(ROOT, "train.py"), "compare", "--seeds", "2", "--jobs", "1", "--out_dir", out,
             "--n_boot", "200", "--data_path", tiny_root, *TINY, "--epochs", "3", "--config", "a:", "--config", "b:", "--no_memory"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     first = os.path.join(out, "a", "seed-2020", "results.json")

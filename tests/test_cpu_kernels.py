@@ -234,16 +234,19 @@ def test_bad_input_is_refused():
 
 def test_without_a_compiler_the_model_keeps_plain_torch(tmp_path):
     """No working compiler: one line says why, nothing half-built is left in the cache, and
-    train.build_model gives nn.GRU, sorted_kv_memory and nn.Dropout (a fresh process: the library is loaded
-    once per process)."""
+    train.build_model gives the torch column: nn.GRU, sorted_kv_memory and nn.Dropout (a fresh process: the
+    library is loaded once per process)."""
     code = ("import types, torch, kernels, train; print(kernels.cpu_unavailable_reason()); cfg = vars(train.parse_args([])); "
             "ds = types.SimpleNamespace(n_items=5, item_kg=torch.zeros(6, 64), relation_kg=torch.zeros(2, 64)); "
-            "print(train.code_path(train.build_model(cfg, ds), cfg))")
+            "print(kernels.describe(train.build_model(cfg, ds).kernels))")
     env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), KSR_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
-    why, path = out.stdout.splitlines()
+    compiling, why, fallback, path = out.stdout.splitlines()
+    assert compiling.startswith("kernels: compiling cpu.cpp with ") and "(once: cached)" in compiling  # said, once
     assert why.startswith("the compiled CPU kernels are unavailable:") and "no-such-c++" in why
-    assert path.startswith(f"code: memory sorted_kv_memory, CE all_items_cross_entropy, GRU nn.GRU, dropout Dropout ({why})")
+    assert fallback == f"kernels: {why}; the torch column runs instead"  # the run says why
+    assert path.startswith("kernels: gru torch (nn.GRU), memory torch (sorted_kv_memory), ce torch (all_items_cross_entropy), "
+                           "dropout torch (Dropout); ")
     assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
     # a compiler that fails: its first error line is the reason
     fake = tmp_path / "bad-c++"
@@ -251,7 +254,7 @@ def test_without_a_compiler_the_model_keeps_plain_torch(tmp_path):
     fake.chmod(0o755)
     env["CXX"] = str(fake)
     out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
-    assert "could not compile cpu.cpp: fatal: this compiler refuses" in out.stdout.splitlines()[0]
+    assert "could not compile cpu.cpp: fatal: this compiler refuses" in out.stdout.splitlines()[1]
     assert not os.listdir(tmp_path / "cache")  # the temporary output is removed
 
 

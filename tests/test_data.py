@@ -9,11 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import atomic_files
 import data
-from extras import link_check
+from extras import fetch, link_check
 import transe
-from conftest import TRANSE, write_tiny_dataset
+from conftest import TRANSE, read_line_by_line, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,8 +159,7 @@ def test_arrow_reader_and_line_reader_agree(tmp_path):
     lines.insert(70_000, "")  # blank lines are skipped by both
     path = _write(tmp_path / "x.inter", "user_id:token\titem_id:token\trating:float\tvec:float_seq\n" + "\n".join(lines) + "\r\n")
     fast = data.read_atomic(path)
-    names, types = atomic_files._read_header(path, ())
-    slow = atomic_files._read_lines(path, names, types)
+    names, slow = read_line_by_line(path)
     for name in names:
         if isinstance(slow[name], data.Tokens):
             assert fast[name].vocab == slow[name].vocab and np.array_equal(fast[name].codes, slow[name].codes)
@@ -171,7 +169,8 @@ def test_arrow_reader_and_line_reader_agree(tmp_path):
 
 
 def test_a_dataset_too_big_for_memory_is_refused_before_reading(tiny_dataset, monkeypatch):
-    monkeypatch.setattr(data, "available_memory", lambda: 10_000)  # bytes
+    monkeypatch.setattr(data, "BIG_INTER_FILE", 0)  # the check runs for a file of any size
+    monkeypatch.setattr(fetch, "available_memory", lambda: 10_000)  # bytes
     with pytest.raises(data.DataError, match=r"tiny.inter: about [\d,]+ interactions need about .* GiB of memory") as e:
         load("tiny", tiny_dataset, log=lambda m: None)
     assert "\n" not in str(e.value)
@@ -418,7 +417,7 @@ def test_link_to_unknown_entity(tmp_path):
 def test_checksum_mismatch(tmp_path):
     path = _write(tmp_path / "fake.whl", "not a wheel")
     with pytest.raises(data.DataError, match="sha256 .* does not match"):
-        data.verify_sha256(path, data.ML100K_WHEEL_SHA256)
+        fetch.verify_sha256(path, fetch.ML100K_WHEEL_SHA256)
 
 
 def test_write_atomic_leaves_nothing_half_written(tmp_path):
@@ -447,16 +446,16 @@ def test_users_with_one_or_two_interactions(tmp_path):
 # ---------------------------------------------------------------- the command
 
 def test_command_json_and_errors(tiny_dataset):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--dataset", "tiny", "--data_path",
-                          tiny_dataset, "--kg_embedding_size", "8", "--json"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "extras.prepare", "--dataset", "tiny", "--data_path",
+                          tiny_dataset, "--kg_embedding_size", "8", "--json"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ["users", "items", "interactions", "train_samples", "valid_samples", "test_samples",
                 "entities", "relations", "triples", "linked_items", "transe_hits@10"]:
         assert key in stats
     assert stats["relations"] == 3
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "--dataset", "nope", "--data_path",
-                          tiny_dataset], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "extras.prepare", "--dataset", "nope", "--data_path",
+                          tiny_dataset], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "nope" in bad.stderr
 
@@ -465,7 +464,7 @@ def test_real_ml100k(tmp_path_factory):
     """Downloads RecBole's wheel; skips cleanly where the package index is unreachable."""
     root = str(tmp_path_factory.mktemp("data"))
     try:
-        data.fetch_ml100k(root, log=lambda m: None)
+        fetch.fetch_ml100k(root, log=lambda m: None)
     except data.DataError as e:
         pytest.skip(f"ml-100k download unavailable: {e}")
     for kg, expect in [("freebase", (943, 1598, 97554, 94725, 943, 943)),

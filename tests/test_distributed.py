@@ -1,4 +1,4 @@
-"""distributed.py: N processes (gloo, CPU) train and evaluate as one process does.
+"""extras/distributed.py and train.py's `world > 1` lines: N processes (gloo, CPU) train and evaluate as one process does.
 
 Processes are spawned from the test (torch.multiprocessing) or launched with torchrun, on the
 tiny dataset; each runs on one thread.
@@ -41,7 +41,8 @@ def steps(cfg, k):
     if cfg["train_mode"] == "sequence":
         split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
     gen = torch.Generator().manual_seed(cfg["seed"])
-    train.train_epoch(distributed.wrap(model, "cpu"), opt, split, dict(cfg, max_steps=k), "cpu", gen, lambda *a: None)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if train.world()[1] > 1 else model
+    train.train_epoch(ddp, opt, split, dict(cfg, max_steps=k), "cpu", gen, lambda *a: None)
     metrics = {name: train.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")}
     return {k: v.clone() for k, v in model.state_dict().items()}, metrics
 
@@ -188,7 +189,7 @@ def test_tune_explain_and_eval_only_stay_single_process(monkeypatch, capsys):
     from extras import explain
     from extras import tune
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert tune.main(["--params_file", "hyper.test"]) == 2
+    assert tune.main(["--params_file", "extras/hyper.test"]) == 2
     assert explain.main(["--run", "x", "--summary"]) == 2
     assert train.main(["--eval_only", "x.pt"]) == 2
     err = capsys.readouterr().err

@@ -68,17 +68,16 @@ def test_all_items_cross_entropy_matches_reference(n, N, D, scale, seed):
 
 
 def fast_set(name, freeze_kg):
-    """The fast paths train.build_model gives a model on the CPU: "torch" (--cpp_kernels off) or
-    "compiled" (the default where a C++ compiler works: kernels/cpu.py)."""
-    if name == "torch":
-        return dict(memory=kernels.sorted_kv_memory, ce=kernels.all_items_cross_entropy)
-    if (why := kernels.cpu_unavailable_reason()):
+    """The implementations train.build_model gives a model on the CPU with --kernels `name` ("torch", or
+    "cpp", the default where a C++ compiler works: kernels/cpu.py), from kernels/__init__.py's table."""
+    if name == "cpp" and (why := kernels.cpu_unavailable_reason()):
         pytest.skip(why)
-    return dict(memory=kernels.cpu_kv_memory if freeze_kg else kernels.sorted_kv_memory,
-                ce=kernels.cpu_cross_entropy, gru_layer=kernels.cpu_gru_layer)
+    chosen = kernels.choose(name, "cpu", freeze_kg)
+    return dict(memory=kernels.function("memory", chosen["memory"]), ce=kernels.function("ce", chosen["ce"]),
+                gru_layer=kernels.function("gru", chosen["gru"]))
 
 
-@pytest.mark.parametrize("fast_paths", ["torch", "compiled"])
+@pytest.mark.parametrize("fast_paths", ["torch", "cpp"])
 @pytest.mark.parametrize("freeze_kg", [True, False])
 @pytest.mark.parametrize("no_memory", [False, True])
 @pytest.mark.parametrize("all_steps", [False, True])

@@ -17,8 +17,8 @@ import torch
 
 import data
 from extras import explain
-import files
 import train
+from extras import fetch, prepare
 import transe
 from extras import tune
 from conftest import TRANSE, prepared_tiny_dataset, write_tiny_dataset
@@ -39,7 +39,9 @@ def one_line_error(capsys, rc, code, *needles):
 
 
 def command(script, *args, **kw):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True, cwd=ROOT, **kw)
+    """python SCRIPT ARGS, or python -m MODULE ARGS for a module of extras/ (script "extras.prepare")."""
+    how = [script.replace("/", os.sep)] if script.endswith(".py") else ["-m", script]
+    return subprocess.run([sys.executable, *how, *args], capture_output=True, text=True, cwd=ROOT, **kw)
 
 
 def dead_pid():
@@ -266,8 +268,8 @@ def test_a_second_tune_on_the_same_folder_is_refused_at_once(tiny_dataset, tmp_p
 
 
 def lock_holder(folder):
-    """Another process of this project holding folder/.lock (files.locked), until it is killed."""
-    code = ("import sys, files\nwith files.locked(sys.argv[1], 'training run'):\n    print('held', flush=True)\n"
+    """Another process of this project holding folder/.lock (train.locked), until it is killed."""
+    code = ("import sys, train\nwith train.locked(sys.argv[1], 'training run'):\n    print('held', flush=True)\n"
             "    sys.stdin.read()")
     proc = subprocess.Popen([sys.executable, "-c", code, folder], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "held\n"
@@ -309,17 +311,17 @@ def test_a_run_folder_is_held_by_one_run(tiny_dataset, tmp_path, capsys, holder,
 
 def test_the_run_folder_is_held_from_the_check_to_the_last_write(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    seen, real_save = [], files.save
+    seen, real_save = [], train.save
 
     def save(obj, path):  # every file of the run is written while the run holds the folder
         seen.append((os.path.basename(path), (out / ".lock").read_text().split()[0]))
         real_save(obj, path)
-    monkeypatch.setattr(files, "save", save)
+    monkeypatch.setattr(train, "save", save)
     train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--out_dir", str(out)])), log=lambda m: None)
     assert seen[-1] == ("results.json", str(os.getpid())) and {pid for _, pid in seen} == {str(os.getpid())}
     assert "model.pt" in {name for name, _ in seen} and not (out / ".lock").exists()
     # the folder holds a run now; held by another, it is refused for that, before its files are looked at
-    with files.locked(str(out), "training run"):
+    with train.locked(str(out), "training run"):
         with pytest.raises(data.DataError, match="in use by another training run"):
             train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--out_dir", str(out)])), log=lambda m: None)
 
@@ -459,7 +461,7 @@ def _limit_file_size():
 def test_a_file_size_limit_names_the_file_and_leaves_nothing_half_written(tiny_dataset, tmp_path):
     # the KG vectors (a cache) of a bigger KG: the entity file is over the limit
     write_tiny_dataset(str(tmp_path), name="big", n_items=3000)
-    res = command("data.py", "--dataset", "big", "--kg", "files", "--data_path", str(tmp_path), preexec_fn=_limit_file_size)
+    res = command("extras.prepare", "--dataset", "big", "--kg", "files", "--data_path", str(tmp_path), preexec_fn=_limit_file_size)
     assert res.returncode == 1 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "big.ent_feature: cannot write it: File too large" in res.stderr, res.stderr
     assert not [f for f in os.listdir(tmp_path / "big") if f.startswith("tmp-") or f == "big.ent_feature"]
@@ -472,7 +474,7 @@ def test_a_file_size_limit_names_the_file_and_leaves_nothing_half_written(tiny_d
     assert os.listdir(out) == []
 
 
-@pytest.mark.parametrize("script", ["train.py", "data.py"])
+@pytest.mark.parametrize("script", ["train.py", "extras.prepare"])
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, script):
     write_tiny_dataset(str(tmp_path), n_users=60, n_items=30000)  # 90k triples: TransE runs ~10 s, long enough to be interrupted
     args = ["--dataset", "tiny", "--kg", "files", "--data_path", str(tmp_path)]
@@ -480,9 +482,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, script):
         args += ["--epochs", "300", "--out_dir", str(tmp_path / "run")]
     # SIGINT's default action in the child even when pytest runs in a background job (which ignores
     # SIGINT, and Python keeps an inherited SIG_IGN: the run would finish and exit 0)
-    proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, script), *args], cwd=ROOT, stdout=subprocess.PIPE,
+    how = [script] if script.endswith(".py") else ["-m", script]
+    proc = subprocess.Popen([sys.executable, "-u", *how, *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:  # interrupt while TransE (data.py) or training (train.py) runs
+    for line in proc.stdout:  # interrupt while TransE (extras.prepare) or training (train.py) runs
         if "TransE epoch 1/" in line or "epoch   1" in line:
             break
     proc.send_signal(signal.SIGINT)
@@ -501,7 +504,7 @@ def test_stale_temporary_files_are_removed_by_the_next_writer(tmp_path):
     live.write_text("")
     mine = tmp_path / "tmp-notes.txt"  # not ours
     mine.write_text("")
-    files.save({"a": 1}, str(tmp_path / "results.json"))
+    train.save({"a": 1}, str(tmp_path / "results.json"))
     assert not any(p.exists() for p in stale) and live.exists() and mine.exists()
 
 
@@ -520,13 +523,15 @@ def test_missing_files_are_found_before_the_memory_check(tiny_dataset, tmp_path,
     """The order of the checks: the name, the folder, the files, then the memory they need (which
     reads the .inter's size), then what they hold."""
     edit(os.path.join(tiny_dataset, "tiny"))
-    monkeypatch.setattr(data, "check_memory", lambda *a: pytest.fail("the memory check ran before the files were found"))
+    monkeypatch.setattr(data, "BIG_INTER_FILE", 0)  # the check runs for a file of any size
+    monkeypatch.setattr(fetch, "check_ram", lambda *a: pytest.fail("the memory check ran before the files were found"))
     rc = train.main(TINY + ["--data_path", tiny_dataset, "--out_dir", str(tmp_path / "r")] + argv)
     one_line_error(capsys, rc, code, needle)
 
 
 def test_the_memory_check_comes_before_reading(tiny_dataset, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(data, "available_memory", lambda: 10_000)  # bytes
+    monkeypatch.setattr(data, "BIG_INTER_FILE", 0)  # the check runs for a file of any size
+    monkeypatch.setattr(fetch, "available_memory", lambda: 10_000)  # bytes
     monkeypatch.setattr(data, "read_atomic", lambda *a, **k: pytest.fail("read before the memory check"))
     rc = train.main(TINY + ["--data_path", tiny_dataset, "--out_dir", str(tmp_path / "r")])
     one_line_error(capsys, rc, 1, "tiny.inter: about", "GiB of memory")
@@ -559,7 +564,7 @@ def test_a_full_disk_while_fetching_ml100k_is_one_line(tmp_path, capsys, monkeyp
 
     def pip_download(cmd, **kw):  # the wheel, as pip would put it in the temporary folder
         with zipfile.ZipFile(os.path.join(cmd[cmd.index("-d") + 1], "recbole-1.2.1-py3-none-any.whl"), "w") as z:
-            for name in data.ML100K_FILES:
+            for name in fetch.ML100K_FILES:
                 z.writestr(f"recbole/dataset_example/ml-100k/{name}", "x" * 100_000)
         return subprocess.CompletedProcess(cmd, 0, "", "")
     copied = []
@@ -570,11 +575,11 @@ def test_a_full_disk_while_fetching_ml100k_is_one_line(tmp_path, capsys, monkeyp
         if len(copied) == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         dst.write(src.read())
-    monkeypatch.setattr(data.subprocess, "run", pip_download)
-    monkeypatch.setattr(data, "verify_sha256", lambda *a, **k: None)
-    monkeypatch.setattr(data.shutil, "copyfileobj", copy_until_full)
+    monkeypatch.setattr(fetch.subprocess, "run", pip_download)
+    monkeypatch.setattr(fetch, "verify_sha256", lambda *a, **k: None)
+    monkeypatch.setattr(fetch.shutil, "copyfileobj", copy_until_full)
     root = tmp_path / "dataset"
-    rc = data.main(["--data_path", str(root)])
+    rc = prepare.main(["--data_path", str(root)])
     one_line_error(capsys, rc, 1, f"{root / 'ml-100k'}: cannot write it: No space left on device")
     assert len(copied) == 3 and os.listdir(root) == []  # no ml-100k folder, no temporary one
 

@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings, strategies as st
 
-import atomic_files
 import data
-from conftest import TRANSE, write_tiny_dataset
+from conftest import TRANSE, read_line_by_line, write_tiny_dataset
 
 DIM = 4  # the vectors' length: the files are the user's (no .json record), so TransE never runs
 FILES = ("inter", "kg", "link", "ent_feature", "rel_feature", "item")
@@ -34,9 +33,9 @@ def dataset(tmp_path_factory):
     vec = lambda: " ".join(f"{x:.4g}" for x in rng.standard_normal(DIM))
     with open(os.path.join(folder, "tiny.kg")) as f:
         entities = dict.fromkeys(t for line in f.read().splitlines()[1:] for t in line.split("\t")[0::2])
-    atomic_files.write_atomic(os.path.join(folder, "tiny.ent_feature"), ["ent_id:token", "ent_vec:float_seq"],
+    data.write_atomic(os.path.join(folder, "tiny.ent_feature"), ["ent_id:token", "ent_vec:float_seq"],
                               ([e, vec()] for e in entities))
-    atomic_files.write_atomic(os.path.join(folder, "tiny.rel_feature"), ["rel_id:token", "rel_vec:float_seq"],
+    data.write_atomic(os.path.join(folder, "tiny.rel_feature"), ["rel_id:token", "rel_vec:float_seq"],
                               ([f"r{a}", vec()] for a in range(2)))
     original = {}
     for suffix in FILES:
@@ -50,7 +49,7 @@ def dataset(tmp_path_factory):
 NASTY = ["\r", "\n", "\t", "\r\n", "\n\n", "\x00", "\ufeff", " ", "\u2028", "\x85", "\x1c", "\x0b", "\xa0", "\u3000",
          "nan", "inf", "-inf", "1e39", "1e309", "1e-50", "-0", "0x10", "1_0", "\u0661", "+.5", "1e", ".", "", ":", "#",
          '"', "'", "\\", "\t\t", "é"]
-TYPES = list(atomic_files.ATOMIC_TYPES) + ["", "int", "Token", "float_seq "]
+TYPES = list(data.ATOMIC_TYPES) + ["", "int", "Token", "float_seq "]
 position = st.integers(0, 10 ** 6)  # taken modulo the length: shrinks towards the start
 mutation = st.one_of(
     st.tuples(st.just("truncate"), position),
@@ -114,8 +113,8 @@ def same_columns(fast, slow):
     assert fast.keys() == slow.keys()
     for name, want in slow.items():
         got = fast[name]
-        if isinstance(want, atomic_files.Tokens):
-            assert isinstance(got, atomic_files.Tokens) and got.vocab == want.vocab, name
+        if isinstance(want, data.Tokens):
+            assert isinstance(got, data.Tokens) and got.vocab == want.vocab, name
             assert np.array_equal(got.codes, want.codes), name
         elif isinstance(want, list):  # token_seq
             assert got == want, name
@@ -146,8 +145,7 @@ def test_a_mutated_file_reads_as_the_line_reader_reads_it_or_is_one_line(dataset
         f.write(mutate(original[suffix], edits))
     try:
         try:  # the reference: the header, then the line reader
-            names, types = atomic_files._read_header(path, ())
-            slow = atomic_files._read_lines(path, names, types)
+            names, slow = read_line_by_line(path)
         except data.DataError as e:
             one_line_naming(e, path)
             slow = None

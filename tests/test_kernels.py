@@ -173,13 +173,12 @@ def test_model_with_fused_memory_matches_sorted(freeze_kg, all_steps):
 @pytest.mark.parametrize("train_mode", ["prefix", "sequence"])
 @pytest.mark.parametrize("freeze_kg", [True, False])
 def test_train_with_fused_memory_first_batch_loss(tiny_dataset, tmp_path, train_mode, freeze_kg):
-    """train.py end to end with --memory_impl fused (interpreter): first-batch loss == sorted's
-    (no dropout: on the CPU, sorted's compiled dropout draws other masks than nn.Dropout)."""
+    """train.py end to end with --kernels triton (interpreter): first-batch loss == --kernels torch's."""
     import train
     from test_train import tiny_cfg
     losses = {}
-    for impl in ("sorted", "fused"):
-        cfg = tiny_cfg(tiny_dataset, str(tmp_path / impl), epochs=1, max_steps=1, memory_impl=impl,
+    for impl in ("torch", "triton"):
+        cfg = tiny_cfg(tiny_dataset, str(tmp_path / impl), epochs=1, max_steps=1, kernels=impl,
                        train_mode=train_mode, freeze_kg=freeze_kg, device=DEVICE, dropout_prob=0.0)
         losses[impl] = train.run(cfg, log=lambda m: None)["train_loss"][0]
-    assert abs(losses["sorted"] - losses["fused"]) < 1e-4
+    assert abs(losses["torch"] - losses["triton"]) < 1e-4

@@ -11,6 +11,7 @@ import torch
 import options
 import data
 import train
+from extras import prepare, recbole_data, sampled_eval
 from conftest import TRANSE, write_tiny_dataset
 
 QUIET = lambda m: None
@@ -205,21 +206,21 @@ def test_the_kcore_repeats_until_nothing_changes():
     pairs = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 3), (3, 4), (4, 4)]
     users, items = (np.array(x, np.int64) for x in zip(*pairs))
     a = {**{k: options.DEFAULTS[k] for k in options.DATA_ARGS}, "user_inter_num_interval": "[2,inf)", "item_inter_num_interval": "[2,inf)"}
-    rows, left = data.filter_interactions(users, items, np.arange(8.0), {}, {}, a, "x")
+    rows, left = recbole_data.filter_interactions(users, items, np.arange(8.0), {}, {}, a, "x")
     assert rows.tolist() == [0, 1, 3, 4] and left["inter_num_interval (4 rounds)"] == 4
     # an upper bound too: users with at most 2 interactions (u1's 3 go), then items with 2+ users
-    rows, _ = data.filter_interactions(users, items, np.arange(8.0), {}, {}, {**a, "user_inter_num_interval": "[1,2]"}, "x")
+    rows, _ = recbole_data.filter_interactions(users, items, np.arange(8.0), {}, {}, {**a, "user_inter_num_interval": "[1,2]"}, "x")
     assert [pairs[r] for r in rows] == [(3, 4), (4, 4)]
 
 
 def test_value_intervals_and_token_lists():
     codes = np.array([0, 1, 0, 2])
     col = data.Tokens(codes, ["x", "y", "z"])
-    assert data.value_mask(col, ["x", "z"], "f", "p").tolist() == [True, False, True, True]
+    assert recbole_data.value_mask(col, ["x", "z"], "f", "p").tolist() == [True, False, True, True]
     v = np.array([1.0, 3.0, 4.5, 5.0])
-    assert data.value_mask(v, "(1,4.5];[5,5]", "f", "p").tolist() == [False, True, True, True]
+    assert recbole_data.value_mask(v, "(1,4.5];[5,5]", "f", "p").tolist() == [False, True, True, True]
     with pytest.raises(options.DataError, match="not a token column"):
-        data.value_mask(v, ["1"], "f", "p")
+        recbole_data.value_mask(v, ["1"], "f", "p")
 
 
 def test_ratio_split_is_recboles(tmp_path):
@@ -235,7 +236,7 @@ def test_ratio_split_is_recboles(tmp_path):
         return cnt
     for ratios in ([0.8, 0.1, 0.1], [0.6, 0.2, 0.2], [0.7, 0.3, 0.0]):
         tots = np.arange(0, 60)
-        v, t = data.ratio_split(tots, ratios)
+        v, t = recbole_data.ratio_split(tots, ratios)
         r = [x / sum(ratios) for x in ratios]
         assert [[a - b - c, b, c] for a, b, c in zip(tots.tolist(), v.tolist(), t.tolist())] == [recbole(n, r) for n in tots]
     # through build_sequences: a user of 21 items has 20 samples: 16 train, 2 valid, 2 test, in time order
@@ -272,15 +273,15 @@ def test_uni100_ranks_among_100_sampled_non_interacted_items(tmp_path):
     cfg = vars(parse(["--dataset", "many", "--data_path", root, "--embedding_size", "8", "--hidden_size", "8",
                       "--kg_embedding_size", "8"]))
     ds = train.load_data(cfg, QUIET)
-    neg = data.eval_negatives(ds, ds.test, "uni100", torch.Generator().manual_seed(1))
+    neg = sampled_eval.eval_candidates(ds, ds.test, "uni100", torch.Generator().manual_seed(1))
     assert neg.shape == (len(ds.test), 100)
     for k, (u, e) in enumerate(zip(ds.test.users, ds.test.ends)):
         seen = set(ds.seqs[u].tolist())  # the test target is the user's last item: every item of the user
         assert len(set(neg[k].tolist())) == 100 and not seen & set(neg[k].tolist()) and 0 not in neg[k]
-    again = data.eval_negatives(ds, ds.test, "uni100", torch.Generator().manual_seed(1))
-    other = data.eval_negatives(ds, ds.test, "uni100", torch.Generator().manual_seed(2))
+    again = sampled_eval.eval_candidates(ds, ds.test, "uni100", torch.Generator().manual_seed(1))
+    other = sampled_eval.eval_candidates(ds, ds.test, "uni100", torch.Generator().manual_seed(2))
     assert (again == neg).all() and not (other == neg).all()
-    pop = data.eval_negatives(ds, ds.valid, "pop20", torch.Generator().manual_seed(1))
+    pop = sampled_eval.eval_candidates(ds, ds.valid, "pop20", torch.Generator().manual_seed(1))
     assert pop.shape == (len(ds.valid), 20)
     # the rank among the target and its 100: brute force over the full scores
     torch.manual_seed(0)
@@ -294,7 +295,7 @@ def test_uni100_ranks_among_100_sampled_non_interacted_items(tmp_path):
         want = 1 + sum(int(s[j] > s[t] or (s[j] == s[t] and j < t)) for j in neg[k].tolist())
         assert ranks[k].item() == want and 1 <= want <= 101
     with pytest.raises(options.DataError, match="fewer than 200 items"):
-        data.eval_negatives(ds, ds.test, "uni200", torch.Generator().manual_seed(1))
+        sampled_eval.eval_candidates(ds, ds.test, "uni200", torch.Generator().manual_seed(1))
 
 
 # -----------------------------------------------------------------------------
@@ -341,10 +342,10 @@ def test_tune_and_data_py_take_config_files(tmp_path, capsys):
     assert trial.learning_rate == 0.001 and trial.epochs == 3 and trial.metrics == ["NDCG", "Hit"]
     with pytest.raises(options.UsageError, match="valid_metric"):  # checked against the config's metrics
         tune.read_params_file(write(tmp_path / "h2.test", "valid_metric choice ['MRR@10']\n"), ["--config_files", f])
-    # data.py reads the data settings of a config and leaves the training ones to train.py
+    # extras/prepare.py reads the data settings of a config and leaves the training ones to train.py
     root = write_filter_dataset(str(tmp_path))
     g = write(tmp_path / "d.yaml", "".join(f"{k}: {json.dumps(v)}\n" for k, v in FILTERS.items()) + "epochs: 7\n")
-    assert data.main(["--config_files", g, "--dataset", "filt", "--data_path", root, "--kg", "files",
+    assert prepare.main(["--config_files", g, "--dataset", "filt", "--data_path", root, "--kg", "files",
                       "--kg_embedding_size", "8", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats["filters"]["KG link"] == 12 and stats["users"] == 3

@@ -68,8 +68,12 @@ def test_parse_recbole_names():
     assert args.freeze_kg is False and args.topk == [5, 10] and args.learning_rate == 0.001
     assert args.train_batch_size == 2048 and args.stopping_step == 10 and args.MAX_ITEM_LIST_LENGTH == 50
     seq = train.parse_args([])  # sequence mode is the default; its batch counts windows
-    assert seq.train_mode == "sequence" and seq.train_batch_size == options.MODE_DEFAULTS["sequence"]["train_batch_size"]
-    assert seq.window_stride == seq.MAX_ITEM_LIST_LENGTH and seq.kg == "attributes"
+    assert seq.train_mode == "sequence" and seq.train_batch_size == options.DEFAULTS["train_batch_size"] == 32
+    assert seq.window_stride == seq.MAX_ITEM_LIST_LENGTH and seq.kg == "attributes" and seq.learning_rate == 0.002
+    # the defaults that follow another option follow it; one given is kept
+    assert train.parse_args(["--dataset", "other"]).kg == "files"
+    assert train.parse_args(["--dataset", "other", "--kg", "attributes"]).kg == "attributes"
+    assert train.parse_args(["--MAX_ITEM_LIST_LENGTH", "20"]).window_stride == 20
     assert train.parse_args(["--train_batch_size", "7"]).train_batch_size == 7
 
 
@@ -115,25 +119,56 @@ def test_variants_run(tiny_dataset, tmp_path, kw):
 
 
 @pytest.mark.parametrize("train_mode", ["prefix", "sequence"])
-def test_memory_impl_reference_runs_the_reference(tiny_dataset, tmp_path, train_mode):
-    """--memory_impl reference builds KSR from ksr.py alone (ksr.kv_memory, ksr.cross_entropy,
-    nn.GRU); it trains to the same losses as the fast paths: the default (the compiled CPU kernels,
-    where they compile) and --cpp_kernels off (plain torch)."""
-    want = {"reference": (ksr.kv_memory, ksr.cross_entropy, None),
-            "off": (kernels.sorted_kv_memory, kernels.all_items_cross_entropy, None),
-            "auto": (kernels.cpu_kv_memory, kernels.cpu_cross_entropy, kernels.cpu_gru_layer)}
+def test_kernels_reference_runs_the_reference(tiny_dataset, tmp_path, train_mode):
+    """--kernels reference builds KSR from ksr.py alone (ksr.kv_memory, ksr.cross_entropy, nn.GRU,
+    nn.Dropout); it trains to the same losses as the fast paths: the default (auto: the compiled CPU
+    kernels, where they compile), cpp by name, and torch."""
+    want = {"reference": (ksr.kv_memory, ksr.cross_entropy, None, torch.nn.Dropout),
+            "torch": (kernels.sorted_kv_memory, kernels.all_items_cross_entropy, None, torch.nn.Dropout),
+            "cpp": (kernels.cpu_kv_memory, kernels.cpu_cross_entropy, kernels.cpu_gru_layer, kernels.CPUDropout)}
     if kernels.cpu_unavailable_reason():
-        del want["auto"]
+        del want["cpp"]
+    want["auto"] = want.get("cpp", want["torch"])
     losses = {}
     for name, path in want.items():
-        impl = dict(memory_impl="reference") if name == "reference" else dict(cpp_kernels=name)
-        cfg = tiny_cfg(tiny_dataset, str(tmp_path / name), epochs=2, train_mode=train_mode, dropout_prob=0.0, **impl)
+        cfg = tiny_cfg(tiny_dataset, str(tmp_path / name), epochs=2, train_mode=train_mode, dropout_prob=0.0, kernels=name)
         ds = train.load_data(cfg, log=lambda m: None)
         model = train.build_model(cfg, ds)
-        assert (model.memory, model.ce, model.gru.layer) == path
-        losses[name] = train.run(cfg, log=lambda m: None)["train_loss"]
+        assert (model.memory, model.ce, model.gru.layer, type(model.emb_dropout)) == path
+        assert set(model.kernels.values()) == {name if name != "auto" else "cpp" if "cpp" in want else "torch"}
+        res = train.run(cfg, log=lambda m: None)
+        assert res["kernels"] == model.kernels  # results.json names what ran
+        losses[name] = res["train_loss"]
     for name in want:
         np.testing.assert_allclose(losses[name], losses["reference"], rtol=1e-5)
+
+
+def test_the_kernels_table_picks_one_column(monkeypatch):
+    """--kernels: one column of kernels/__init__.py's table; auto on the CPU is cpp where it compiles, else
+    torch, and torch on CUDA; a trained KG's memory is torch's (cpp's write has no backward); a column
+    that cannot run here is refused in one line."""
+    ops = kernels.OPERATIONS
+    assert kernels.choose("reference", "cpu", True) == dict.fromkeys(ops, "reference")
+    assert kernels.choose("torch", "cuda", True) == dict.fromkeys(ops, "torch")
+    assert kernels.choose("auto", "cuda", True) == dict.fromkeys(ops, "torch")
+    monkeypatch.setattr(kernels.cpu, "unavailable_reason", lambda log=None: None)
+    assert kernels.choose("auto", "cpu", True) == dict.fromkeys(ops, "cpp")
+    assert kernels.choose("cpp", "cpu", False) == dict(dict.fromkeys(ops, "cpp"), memory="torch")
+    with pytest.raises(ValueError, match="--kernels cpp: the compiled kernels run on the CPU"):
+        kernels.choose("cpp", "cuda", True)
+    monkeypatch.setattr(kernels.cpu, "unavailable_reason", lambda log=None: "no C++ compiler")
+    assert kernels.choose("auto", "cpu", True) == dict.fromkeys(ops, "torch")
+    with pytest.raises(ValueError, match="--kernels cpp: no C\\+\\+ compiler"):
+        kernels.choose("cpp", "cpu", True)
+    triton_why = kernels.kv_memory.unavailable_reason()
+    if triton_why is None:
+        assert kernels.choose("triton", "cpu", True) == dict.fromkeys(ops, "torch") | {"memory": "triton"}
+    else:
+        with pytest.raises(ValueError, match="--kernels triton"):
+            kernels.choose("triton", "cpu", True)
+    line = kernels.describe(dict.fromkeys(ops, "reference"))
+    assert line.startswith("kernels: gru reference (nn.GRU), memory reference (kv_memory), ce reference "
+                           "(cross_entropy), dropout reference (Dropout); ")
 
 
 @pytest.mark.parametrize("learner", ["adam", "adamw", "sgd"])

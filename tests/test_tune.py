@@ -17,7 +17,7 @@ def write(tmp_path, text, name="hyper.test"):
 
 
 def test_shipped_hyper_test_parses_with_literal_types():
-    space = tune.read_params_file(os.path.join(ROOT, "hyper.test"))
+    space = tune.read_params_file(os.path.join(ROOT, "extras", "hyper.test"))
     kinds = {name: (kind, values) for name, kind, values in space}
     assert kinds["learning_rate"] == ("choice", [0.01, 0.005, 0.001, 0.0005, 0.0001])
     assert kinds["num_layers"][1] == [1, 2, 3] and all(type(v) is int for v in kinds["num_layers"][1])
