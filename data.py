@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import transe
 from options import DATA_ARGS, DEFAULTS, KG_CHOICES, DataError, transe_settings
 
 
@@ -64,7 +63,6 @@ class Tokens:
         return map(self.vocab.__getitem__, self.codes.tolist())
 
 
-
 def read_atomic(path, required=(), types=None):
     """Read a RecBole atomic file into {column name: values}.
 
@@ -93,10 +91,8 @@ def read_atomic(path, required=(), types=None):
     return cols
 
 
-
 class _Refused(Exception):
     """The fast reader's values fail a check: _read_lines finds the line."""
-
 
 
 def _read_header(path, required, want=None):
@@ -130,7 +126,6 @@ def _read_header(path, required, want=None):
             raise DataError(f"{path}: line 1: column {name!r} is declared {name}:{typ}, but it must be "
                             f"{name}:{want[name]}")
     return names, types
-
 
 
 def _read_arrow(path, names, types):
@@ -180,7 +175,6 @@ def _read_arrow(path, names, types):
     return cols
 
 
-
 def read_fields(path, required, fields=None):
     """read_atomic with RecBole's field names: `fields` maps our column name to the file's
     (USER_ID_FIELD, ITEM_ID_FIELD, ...: DATA_ARGS); the columns come back under our names."""
@@ -191,13 +185,11 @@ def read_fields(path, required, fields=None):
     return {ours.get(k, k): v for k, v in cols.items()}
 
 
-
 def field_names(a):
     """{our column name: the files' name} from RecBole's *_FIELD settings."""
     return {"user_id": a["USER_ID_FIELD"], "item_id": a["ITEM_ID_FIELD"], "timestamp": a["TIME_FIELD"],
             "head_id": a["HEAD_ENTITY_ID_FIELD"], "tail_id": a["TAIL_ENTITY_ID_FIELD"],
             "relation_id": a["RELATION_ID_FIELD"], "entity_id": a["ENTITY_ID_FIELD"]}
-
 
 
 def write_atomic(path, header, rows):
@@ -206,7 +198,6 @@ def write_atomic(path, header, rows):
         f.write("\t".join(header) + "\n")
         for row in rows:
             f.write("\t".join(row) + "\n")
-
 
 
 @contextlib.contextmanager
@@ -233,7 +224,6 @@ def replacing(path):
         raise
 
 
-
 def process_alive(pid):
     """Whether a process with this pid runs on this machine."""
     try:
@@ -243,7 +233,6 @@ def process_alive(pid):
     except OSError:  # exists, owned by someone else
         return True
     return True
-
 
 
 def remove_stale(folder, pattern=r"(?:tmp|\.fetch)-(\d+)-[a-z0-9_]{8}"):
@@ -262,13 +251,11 @@ def remove_stale(folder, pattern=r"(?:tmp|\.fetch)-(\d+)-[a-z0-9_]{8}"):
                     os.remove(path)
 
 
-
 def remap(tokens):
     """Tokens -> contiguous ids from 1 in order of first appearance (0 is padding)."""
     vocab = {}
     ids = np.fromiter((vocab.setdefault(t, len(vocab) + 1) for t in tokens), dtype=np.int64, count=len(tokens))
     return ids, ["[PAD]"] + list(vocab)
-
 
 
 def renumber(codes):
@@ -284,7 +271,6 @@ def renumber(codes):
     return rank[codes], order
 
 
-
 def rows_of(tokens, wanted):
     """The row of each wanted token in a Tokens column (a later row wins), -1 where absent."""
     last = np.full(len(tokens.vocab), -1, np.int64)
@@ -292,7 +278,6 @@ def rows_of(tokens, wanted):
     last[codes] = len(tokens) - 1 - first_from_end
     index = {tok: last[c] for c, tok in enumerate(tokens.vocab)}
     return np.array([index.get(t, -1) for t in wanted], dtype=np.int64)
-
 
 
 # ----------------------------------------------------------------------------
@@ -321,7 +306,6 @@ def attribute_kg(item_cols):
     return triples, links
 
 
-
 def load_kg(folder, dataset, kg, item_cols=None, fields=None):
     """The KG as token columns: triples (head, relation, tail) and links (item, entity), each
     a tuple of Tokens, and the files read. fields: RecBole's field names (read_fields)."""
@@ -338,7 +322,6 @@ def load_kg(folder, dataset, kg, item_cols=None, fields=None):
     return columns(triples, 3), columns(links, 2), [p("item")]
 
 
-
 def entity_ids(heads, tails):
     """Number the entities of the triples from 0 in order of first appearance, reading
     head, tail, head, tail, ... as the file lists them. Returns (head ids, tail ids, tokens)."""
@@ -349,7 +332,6 @@ def entity_ids(heads, tails):
     ids, codes = renumber(both)
     tokens = list(vocab)
     return ids[0::2] - 1, ids[1::2] - 1, [tokens[c] for c in codes]
-
 
 
 # ----------------------------------------------------------------------------
@@ -373,7 +355,6 @@ class UserItems:
 
     def lengths(self):
         return np.diff(self.offsets)
-
 
 
 @dataclass
@@ -416,12 +397,10 @@ class Split:
         return item_seq, lengths, np.where(has_target, self.items[idx + has_target], 0)
 
 
-
 def ragged_arange(counts):
     """[0..counts[0]-1, 0..counts[1]-1, ...] without a Python loop."""
     counts = np.asarray(counts, dtype=np.int64)
     return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-
 
 
 def build_sequences(users, items, times, max_len, ratios=None):
@@ -463,7 +442,6 @@ def build_sequences(users, items, times, max_len, ratios=None):
     }
 
 
-
 def sequence_windows(seqs, train, max_len, stride):
     """Training windows for --train_mode sequence: each user's training items, cut in
     windows of at most `max_len` inputs; the model predicts the next item at every step.
@@ -491,12 +469,11 @@ def sequence_windows(seqs, train, max_len, stride):
     return Split(seqs.items, users, offset + starts, offset + ends, width, skip)
 
 
-
 # ----------------------------------------------------------------------------
 # 4. Knowledge-graph vectors: the dataset's own, or TransE (transe.py), cached
 
 DEFAULT_TRANSE = transe_settings(DEFAULTS)
-
+TRANSE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transe.py")
 
 
 def feature_paths(folder, dataset, kg, tag=None):
@@ -506,25 +483,25 @@ def feature_paths(folder, dataset, kg, tag=None):
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
 
-
 def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim, transe_settings, log):
     """(entity vectors (E, K), relation vectors (R, K), found (E,) bool, TransE's Hits@10 or None).
 
     The dataset's .ent_feature/.rel_feature when it has them (a user's files: used as they are,
-    refused in one line if their dimension is not --kg_embedding_size). Otherwise TransE,
-    trained once and cached in RecBole's format; <ent_feature>.json, written first, marks the
-    files as ours and records what made them (transe.record): a cache made otherwise (another
-    TransE, another setting) is trained again and replaced, never silently reused.
+    refused in one line if their dimension is not --kg_embedding_size). Otherwise TransE
+    (transe.py, imported only then), trained once and cached in RecBole's format;
+    <ent_feature>.json, written first, marks the files as ours and records what made them: the
+    settings and transe.py itself (its sha256), so a cache made otherwise is trained again and
+    replaced, never silently reused.
     """
     ent_path, rel_path = feature_paths(folder, dataset, kg)
-    settings = transe.resolve(transe_settings, len(triples))  # "auto": dense or lazy by the KG's size
     if transe_settings != DEFAULT_TRANSE and (os.path.exists(ent_path + ".json") or not os.path.exists(ent_path)):
         # ours with other TransE settings than the defaults: a cache of their own beside the default one (whose names
         # are RecBole's), so runs with other settings (compare.py, side by side) never replace each other's vectors
-        ent_path, rel_path = feature_paths(folder, dataset, kg, "transe-{optimizer}-e{epochs}-lr{learning_rate}-s{seed}"
-                                           .format(**settings))
+        ent_path, rel_path = feature_paths(folder, dataset, kg, "transe-{optimizer}-e{epochs}-lr{lr}-s{seed}".format(
+            lr=transe_settings["learning_rate"] or "default", **transe_settings))
     meta_path = ent_path + ".json"
-    want = transe.record(dim, **{"lr" if k == "learning_rate" else k: v for k, v in settings.items()})
+    with open(TRANSE_SOURCE, "rb") as f:
+        want = {"dim": dim, **transe_settings, "transe.py": hashlib.sha256(f.read()).hexdigest()[:16]}
     ours = os.path.exists(meta_path)
     have = [f for f in (ent_path, rel_path) if os.path.exists(f)]
     if len(have) == 1 and not ours:
@@ -546,13 +523,16 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
         os.remove(ent_path)  # first: the entity file's presence marks a complete cache
         have = [rel_path]
     if len(have) < 2:
+        import transe  # only to train the vectors: a run with them cached never loads it
         log(f"KG vectors: training TransE on {len(triples)} triples ({len(entity_tokens)} entities, "
             f"{len(relation_tokens)} relations, K={dim})")
+        made = transe.resolve(transe_settings, len(triples))  # "auto": dense or lazy by the KG's size
         entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens), dim=dim,
-                                                           epochs=want["epochs"], lr=want["learning_rate"],
-                                                           seed=want["seed"], optimizer=settings["optimizer"], log=log)
+                                                           epochs=made["epochs"], lr=made["learning_rate"],
+                                                           seed=made["seed"], optimizer=made["optimizer"], log=log)
         fmt = lambda v: " ".join(map("{:.6g}".format, v.tolist()))  # Python floats: formatted twice as fast
-        meta = {"transe_hits@10": hits, "triples": int(len(triples)), "made_with": want}
+        meta = {"transe_hits@10": hits, "triples": int(len(triples)), "made_with": want,
+                "transe": transe.record(dim, made["epochs"], made["learning_rate"], made["seed"], made["optimizer"])}
         write_atomic(meta_path, [json.dumps(meta)], [])
         write_atomic(rel_path, ["rel_id:token", "rel_vec:float_seq"], ([r, fmt(v)] for r, v in zip(relation_tokens, relation_kg)))
         # the entity file last: its presence is what marks the cache as complete
@@ -573,7 +553,6 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
     ent_row = rows_of(ef["ent_id"], entity_tokens)
     entity_kg = np.where(ent_row[:, None] >= 0, ef["ent_vec"][ent_row], 0).astype(np.float32)  # (E, K)
     return entity_kg, rf["rel_vec"][rel_row], ent_row >= 0, meta.get("transe_hits@10")
-
 
 
 # ----------------------------------------------------------------------------
@@ -610,7 +589,6 @@ class Dataset:
         return len(self.item_tokens) - 1
 
 
-
 def fingerprint(paths, extra):
     """What a checkpoint records of its data: the files read and the settings that change what is read."""
     h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
@@ -621,7 +599,6 @@ def fingerprint(paths, extra):
                 fh.update(chunk)
         h.update(fh.digest())
     return h.hexdigest()[:16]
-
 
 
 def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, transe_settings, log=print,

@@ -5,11 +5,10 @@ Memory Networks." SIGIR 2018. Follows RecBole 1.2.1's KSR; the differences are l
 docs/recbole-differences.md.
 
 This file is the reference: the paper's equations, step by step, and it imports only torch.
-Faster code (kernels/: rows sorted by length, hand-written backwards, the GRU and the memory
-compiled for the CPU, a fused Triton kernel) has the signature of `kv_memory`, of
-`cross_entropy` or of one GRU layer below; the caller hands it to KSR (`KSR(..., memory=, ce=,
-gru_layer=)`, chosen by train.build_model from --memory_impl) and the tests prove each equal
-to this file. (`dropout=` takes nn.Dropout's drop-in, kernels.CPUDropout: its distribution.)
+Faster code (kernels/) has the signature of `kv_memory`, of `cross_entropy`, of one GRU layer or
+of nn.Dropout; train.build_model hands the implementations --kernels picks to KSR (`KSR(...,
+memory=, ce=, gru_layer=, dropout=)`: kernels/__init__.py's table), and tests prove each equal
+to this file.
 
 Reading order (parts first, the whole model last):
   1. memory_write   - the erase/add write of every item into V (one slot per relation a)

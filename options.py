@@ -39,7 +39,7 @@ DEFAULTS.update(
     # evaluation: split_ratio None is RecBole's LS valid_and_test (leave-one-out), a list its RS split
     split_ratio=None, valid_eval_mode="full", test_eval_mode="full", metric_decimal_place=None,  # None: exact
     metrics=["Recall", "MRR", "NDCG", "Hit", "Precision"], checkpoint_dir="runs", config_files=None,
-    # data: field names, columns, filters (data.filter_interactions, data.filter_kg), pre-split files
+    # data: field names, columns, filters, pre-split files (extras/recbole_data.py)
     USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", TIME_FIELD="timestamp", HEAD_ENTITY_ID_FIELD="head_id",
     TAIL_ENTITY_ID_FIELD="tail_id", RELATION_ID_FIELD="relation_id", ENTITY_ID_FIELD="entity_id",
     load_col=None, unload_col=None,  # load_col None: RecBole's default, the .inter file alone (no .user/.item table)
@@ -52,8 +52,6 @@ DATA_ARGS = ("split_ratio", "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "HEA
              "TAIL_ENTITY_ID_FIELD", "RELATION_ID_FIELD", "ENTITY_ID_FIELD", "load_col", "unload_col", "rm_dup_inter",
              "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
              "entity_kg_num_interval", "relation_kg_num_interval", "kg_reverse_r", "benchmark_filename")
-METRIC_NAMES = ("Recall", "MRR", "NDCG", "Hit", "Precision", "MAP")  # RecBole's spelling
-LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop")  # RecBole's, as trainer._build_optimizer maps them
 KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for its files (RecBole's Freebase KG)
 # A batch counts prefixes in RecBole's prefix mode, windows (~2,400 an epoch on ml-100k) in sequence mode
 MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # RecBole's

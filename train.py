@@ -15,6 +15,7 @@ best checkpoint is tested. Under torchrun (extras/distributed.py joins the proce
 `world > 1` lines below split each batch and gather the ranks.
 """
 import contextlib
+import importlib
 import io
 import json
 import math
@@ -40,27 +41,24 @@ except ImportError:  # Windows: the pid in the lock alone says who holds it
     fcntl = None
 
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision", "map")  # --metrics chooses among them (default: all but map)
-BENCHMARK_IGNORES = ("split_ratio", "rm_dup_inter", "val_interval", "user_inter_num_interval", "item_inter_num_interval",
-                     "entity_kg_num_interval", "relation_kg_num_interval")
 
 
 def parse_args(argv=None, ap=None, config_dict=None):
-    """train.py's options, checked; bad ones raise UsageError. RecBole config files (--config_files)
-    and a config_dict become the options' defaults, so the command line wins (extras/recbole_config.py);
-    args.config_sources says where each value came from. A default that follows another option
-    (options.FOLLOWS: the KG of a dataset other than ml-100k, prefix mode's batch and learning rate,
-    the window stride) follows it when neither a config nor the command line set it."""
+    """train.py's options, checked; bad ones raise UsageError. RecBole's options (extras/recbole_config.py)
+    join the parser when the command line names one: config files (--config_files) and a config_dict
+    become the options' defaults, so the command line wins; args.config_sources says where each value
+    came from. A default that follows another option (options.FOLLOWS) follows it when nothing set it."""
     ap = ap or option_parser("train.py", "Train KSR (RecBole's protocol) and report test metrics. More commands: "
                              "`train.py explain`, `train.py tune` and `train.py compare` (see --help of each).")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if ap.needs_recbole(argv) or config_dict:  # RecBole's options, only for a run that names one
-        from extras import recbole_config
-        recbole_config.add_options(ap)
+    recbole = None
+    if ap.needs_recbole(argv) or config_dict:
+        from extras import recbole_config as recbole
+        recbole.add_options(ap)
     args = ap.parse_args(argv)
     sources = {name: "command line" if name in given_options(argv) else "default" for name in DEFAULTS}
     if args.config_files or config_dict:
-        from extras import recbole_config  # the YAML reader, only for a run that has a RecBole config
-        sources = recbole_config.apply(ap, argv, args.config_files, config_dict)
+        sources = recbole.apply(ap, argv, args.config_files, config_dict)
         args = ap.parse_args(argv)
     args.config_sources = sources
     for key, rule in FOLLOWS.items():
@@ -69,18 +67,13 @@ def parse_args(argv=None, ap=None, config_dict=None):
     if args.window_stride > args.MAX_ITEM_LIST_LENGTH:
         ap.error(f"--window_stride: must be at most MAX_ITEM_LIST_LENGTH ({args.MAX_ITEM_LIST_LENGTH}), got {args.window_stride}")
     name, _, k = args.valid_metric.partition("@")
-    chosen = [m.lower() for m in args.metrics]
-    if not args.eval_only and (name.lower() not in chosen or not k.isdigit() or int(k) not in args.topk):
+    if not args.eval_only and (name.lower() not in [m.lower() for m in args.metrics] or not k.isdigit()
+                               or int(k) not in args.topk):
         ap.error(f"--valid_metric: {args.valid_metric!r} is not one of --metrics {args.metrics} at a k in --topk "
                  f"{args.topk} (e.g. MRR@10)")
     args.eval_step = min(args.eval_step, args.epochs)  # RecBole's: a run validates at least once
-    if args.benchmark_filename:
-        if args.train_mode == "sequence":
-            ap.error("--benchmark_filename: its files hold samples, not users' sequences, so they train in RecBole's "
-                     "prefix mode: add --train_mode prefix (train_mode: prefix)")
-        if (unused := [k for k in BENCHMARK_IGNORES if getattr(args, k) != DEFAULTS[k]]):
-            ap.error(f"--{unused[0]}: RecBole neither filters nor splits benchmark files (--benchmark_filename): "
-                     f"it would change nothing")
+    if recbole:
+        recbole.check_args(ap, args)
     if not 0 <= args.dropout_prob < 1:
         ap.error(f"--dropout_prob: must be in [0, 1), got {args.dropout_prob}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -105,7 +98,6 @@ def rank_of_target(scores, targets):
     return torch.where(s[:, 0].isnan(), last, 1 + higher + tied_before)
 
 
-
 def user_metrics(ranks, k):
     """Each user's Recall, MRR, NDCG, Hit, Precision, MAP @k from the rank of their one target, as RecBole
     (float64 tensors): the metrics are their means; compare.py bootstraps them user by user."""
@@ -115,13 +107,11 @@ def user_metrics(ranks, k):
             "map": hit / ranks}  # RecBole's MAP with one relevant item: precision at its rank, 1/rank
 
 
-
 def metrics_from_ranks(ranks, topk, metrics=METRICS[:5]):
     """Recall, MRR, NDCG, Hit, Precision, MAP @k for one ground-truth item per user, as RecBole
     (`metrics`: which, in RecBole's or lower-case spelling)."""
     chosen = {m.lower() for m in metrics}
     return {f"{name}@{k}": v.mean().item() for k in topk for name, v in user_metrics(ranks, k).items() if name in chosen}
-
 
 
 def metrics_table(m, topk, decimals=4):
@@ -132,7 +122,6 @@ def metrics_table(m, topk, decimals=4):
     return "\n".join(lines)
 
 
-
 def batches(split, size, device="cpu", rank=0, world=1):
     """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order, cut
     (data.Split.cut) one at a time; with world > 1 only slices rank, rank + world, ..."""
@@ -140,10 +129,8 @@ def batches(split, size, device="cpu", rank=0, world=1):
         yield (i,) + tuple(torch.as_tensor(a, device=device) for a in split.cut(np.arange(i, min(i + size, len(split)))))
 
 
-
 class NonFiniteError(UserError):
     """A NaN or inf loss or score: the run stops (cli() prints one line, exit 1)."""
-
 
 
 def world():
@@ -210,7 +197,6 @@ LEARNERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.o
             "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
 
 
-
 def make_optimizer(model, cfg):
     params, learner = [p for p in model.parameters() if p.requires_grad], LEARNERS[cfg["learner"]]
     kw = dict(lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
@@ -220,7 +206,6 @@ def make_optimizer(model, cfg):
         except (RuntimeError, TypeError):  # a torch or device without it
             pass
     return learner(params, **kw)
-
 
 
 def train_epoch(model, opt, split, cfg, device, gen, progress):
@@ -277,7 +262,6 @@ def make_progress(enabled):
         if enabled:
             print(f"\r  batch {i}/{n}  loss {loss:.4f}", end="" if i < n else "\r" + " " * 40 + "\r", file=sys.stderr, flush=True)
     return progress
-
 
 
 def load_data(cfg, log):
@@ -340,7 +324,10 @@ def run(cfg, log=print):
             train_split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
             log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
                 f"{train_split.n_targets()} targets, stride {cfg['window_stride']}")
-        candidates = eval_candidates(ds, cfg, log)
+        candidates = dict.fromkeys(("valid", "test"))  # full ranking, or RecBole's sampled evaluation:
+        if cfg["valid_eval_mode"] != "full" or cfg["test_eval_mode"] != "full":
+            from extras.sampled_eval import run_candidates
+            candidates = run_candidates(ds, cfg, log)
         fitted = fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_path, log)
         model.load_state_dict(fitted.pop("best_state"))
         t1, test_ranks = time.time(), rank_all(model, ds.test, cfg, device, candidates["test"])
@@ -477,7 +464,6 @@ def locked(folder, holder, error=DataError, prefix=""):
         os.close(fd)
 
 
-
 @contextlib.contextmanager
 def run_folder(folder, run_files, overwrite):
     """A training run's folder, held (locked) from the check that it holds no run to the last
@@ -499,57 +485,6 @@ def run_folder(folder, run_files, overwrite):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints
-
-def load_checkpoint(path, cfg_overrides, log=print):
-    """(cfg, ds, model, epoch) of a saved model.pt, refusing data that changed since it was trained."""
-    try:  # checked before any data is read: a truncated or foreign file can fail in any way
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        missing = {"config", "fingerprint", "epoch", "model"} - set(ckpt)
-        if missing:
-            raise KeyError(f"no {', '.join(sorted(missing))}")
-        cfg = {**DEFAULTS, "train_mode": "prefix", **ckpt["config"]}  # options newer than the checkpoint: as trained
-        cfg["kernels"] = KERNELS_OF_OLD_OPTIONS.get((cfg.pop("memory_impl", None), cfg.pop("cpp_kernels", None)),
-                                                    cfg["kernels"])
-    except Exception as e:
-        raise DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
-    # train.py never saves a NaN (a non-finite loss stops the run): one here was edited or damaged, and would
-    # give NaN scores that explain prints as numbers
-    bad = [f"its config's {k} is {v}" for k, v in ckpt["config"].items() if isinstance(v, float) and not math.isfinite(v)]
-    bad += [f"its weight {k} holds NaN or inf" for k, v in ckpt["model"].items()
-            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise DataError(f"{path}: {bad[0]} (a damaged or hand-edited checkpoint; train it again)")
-    cfg.update(cfg_overrides)
-    ds = load_data(cfg, log)
-    if ds.fingerprint != ckpt["fingerprint"]:
-        raise DataError(f"{path}: the checkpoint was trained on data with fingerprint {ckpt['fingerprint']}, "
-                             f"but {cfg['data_path']}/{cfg['dataset']} (kg={cfg['kg']}) now has {ds.fingerprint}")
-    model = build_model(cfg, ds, log).to(cfg["device"])
-    state = {k.replace("dense.", "read_query.") if k.startswith("dense.") else k: v for k, v in ckpt["model"].items()}
-    try:  # checkpoints of 2025 call read_query dense
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise DataError(f"{path}: its weights do not fit its own config ({str(e).splitlines()[-1].strip()})") from None
-    return cfg, ds, model, ckpt["epoch"]
-
-
-# the kernels a checkpoint's --memory_impl and --cpp_kernels (the options --kernels replaced) chose
-KERNELS_OF_OLD_OPTIONS = {("reference", "auto"): "reference", ("reference", "off"): "reference", ("reference", None): "reference",
-                          ("sorted", "off"): "torch", ("fused", "auto"): "triton", ("fused", "off"): "triton",
-                          ("fused", None): "triton"}
-
-
-def eval_only(path, cfg_overrides, log=print):
-    cfg, ds, model, epoch = load_checkpoint(path, cfg_overrides, log)
-    candidates = eval_candidates(ds, cfg, log)  # the training run's candidates: the same seed draws the same items
-    out = {name: evaluate(model, getattr(ds, name), cfg, cfg["device"], candidates[name]) for name in ("valid", "test")}
-    log(f"{path} (epoch {epoch}): test metrics")
-    log(metrics_table(out["test"], cfg["topk"]))
-    return out
-
-
-# -----------------------------------------------------------------------------
 # The command
 
 EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "kernels", "topk")  # what --eval_only can change
@@ -566,7 +501,7 @@ def train_main(argv):
         if other:  # every option takes effect or is refused
             raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
                              f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
-        eval_only(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
+        command("eval_only")(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
     elif not launched():
         run(vars(args))
     else:  # under torchrun: join the other processes, run, leave (extras/distributed.py)
@@ -596,15 +531,22 @@ def run_ksr(dataset=None, config_file_list=None, config_dict=None, argv=(), log=
     return run(vars(parse_args(argv, config_dict=config_dict)), log)
 
 
-# `python train.py explain ...` runs extras/explain.py, and so on: they import train.py, never the reverse
-COMMANDS = ("explain", "tune", "compare")
+# The programs around the core that train.py runs: `python train.py explain ...` is extras/explain.py's main,
+# --eval_only extras/checkpoint.py's eval_only. They import train.py, never the reverse: train.py reaches them
+# by name (importlib), when one is asked for.
+COMMANDS = {"explain": "extras.explain:main", "tune": "extras.tune:main", "compare": "extras.compare:main",
+            "eval_only": "extras.checkpoint:eval_only"}
+
+
+def command(name):
+    module, function = COMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] and argv[0] in COMMANDS:
-        import importlib
-        return importlib.import_module(f"extras.{argv[0]}").main(argv[1:])
+    if argv[:1] and argv[0] in ("explain", "tune", "compare"):
+        return command(argv[0])(argv[1:])
     return cli(train_main, argv)
 
 

@@ -24,7 +24,8 @@ from extras import distributed
 import data
 import ksr
 from options import DataError, Parser, UsageError, cli, positive
-from train import batches, load_checkpoint, rank_of_target
+from extras.checkpoint import load_checkpoint
+from train import batches, rank_of_target
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ from options import DataError
 LINE_END = re.compile("\r\n|\r|\n")  # what pyarrow's CSV reader (and pandas', RecBole's) ends a line at
 
 
-
 def read_lines(path, names, types):
     """The same file, line by line in Python: slow, but it names the line that is wrong. Token columns
     come back as lists of strings (data.read_atomic encodes them)."""

@@ -44,6 +44,5 @@ def prepare(args):
     return 0
 
 
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -339,6 +339,21 @@ def apply(ap, argv, config_files=None, config_dict=None, other_programs=False):
         print(line, file=sys.stderr)
     return {name: "command line" if name in given else sources.get(name, "default") for name in DEFAULTS}
 
+BENCHMARK_IGNORES = ("split_ratio", "rm_dup_inter", "val_interval", "user_inter_num_interval", "item_inter_num_interval",
+                     "entity_kg_num_interval", "relation_kg_num_interval")
+
+
+def check_args(ap, args):
+    """The RecBole settings that cannot go together (train.parse_args): one line, exit 2."""
+    if args.benchmark_filename:
+        if args.train_mode == "sequence":
+            ap.error("--benchmark_filename: its files hold samples, not users' sequences, so they train in RecBole's "
+                     "prefix mode: add --train_mode prefix (train_mode: prefix)")
+        if (unused := [k for k in BENCHMARK_IGNORES if getattr(args, k) != DEFAULTS[k]]):
+            ap.error(f"--{unused[0]}: RecBole neither filters nor splits benchmark files (--benchmark_filename): "
+                     f"it would change nothing")
+
+
 # -----------------------------------------------------------------------------
 # RecBole's options (options.RECBOLE: the DEFAULTS.update block): their types and help. A parser
 # (options.Parser) adds them from here when a command line names one, or asks for --help.

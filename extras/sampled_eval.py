@@ -41,3 +41,17 @@ def eval_candidates(ds, split, mode, gen):
         out[rows] = torch.multinomial(torch.as_tensor(w), n, replacement=False, generator=gen).numpy()
     return out
 
+
+def run_candidates(ds, cfg, log):
+    """{"valid": ..., "test": ...}: each split's sampled candidates (--valid/test_eval_mode uniN, popN), None for
+    full ranking; drawn once per run from --seed, so every epoch is validated on the same candidates."""
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    out = {}
+    for name in ("valid", "test"):
+        mode = cfg[f"{name}_eval_mode"]
+        out[name] = None
+        if mode != "full":
+            out[name] = eval_candidates(ds, getattr(ds, name), mode, gen)
+            log(f"{name}: each target ranked among {out[name].shape[1]} sampled items ({mode})")
+    return out
+

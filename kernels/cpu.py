@@ -1,38 +1,22 @@
 """KSR's two recurrences (the GRU, the memory write), the memory read, the CE loss and the
-dropout mask as compiled C++ loops for the CPU (kernels/cpu.cpp); each is proven equal to its
-reference by tests/test_cpu_kernels.py (float64, values and gradients, random shapes, any
-thread count; the dropout: nn.Dropout's distribution).
+dropout mask as compiled C++ loops for the CPU (cpu.cpp): the cpp column of kernels/__init__.py's
+table, each proven equal to its reference by tests/test_cpu_kernels.py (float64, values and
+gradients, random shapes, any thread count; the dropout: nn.Dropout's distribution).
 
-    cpu_gru_layer(x, w_ih, w_hh, lengths) -> out (B, L, H)
-        one layer of ksr.GRU's nn.GRU (bias-free, batch_first, h_0 = 0) at every valid step
-        (0 at padding steps, which nn.GRU computes and its callers never read); forward and
-        backward.                                               KSR(..., gru_layer=...)
-    cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps)
-        = ksr.kv_memory for a frozen KG (the default): the write (memory_write: no autograd,
-        nothing in it is trained) and the read (MemoryReadFunction: the gradient towards the
-        query only) compiled.                                   KSR(..., memory=...)
-    cpu_cross_entropy(p, q, targets)
-        = ksr.cross_entropy: the value and the gradient in one pass, no (n, N) scores in
-        memory.                                                  KSR(..., ce=...)
-    CPUDropout(p)
-        nn.Dropout's distribution, its mask made on all threads from a counter-based
-        generator seeded from torch's (not the same draws).       KSR(..., dropout=...)
+    cpu_gru_layer(x, w_ih, w_hh, lengths) -> (B, L, H)   one layer of ksr.GRU's nn.GRU, 0 at padding
+    cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps)   ksr.kv_memory, frozen KG
+    cpu_cross_entropy(p, q, targets)    ksr.cross_entropy, value and gradient in one pass
+    CPUDropout(p)                       nn.Dropout's distribution, masks drawn on all threads
 
-Why: the recurrences run over the L steps, which torch runs as many small operations per
-step (a few microseconds each, on blocks of B x 128 floats or smaller); the read is ~8 small
-operations forward and as many backward; torch draws a dropout mask on one thread. What stays
-in torch: the GRU's input projections x W_ih^T (over the valid steps only, packed row after
-row), its weight gradients and dx, each one large product (autograd). cpu.cpp runs per step
-one product h_{t-1} W_hh^T (B x H x 3H) and the gate math; rows are spread over threads
-(torch.get_num_threads()), padding steps skipped.
+Why: torch runs a recurrence as many small operations per step (microseconds each, on blocks of
+B x 128 floats), the read as ~8 more, and draws a dropout mask on one thread. The large products
+stay in torch (the GRU's x W_ih^T over the valid steps, packed, and its weight gradients); cpu.cpp
+runs per step h_{t-1} W_hh^T and the gate math, rows spread over torch's threads.
 
-The library is compiled once per source, compiler and CPU with the machine's C++ compiler
-(`c++`, or $CXX; more flags in $KSR_CXXFLAGS, e.g. -mno-avx512f for the AVX2 build on an
-AVX-512 CPU) into ~/.cache/ksr (or $KSR_CACHE_DIR), a few seconds (-march=native: a library
-built for one CPU may not run on another, so a home folder shared by machines keeps one each).
-Where no compiler works (Windows without one, say) `unavailable_reason()` says why and KSR
-keeps nn.GRU, sorted_kv_memory and nn.Dropout (train.build_model; --cpp_kernels off does the
-same by choice).
+The library is compiled once per source, compiler and CPU (`c++`, or $CXX; more flags in
+$KSR_CXXFLAGS, e.g. -mno-avx512f for the AVX2 build on an AVX-512 CPU) into ~/.cache/ksr (or
+$KSR_CACHE_DIR): -march=native, so a home folder shared by machines keeps one library per CPU.
+Where no compiler works `unavailable_reason()` says why, and --kernels auto runs torch's column.
 """
 import ctypes
 import hashlib
@@ -41,7 +25,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -129,8 +112,6 @@ def _load(log=None):
         getattr(lib, f"ksr_dropout_mask_{suffix}").argtypes = [i64, ctypes.c_double, ctypes.c_uint64, ptr, ctypes.c_int]
     _lib = lib
     return lib
-
-
 
 
 def unavailable_reason(log=print):
@@ -265,7 +246,7 @@ class MemoryReadFunction(torch.autograd.Function):
 
 def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
     """ksr.kv_memory, same signature and result, for a frozen KG: the write and the read compiled,
-    the gradient towards the query only. (A trained KG's write needs a backward: train.build_model
+    the gradient towards the query only. (A trained KG's write needs a backward: kernels.choose
     gives that model sorted_kv_memory.)"""
     if kg_seq.requires_grad or relations.requires_grad:
         raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq and relations need no gradient); "

@@ -15,7 +15,7 @@ Why they are faster. Rows are sorted by length (longest first), so the rows stil
 step t are the first active[t] rows, and each step touches only those, in place; the reference
 masks every row at every step and, under autograd, records every operation of every step. The
 CE makes its (N, n) scores once and turns them into their gradient in place. What they buy on
-the default command: `python bench.py` (docs/results.md). (The GRU has no fast path in torch: a
+the default command: `python -m bench.epoch` (docs/results.md). (The GRU has no fast path in torch: a
 hand-written backward in Python was slower than nn.GRU's own loop; on the CPU it is compiled
 instead, kernels/cpu.py, which also takes a frozen KG's memory write.)
 """
@@ -153,7 +153,7 @@ class AllItemsCrossEntropy(torch.autograd.Function):
     which makes and reads ~7 (n, N) tensors and computes exp twice): the scores are made for
     items 1..N only, exp(s - m) once, in place, and the backward turns that buffer into dL/ds in
     place. They are made item-major, s^T = q p^T (N, n): with D = 64, torch's BLAS makes that
-    product ~1.5x faster than p q^T (bench.py's machine), and the softmax's sums run down columns.
+    product ~1.5x faster than p q^T (bench/epoch.py's machine), and the softmax's sums run down columns.
     """
 
     @staticmethod

@@ -1,7 +1,7 @@
 """KSR's key-value memory (write + read) as one fused Triton kernel, forward and backward.
 
 Computes exactly ksr.kv_memory (the plain-torch reference, tests/test_kernels.py proves it),
-with the same signature; KSR runs it with --memory_impl fused (train.build_model):
+with the same signature; KSR runs it with --kernels triton (kernels/__init__.py's table):
 for each valid step t and relation a,
     E_a = e_t + r_a,   z_a = sigmoid(<V_a, E_a>),   V_a <- V_a + z_a (E_a - V_a)     (write)
     w = softmax(gamma * <s, r_a>) over a,   m = sum_a w_a V_a                           (read)
@@ -351,4 +351,4 @@ def _check_size(R, K):
     if BLOCK_R * BLOCK_K > MAX_BLOCK_ELEMENTS:
         raise ValueError(f"kv_memory: R x K = {R} x {K} pads to a {BLOCK_R} x {BLOCK_K} block, past the fused kernel's "
                          f"limit of {MAX_BLOCK_ELEMENTS} elements (BLOCK_R * BLOCK_K; more would spill registers); "
-                         f"use --memory_impl sorted")
+                         f"use --kernels torch")

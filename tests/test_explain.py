@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from extras import explain
 import train
+from extras import checkpoint
 from options import DEFAULTS
 from ksr import KSR
 from test_train import tiny_cfg
@@ -50,7 +51,7 @@ def test_explain_user_end_to_end(tiny_run, tiny_dataset, capsys):
     out = capsys.readouterr().out
     assert "held-out next item: Movie" in out and "read attention over relations" in out
     assert out.count(" = ") >= 4 and "r0" in out and "[PAD] (zero key)" in out
-    cfg, ds, model, _ = train.load_checkpoint(os.path.join(tiny_run, "model.pt"), {}, log=lambda m: None)
+    cfg, ds, model, _ = checkpoint.load_checkpoint(os.path.join(tiny_run, "model.pt"), {}, log=lambda m: None)
     ex = explain.explain_user(model, ds, ds.user_tokens.index("u3"), 4)
     assert abs(sum(ex["attention"]) - 1) < 1e-6
     for s, st_, terms in zip(ex["scores"], ex["sequence_term"], ex["relation_terms"]):
@@ -87,7 +88,7 @@ def test_checkpoint_from_before_newer_options(tiny_dataset, tmp_path, capsys):
     for key in ("train_mode", "pad_slot", "window_stride"):  # options added after early runs
         del ckpt["config"][key]
     torch.save(ckpt, path)
-    cfg, _, model, _ = train.load_checkpoint(path, {}, log=lambda m: None)
+    cfg, _, model, _ = checkpoint.load_checkpoint(path, {}, log=lambda m: None)
     assert cfg["train_mode"] == "prefix" and cfg["pad_slot"] is False
     assert train.main(["explain", "--run", out, "--summary"]) == 0
     assert "train_mode prefix" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 1. non-finite values are errors, never metrics;  2. nothing a user made is overwritten;
 3. bounded work for any input;  4. one line and a non-zero exit, never a traceback.
 """
+import hashlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import torch
 import data
 from extras import explain
 import train
+from extras import checkpoint
 from extras import fetch, prepare
 import transe
 from extras import tune
@@ -201,25 +203,29 @@ def test_generated_feature_files_are_regenerated(tiny_dataset):
     assert (load().item_kg == first.item_kg).all()
 
 
-def test_kg_vector_cache_records_what_made_it(tiny_dataset, tmp_path, capsys):
+def test_kg_vector_cache_records_what_made_it(tiny_dataset, tmp_path, capsys, monkeypatch):
     """Our cached vectors (the .json marks them) are reused only when made with the same TransE
-    settings; another --kg_embedding_size or TransE setting, or a damaged record, trains them again."""
+    settings and transe.py; another --kg_embedding_size, TransE setting or transe.py, or a damaged
+    record, trains them again."""
     msgs = []
     load = lambda dim=8, **kw: data.load_dataset("tiny", tiny_dataset, "files", False, dim, 50, {**TRANSE, **kw},
                                                  log=msgs.append)
     first = load()
     meta = os.path.join(tiny_dataset, "tiny", "tiny.ent_feature.json")
     with open(meta) as f:
-        made = transe.resolve(TRANSE, 30)  # the tiny KG: dense, lr 0.01
-        assert made["optimizer"] == "dense" and made["learning_rate"] == 0.01
-        assert json.load(f)["made_with"] == transe.record(8, made["epochs"], made["learning_rate"], made["seed"], "dense")
+        record = json.load(f)
+    made = transe.resolve(TRANSE, 30)  # the tiny KG: dense, lr 0.01
+    assert made["optimizer"] == "dense" and made["learning_rate"] == 0.01
+    assert record["transe"] == transe.record(8, made["epochs"], made["learning_rate"], made["seed"], "dense")
+    with open(os.path.join(data.os.path.dirname(data.__file__), "transe.py"), "rb") as f:
+        assert record["made_with"] == {"dim": 8, **TRANSE, "transe.py": hashlib.sha256(f.read()).hexdigest()[:16]}
     msgs.clear()
     assert (load().item_kg == first.item_kg).all() and not any("TransE" in m for m in msgs)  # the same: reused
     four = load(dim=4)
     assert four.item_kg.shape[1] == 4 and any("other settings (dim)" in m for m in msgs)
     msgs.clear()
     other = load(dim=4, seed=7)  # other TransE settings: vectors of their own beside the default ones, which stay
-    tag = "transe-dense-e{epochs}-lr0.01-s7".format(**TRANSE)
+    tag = "transe-auto-e{epochs}-lrdefault-s7".format(**TRANSE)
     assert os.path.exists(os.path.join(tiny_dataset, "tiny", f"tiny.{tag}.ent_feature.json"))
     assert any("training TransE" in m for m in msgs) and not any("other settings" in m for m in msgs)
     assert not (other.item_kg == four.item_kg).all()  # another seed, other vectors
@@ -230,7 +236,12 @@ def test_kg_vector_cache_records_what_made_it(tiny_dataset, tmp_path, capsys):
         f.write('{"made_with": {"method": "TransE"}}\n')  # an older record, missing settings
     msgs.clear()
     load(dim=4)
-    assert any("other settings (batch_size, dim, epochs" in m for m in msgs)
+    assert any("other settings (dim, epochs, optimizer, seed, transe.py)" in m for m in msgs)
+    monkeypatch.setattr(data, "TRANSE_SOURCE", str(tmp_path / "transe.py"))  # another TransE: trained again
+    (tmp_path / "transe.py").write_text("# another TransE\n")
+    msgs.clear()
+    load(dim=4)
+    assert any("other settings (transe.py)" in m for m in msgs)
 
 
 def test_a_users_vectors_of_another_size_are_refused(tiny_dataset, tmp_path, capsys):
@@ -415,7 +426,7 @@ def test_every_truncation_of_a_checkpoint_is_one_line(tiny_dataset, tmp_path, ca
         with open(bad, "wb") as f:
             f.write(whole[:cut])
         with pytest.raises(data.DataError, match="not a checkpoint written by train.py"):
-            train.load_checkpoint(bad, {"data_path": str(tmp_path / "never_read")}, log=lambda m: None)
+            checkpoint.load_checkpoint(bad, {"data_path": str(tmp_path / "never_read")}, log=lambda m: None)
     for foreign in ({"model": {}}, [1, 2], {"config": {}, "fingerprint": "x", "epoch": 0}):
         torch.save(foreign, bad)
         capsys.readouterr()

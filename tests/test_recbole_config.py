@@ -11,6 +11,7 @@ import torch
 import options
 import data
 import train
+from extras import checkpoint
 from extras import prepare, recbole_data, sampled_eval
 from conftest import TRANSE, write_tiny_dataset
 
@@ -329,7 +330,7 @@ train_neg_sample_args: ~
     assert res["test"]["map@10"] == res["test"]["mrr@10"]  # one relevant item: MAP is MRR
     with open(os.path.join(out, "results.json")) as fh:
         assert json.load(fh)["config_sources"] == res["config_sources"]
-    again = train.eval_only(os.path.join(out, "model.pt"), {}, log=QUIET)
+    again = checkpoint.eval_only(os.path.join(out, "model.pt"), {}, log=QUIET)
     assert again["test"] == res["test"]
 
 

@@ -15,6 +15,7 @@ import data
 import kernels
 import ksr
 import train
+from extras import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +100,7 @@ def test_end_to_end_results_and_checkpoint(tiny_dataset, tmp_path):
     mrr = [v["mrr@10"] for v in saved["valid"]]
     assert saved["best_epoch"] == max(i for i, v in enumerate(mrr) if v == max(mrr))  # ties: the later epoch
     # the checkpoint reloads to the same test metrics
-    again = train.eval_only(os.path.join(out, "model.pt"), {}, log=lambda m: None)
+    again = checkpoint.eval_only(os.path.join(out, "model.pt"), {}, log=lambda m: None)
     assert again["test"] == res["test"]
     assert not [f for f in os.listdir(out) if f.startswith("tmp-")]
 
@@ -209,7 +210,7 @@ def test_changed_data_is_refused(tiny_dataset, tmp_path):
     with open(os.path.join(tiny_dataset, "tiny", "tiny.inter"), "a") as f:
         f.write("u1\t3\t4\t9999999\n")
     with pytest.raises(data.DataError, match="fingerprint"):
-        train.eval_only(os.path.join(out, "model.pt"), {}, log=lambda m: None)
+        checkpoint.eval_only(os.path.join(out, "model.pt"), {}, log=lambda m: None)
 
 
 def test_per_user_ranks_recompute_the_stored_metrics(tiny_dataset, tmp_path):
