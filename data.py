@@ -1,19 +1,16 @@
-"""Data for KSR: RecBole's atomic files in, one `Dataset` out (ml-100k fetched when missing).
+"""Data for KSR: RecBole's atomic files in, one `Dataset` out; memory O(interactions).
 
-Reading order, the way load_dataset runs:
-  1. read_atomic       RecBole's atomic files (name:type columns) parsed by pyarrow; what is
-                       written goes through `replacing` (whole or not at all)
-  2. load_kg           the KG: the dataset's .kg/.link files, or attribute_kg (genre, year,
-                       decade from ml-100k.item: RecBole's ml-100k Freebase links are wrong)
+  1. read_atomic       RecBole's atomic files (name:type columns), parsed by pyarrow; a file is
+                       written whole or not at all (`replacing`)
+  2. load_kg           the dataset's .kg/.link files, or attribute_kg (genre, year, decade from
+                       ml-100k.item: RecBole's ml-100k Freebase links are wrong)
   3. build_sequences   each user's items by time, RecBole's prefix samples and leave-one-out;
-     sequence_windows  whole windows of a user's training items (--train_mode sequence);
-     Split.cut         a batch's (B, L) arrays, cut from the one array of every user's items
-  4. kg_vectors        the dataset's .ent_feature/.rel_feature, or TransE (transe.py), cached
-  5. load_dataset      all of the above into one `Dataset`; memory O(interactions)
-RecBole's other data settings (filters, split_ratio, pre-split files) live in
-extras/recbole_data.py, loaded only by a run that sets one; the ml-100k download and the
-check that a big dataset fits in memory in extras/fetch.py; `python -m extras.prepare`
-prepares a dataset and prints its statistics.
+     sequence_windows  windows of a user's training items (--train_mode sequence); Split.cut
+                       cuts a batch's (B, L) arrays from the one array of every user's items
+  4. kg_vectors        e_i and r_a: the dataset's .ent_feature/.rel_feature, or TransE's, cached
+  5. load_dataset      all of the above, in that order
+A run that sets one of RecBole's other data settings (filters, split_ratio, pre-split files) loads
+extras/recbole_data.py; a fresh machine fetches ml-100k with extras/fetch.py.
 """
 import contextlib
 import hashlib
@@ -41,9 +38,8 @@ COLUMN_TYPES = {"user_id": "token", "item_id": "token", "timestamp": "float", "h
 
 
 class Tokens:
-    """A token column, encoded: row k holds vocab[codes[k]], the vocab in order of first
-    appearance. A big column stays integer codes (no Python string per row); indexing and
-    iterating give the strings, which is what the small files (.item, .link) are read with."""
+    """A token column: row k holds vocab[codes[k]], the vocab in order of first appearance. A big
+    column stays integer codes (no Python string per row); indexing and iterating give strings."""
 
     def __init__(self, codes, vocab):
         self.codes, self.vocab = codes, vocab  # (n,) int64, list of str
@@ -64,20 +60,15 @@ class Tokens:
 
 
 def read_atomic(path, required=(), types=None):
-    """Read a RecBole atomic file into {column name: values}.
+    """A RecBole atomic file as {column name: values}: token -> Tokens, token_seq -> list[list[str]],
+    float -> float64 (n,), float_seq -> float32 (n, d). `required`: columns that must be there;
+    `types`: the type a column must have (RecBole lets a header declare any: a `timestamp:token`
+    would sort by order of appearance). Bad input (not UTF-8, a repeated column, a value that does
+    not parse, NaN or inf, vectors of different lengths) is a DataError naming file and line.
 
-    token -> Tokens, token_seq -> list[list[str]], float -> float64 array (n,),
-    float_seq -> float32 array (n, d). `required` names columns that must be present;
-    `types` ({column: type}) the type a column must have where it is present (RecBole lets
-    a header declare any type: a `timestamp:token` would sort by order of appearance).
-    Bad input (not UTF-8, a repeated column, a value that does not parse, NaN or inf in a
-    float, vectors of different lengths) is a DataError naming file and line. Lines end
-    at \n, \r\n or a lone \r, as for pyarrow and pandas (RecBole's reader).
-
-    pyarrow's CSV reader parses the file in C++ on every core (20M lines in seconds, no
-    Python object per value). A file it refuses, or whose values fail our checks, is read
-    again line by line (extras/line_reader.py), which names the first bad line (or reads what
-    arrow would not: both accept the same files).
+    pyarrow parses the file in C++ (20M lines in seconds, no Python object per value); a file it
+    refuses, or whose values fail a check, is read again line by line (extras/line_reader.py),
+    which names the first bad line (both accept the same files).
     """
     names, types = _read_header(path, required, types)
     try:
@@ -92,7 +83,7 @@ def read_atomic(path, required=(), types=None):
 
 
 class _Refused(Exception):
-    """The fast reader's values fail a check: _read_lines finds the line."""
+    """The fast reader's values fail a check: the line reader finds the line."""
 
 
 def _read_header(path, required, want=None):
@@ -176,20 +167,13 @@ def _read_arrow(path, names, types):
 
 
 def read_fields(path, required, fields=None):
-    """read_atomic with RecBole's field names: `fields` maps our column name to the file's
-    (USER_ID_FIELD, ITEM_ID_FIELD, ...: DATA_ARGS); the columns come back under our names."""
+    """read_atomic with RecBole's field names: `fields` maps our column name to the file's (USER_ID_FIELD,
+    ...); the columns come back under our names."""
     theirs = {ours: (fields or {}).get(ours, ours) for ours in COLUMN_TYPES}
     cols = read_atomic(path, required=[theirs[c] for c in required],
                        types={theirs[c]: t for c, t in COLUMN_TYPES.items()})
     ours = {f: c for c, f in theirs.items() if c != f}
     return {ours.get(k, k): v for k, v in cols.items()}
-
-
-def field_names(a):
-    """{our column name: the files' name} from RecBole's *_FIELD settings."""
-    return {"user_id": a["USER_ID_FIELD"], "item_id": a["ITEM_ID_FIELD"], "timestamp": a["TIME_FIELD"],
-            "head_id": a["HEAD_ENTITY_ID_FIELD"], "tail_id": a["TAIL_ENTITY_ID_FIELD"],
-            "relation_id": a["RELATION_ID_FIELD"], "entity_id": a["ENTITY_ID_FIELD"]}
 
 
 def write_atomic(path, header, rows):
@@ -202,9 +186,8 @@ def write_atomic(path, header, rows):
 
 @contextlib.contextmanager
 def replacing(path):
-    """Yield a temporary path beside `path`; on success rename it to `path`, on any error
-    remove it. A reader never sees a half-written file; a write that fails (full disk, a
-    file-size limit, no permission) is a DataError naming `path`."""
+    """Yield a temporary path beside `path`; rename it to `path` on success, remove it on any error: a
+    reader never sees half a file, and a failed write (full disk, no permission) is a DataError."""
     folder = os.path.dirname(os.path.abspath(path))
     remove_stale(folder)
     tmp = None
@@ -236,8 +219,8 @@ def process_alive(pid):
 
 
 def remove_stale(folder, pattern=r"(?:tmp|\.fetch)-(\d+)-[a-z0-9_]{8}"):
-    """Remove what a killed run left in `folder`: temporary files and fetch folders named
-    after a process that no longer runs (they carry its pid: tmp-<pid>-..., .fetch-<pid>-...)."""
+    """Remove what a killed run left in `folder`: temporary files and fetch folders named after a
+    process that no longer runs (tmp-<pid>-..., .fetch-<pid>-...)."""
     if not os.path.isdir(folder):
         return
     for name in os.listdir(folder):
@@ -259,8 +242,8 @@ def remap(tokens):
 
 
 def renumber(codes):
-    """remap for integer codes (>= 0): ids from 1 in order of first appearance, and the code
-    of each id (index 0 for id 1). No sort of the codes, no Python loop: O(n + codes)."""
+    """remap for integer codes (>= 0): ids from 1 in order of first appearance, and the code of
+    each id (index 0 for id 1); no sort, no Python loop: O(n + codes)."""
     n_codes = int(codes.max()) + 1 if len(codes) else 0
     first = np.full(n_codes, len(codes), np.int64)
     np.minimum.at(first, codes, np.arange(len(codes)))  # the first row of each code
@@ -284,13 +267,10 @@ def rows_of(tokens, wanted):
 # 2. The knowledge graph
 
 def attribute_kg(item_cols):
-    """Triples item -> genre / release_year / decade built from ml-100k.item.
-
-    RecBole's ml-100k.link is KB4Rec's ML-20M link table cut at id 1682, but ml-100k
-    numbers its movies differently, so its Freebase facts belong to other films (see
-    link_check and the README). This KG is small but right. Returns (triples, links)
-    with entity tokens prefixed by their kind ("item:2", "genre:Action", "year:1995").
-    """
+    """Triples item -> genre / release_year / decade from ml-100k.item, and the item links; entity
+    tokens carry their kind ("item:2", "genre:Action", "year:1995"). RecBole's ml-100k.link is
+    KB4Rec's ML-20M table cut at id 1682, but ml-100k numbers its movies differently, so its
+    Freebase facts belong to other films (extras/link_check.py): this KG is small but right."""
     triples, links = [], []
     genres = item_cols.get("class") or item_cols.get("genre")
     years = item_cols.get("release_year")
@@ -359,13 +339,10 @@ class UserItems:
 
 @dataclass
 class Split:
-    """Samples cut from `items`, the flat array of every user's items (UserItems.items).
-
-    Sample b reads items[starts[b]:ends[b]]. Its target is the next item, items[ends[b]]
-    (prefix samples, valid, test: build_sequences), or, for windows (sequence_windows), the
-    next item after every step, the first skip[b] steps only context. Nothing of size
-    (N, L) is stored: memory is O(interactions), and `cut` builds one batch at a time.
-    """
+    """Samples of `items`, the flat array of every user's items: sample b reads items[starts[b]:ends[b]];
+    its target is the next item, items[ends[b]] (prefix samples, valid, test), or for windows the
+    next item after every step, the first skip[b] steps context only. Nothing of size (N, L) is
+    stored: `cut` builds one batch at a time."""
     items: np.ndarray     # (n_interactions,) item ids, shared by every split
     users: np.ndarray     # (N,) user ids
     starts: np.ndarray    # (N,)
@@ -404,17 +381,13 @@ def ragged_arange(counts):
 
 
 def build_sequences(users, items, times, max_len, ratios=None):
-    """RecBole's sequential protocol from interaction arrays (user id, item id, time).
+    """RecBole's sequential protocol from interaction arrays: (UserItems, {"train", "valid", "test": Split}).
 
-    Each user's interactions are sorted by time (stable, so ties keep file order). A user
-    with n interactions gives n-1 samples `items[:t] -> items[t]` (t = 1..n-1), the input
-    cut to its last `max_len` items. Leave-one-out as RecBole's
-    `_split_index_by_leave_one_out(.., 2)`: the last sample is test, the one before it
-    valid, the rest train. Short users, exactly as RecBole: n=1 gives no sample; n=2 one
-    train sample and no valid/test; n=3 one train and one test sample, no valid.
-    ratios (train, valid, test): RecBole's RS split instead (split_by_ratio grouped by user, on the
-    samples in time order): each user's first samples train, the next valid, the last test.
-    Returns (UserItems, {"train": Split, "valid": Split, "test": Split}).
+    Each user's interactions sorted by time (stable: ties keep file order); n of them give the n-1
+    samples items[:t] -> items[t], the input cut to its last `max_len` items. Leave-one-out as
+    RecBole's _split_index_by_leave_one_out: the last sample test, the one before valid, the rest
+    train (n=1: no sample; n=2: one train sample; n=3: train and test, no valid). ratios (train,
+    valid, test): RecBole's RS split instead (extras/recbole_data.ratio_split).
     """
     order = np.lexsort((times, users))  # by user, then time; lexsort is stable
     items = items[order]
@@ -443,17 +416,12 @@ def build_sequences(users, items, times, max_len, ratios=None):
 
 
 def sequence_windows(seqs, train, max_len, stride):
-    """Training windows for --train_mode sequence: each user's training items, cut in
-    windows of at most `max_len` inputs; the model predicts the next item at every step.
+    """Training windows for --train_mode sequence: a Split whose `cut` gives targets (B, L), 0 = none.
 
-    A user's training items are those before the valid item (exactly the items the prefix
-    samples of `train` use: inputs and targets). Window k reads items[s : s + max_len] with
-    s = k * stride and is trained on the next item at each step, except at steps whose
-    target an earlier window already covered (they only give context). stride = max_len
-    (the default, DEFAULTS): windows do not overlap and every step has a target. A smaller stride
-    overlaps windows so that later targets see at least max_len - stride items of context:
-    window k > 0 skips its first max_len - stride steps. Every training target is covered
-    exactly once. Returns a Split with `skip` (its `cut` gives targets (B, L), 0 = no loss).
+    A user's training items (those before the valid item: the prefix samples' inputs and targets)
+    are cut in windows: window k reads items[k*stride : k*stride + max_len] and is trained on the
+    next item at every step whose target no earlier window covered. stride = max_len (the default):
+    no overlap; a smaller stride gives later targets more context. Every target is covered once.
     """
     if not 1 <= stride <= max_len:
         raise DataError(f"--window_stride: must be in 1..{max_len}, got {stride}")
@@ -477,8 +445,8 @@ TRANSE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transe
 
 
 def feature_paths(folder, dataset, kg, tag=None):
-    """The dataset's own KG vector files (RecBole's names), or ours beside them for the attribute KG
-    (and for TransE settings other than the defaults: `tag`)."""
+    """The dataset's KG vector files (RecBole's names), or ours beside them for the attribute KG and for
+    TransE settings other than the defaults (`tag`)."""
     stem = (dataset if kg == "files" else f"{dataset}.{kg}") + (f".{tag}" if tag else "")
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
@@ -486,17 +454,14 @@ def feature_paths(folder, dataset, kg, tag=None):
 def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim, transe_settings, log):
     """(entity vectors (E, K), relation vectors (R, K), found (E,) bool, TransE's Hits@10 or None).
 
-    The dataset's .ent_feature/.rel_feature when it has them (a user's files: used as they are,
-    refused in one line if their dimension is not --kg_embedding_size). Otherwise TransE
-    (transe.py, imported only then), trained once and cached in RecBole's format;
-    <ent_feature>.json, written first, marks the files as ours and records what made them: the
-    settings and transe.py itself (its sha256), so a cache made otherwise is trained again and
-    replaced, never silently reused.
+    The dataset's .ent_feature/.rel_feature when it has them (a user's files, used as they are).
+    Otherwise TransE (transe.py, imported only then), trained once and cached in RecBole's format;
+    <ent_feature>.json, written first, marks the files as ours and records what made them (the
+    settings and transe.py's sha256): a cache made otherwise is trained again, never reused.
     """
     ent_path, rel_path = feature_paths(folder, dataset, kg)
     if transe_settings != DEFAULT_TRANSE and (os.path.exists(ent_path + ".json") or not os.path.exists(ent_path)):
-        # ours with other TransE settings than the defaults: a cache of their own beside the default one (whose names
-        # are RecBole's), so runs with other settings (compare.py, side by side) never replace each other's vectors
+        # other TransE settings: a cache of their own, so runs side by side (compare.py) never replace each other's
         ent_path, rel_path = feature_paths(folder, dataset, kg, "transe-{optimizer}-e{epochs}-lr{lr}-s{seed}".format(
             lr=transe_settings["learning_rate"] or "default", **transe_settings))
     meta_path = ent_path + ".json"
@@ -564,7 +529,7 @@ class Dataset:
     kg: str
     user_tokens: list        # id -> token, [0] = "[PAD]"
     item_tokens: list
-    seqs: list               # user id -> item ids sorted by time
+    seqs: UserItems          # user id -> item ids sorted by time (None for benchmark files: samples only)
     train: Split
     valid: Split
     test: Split
@@ -572,12 +537,12 @@ class Dataset:
     relation_tokens: list    # relation a <-> row a of relation_kg (R real relations, no padding row)
     triples: np.ndarray      # (T, 3) entity, relation, entity ids
     item_entity: np.ndarray  # (n_items + 1,) entity id of each item, -1 if unlinked
-    item_kg: np.ndarray      # (n_items + 1, K) pretrained entity vector of each item (0 if unlinked)
-    relation_kg: np.ndarray  # (R, K) pretrained relation vectors
+    item_kg: np.ndarray      # (n_items + 1, K) pretrained entity vector e_i of each item (0 if unlinked)
+    relation_kg: np.ndarray  # (R, K) pretrained relation vectors r_a
     item_titles: list = None
     transe_hits10: float = None
-    benchmark: bool = False  # splits read from benchmark_filename's files: samples, no per-user sequences (seqs None)
-    fingerprint: str = ""
+    benchmark: bool = False  # splits read from benchmark_filename's files
+    fingerprint: str = ""    # what a checkpoint records of its data
     stats: dict = field(default_factory=dict)
 
     @property
@@ -589,80 +554,59 @@ class Dataset:
         return len(self.item_tokens) - 1
 
 
-def fingerprint(paths, extra):
-    """What a checkpoint records of its data: the files read and the settings that change what is read."""
-    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
-    for p in paths:
-        fh = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                fh.update(chunk)
-        h.update(fh.digest())
-    return h.hexdigest()[:16]
-
-
 def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, transe_settings, log=print,
                  data_args=None):
     """Load <data_path>/<dataset>/ into a `Dataset`, preparing what is missing.
 
-    kg: "files" (the dataset's own .kg/.link files; "freebase", ml-100k's name for them: RecBole's
-    KG datasets link items to Freebase) or "attributes" (built from the .item file's genre and
-    year columns). transe_settings: options.transe_settings, used when the vectors are trained here.
-    data_args: RecBole's data settings (DATA_ARGS; the ones left out take DEFAULTS, which change
-    nothing; any other value is extras/recbole_data.py's work). Every step is vectorised over
-    interactions and triples (tokens as integer codes); Python loops run over vocabularies only.
+    kg: "files" (the dataset's .kg/.link files; "freebase" is ml-100k's name for them) or "attributes"
+    (built from the .item file). transe_settings: options.transe_settings, for vectors trained here.
+    data_args: RecBole's data settings (DATA_ARGS; one not at its DEFAULTS value is extras/recbole_data.py's
+    work). Every step is vectorised over interactions and triples; Python loops run over vocabularies.
     """
     a = {**{k: DEFAULTS[k] for k in DATA_ARGS}, **(data_args or {})}
     changed = {k: v for k, v in a.items() if v != DEFAULTS[k]}  # RecBole's settings this run sets
     recbole = None
     if changed:
-        from extras import recbole_data as recbole  # filters, split_ratio, pre-split files, load_col
-    kg = "files" if kg == "freebase" else kg  # two names for the dataset's own files: one from here on
+        from extras import recbole_data as recbole
+    kg = "files" if kg == "freebase" else kg
     folder = os.path.join(data_path, dataset)
     p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     used = find_files(dataset, data_path, kg, a, recbole, log)
-    fields = field_names(a)
+    fields = recbole.field_names(a) if recbole else None  # RecBole's *_FIELD: the files' column names
     item_cols = read_fields(p("item"), ("item_id",), fields) if os.path.exists(p("item")) else None
-    (heads, rels, tails), (link_items, link_entities), kg_files = load_kg(folder, dataset, kg, item_cols, fields)
-    triples, entity_tokens, relation_tokens, item_link, kg_keep = link_kg(heads, rels, tails, link_items,
-                                                                           link_entities, p("link"), a, recbole, log)
-    if a["benchmark_filename"]:  # RecBole applies no filter to pre-split files, its KG link filter included
-        parts = [read_fields(path, ("user_id", "item_id", "item_id_list"), {**fields, "item_id_list": a["ITEM_ID_FIELD"]
-                                                                             + "_list"}) for path in used]
+    (heads, rels, tails), links, kg_files = load_kg(folder, dataset, kg, item_cols, fields)
+    triples, entity_tokens, relation_tokens, item_link, kg_keep = link_kg(heads, rels, tails, *links, p("link"), a,
+                                                                           recbole, log)
+    if a["benchmark_filename"]:  # RecBole's pre-split files of samples: used as they are, no filter
+        parts = [read_fields(path, ("user_id", "item_id", "item_id_list"),
+                             {**fields, "item_id_list": a["ITEM_ID_FIELD"] + "_list"}) for path in used]
         flat, width, bounds, user_tokens, item_tokens = recbole.benchmark_splits(parts, used)
         seqs, splits = None, {name: Split(flat, *b, width) for name, b in zip(("train", "valid", "test"), bounds)}
-        n_filtered, left, short = None, None, 0
+        n_filtered, left = None, None
     else:
-        inter = read_fields(p("inter"), ("user_id", "item_id"), fields)
         seqs, splits, user_tokens, item_tokens, n_filtered, left = interactions(
-            inter, item_link, keep_unlinked, max_len, a, recbole, lambda: recbole.id_tables(
-                a, p, read_fields(p("user"), ("user_id",), fields) if a["load_col"] and "user" in a["load_col"]
-                and os.path.exists(p("user")) else None, item_cols, inter["user_id"], inter["item_id"], inter),
-            p, kg_keep, log)
-        del inter  # the interactions live on in seqs only
-        short = int((seqs.lengths()[1:] < 4).sum()) if a["split_ratio"] is None else 0
+            p, fields, item_cols, item_link, keep_unlinked, max_len, a, recbole, kg_keep, log)
     used += kg_files
-    if len(splits["test"]) == 0:
-        raise DataError(f"{used[-1]}: no user has the 3 interactions a train/valid/test split needs")
-    if len(splits["valid"]) == 0:
-        raise DataError(f"{used[0]}: no user has the 4 interactions a valid sample needs (early stopping reads it)")
+    for name, n in (("test", 3), ("valid", 4)):
+        if len(splits[name]) == 0:
+            raise DataError(f"{used[0]}: no user has the {n} interactions a {name} sample needs")
+    short = int((seqs.lengths()[1:] < 4).sum()) if seqs is not None and a["split_ratio"] is None else 0
     if short:
         log(f"warning: {p('inter')}: {short} users have fewer than 4 interactions; as in RecBole, 1 gives no "
             f"sample, 2 a training sample only, 3 a training and a test sample but no valid sample")
-    item_entity = np.array([-1] + [item_link.get(t, -1) for t in item_tokens[1:]], dtype=np.int64)
 
-    # pretrained KG vectors: the dataset's own, or TransE trained once and cached (on the whole KG: the
-    # vectors belong to the dataset; RecBole too reads them whole, whatever its filters keep)
+    # e_i and r_a: the dataset's own, or TransE's, cached (of the whole KG: the vectors belong to the dataset;
+    # RecBole too reads them whole, whatever its filters keep)
     entity_kg, relation_kg, found, hits = kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens,
                                                      kg_embedding_size, transe_settings, log)
     if kg_keep is not None or a["kg_reverse_r"]:
         triples, relation_tokens, relation_kg = recbole.kg_after_filters(triples, kg_keep, relation_tokens, relation_kg,
                                                                          a["kg_reverse_r"])
-    missing = int((~found[np.unique(item_entity[item_entity >= 0])]).sum())
-    if missing:
+    item_entity = np.array([-1] + [item_link.get(t, -1) for t in item_tokens[1:]], dtype=np.int64)
+    if (missing := int((~found[np.unique(item_entity[item_entity >= 0])]).sum())):
         log(f"warning: {feature_paths(folder, dataset, kg)[0]}: no vector for {missing} linked item entities; "
             f"their items get a zero KG vector")
-    item_kg = np.zeros((len(item_tokens), entity_kg.shape[1]), np.float32)  # e_i of each item, 0 if unlinked
+    item_kg = np.zeros((len(item_tokens), entity_kg.shape[1]), np.float32)
     linked = item_entity >= 0
     item_kg[linked] = entity_kg[item_entity[linked]]
     titles = None
@@ -690,12 +634,23 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     return ds
 
 
+def fingerprint(paths, extra):
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    for path in paths:
+        fh = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                fh.update(chunk)
+        h.update(fh.digest())
+    return h.hexdigest()[:16]
+
+
 BIG_INTER_FILE = 64 << 20  # bytes: a smaller .inter file fits in any machine's memory (extras/fetch.check_ram)
 
 
 def find_files(dataset, data_path, kg, a, recbole, log):
-    """The interaction files this run reads, after the checks that come before reading any: the folder
-    (ml-100k fetched when missing), the --kg, the files, the columns load_col keeps, the memory needed."""
+    """The interaction files this run reads, after the checks before reading any: the folder (ml-100k
+    fetched when missing), the --kg, the files, the columns load_col keeps, the memory needed."""
     folder = os.path.join(data_path, dataset)
     if not os.path.isdir(folder):
         if dataset != "ml-100k":
@@ -734,25 +689,21 @@ def link_kg(heads, rels, tails, link_items, link_entities, link_path, a, recbole
     item_link = dict(zip(link_items, link_entity.tolist()))  # a later row for the same item wins
     kg_keep = None
     if a["entity_kg_num_interval"] or a["relation_kg_num_interval"]:
-        kg_keep = recbole.filter_kg(triples, len(entity_tokens), len(relation_tokens), a)
-        in_kg = np.zeros(len(entity_tokens), bool)
-        in_kg[triples[kg_keep][:, [0, 2]].ravel()] = True
-        item_link = {i: e for i, e in item_link.items() if in_kg[e]}  # _filter_link: entities no longer in the KG
-        log(f"filter: KG {len(triples)} -> {int(kg_keep.sum())} triples; {len(item_link)} items still linked")
+        kg_keep, item_link = recbole.filter_kg(triples, len(entity_tokens), len(relation_tokens), item_link, a, log)
     return triples, entity_tokens, relation_tokens, item_link, kg_keep
 
 
-def interactions(inter, item_link, keep_unlinked, max_len, a, recbole, tables, p, kg_keep, log):
-    """The .inter file's interactions, RecBole's filters applied (those this run sets), those whose item
-    has no KG link dropped (RecBole's KG datasets), renumbered and split: (UserItems, splits, user
-    tokens, item tokens, interactions left by the filters, {filter step: interactions left after it})."""
+def interactions(p, fields, item_cols, item_link, keep_unlinked, max_len, a, recbole, kg_keep, log):
+    """The .inter file's interactions, RecBole's filters applied, those whose item has no KG link dropped
+    (RecBole's KG datasets), renumbered and split: (UserItems, splits, user tokens, item tokens,
+    interactions left by the filters, {filter step: interactions left after it})."""
+    inter = read_fields(p("inter"), ("user_id", "item_id"), fields)
     users_tok, items_tok = inter["user_id"], inter["item_id"]
-    n_raw = len(users_tok)
-    times = inter["timestamp"] if "timestamp" in inter else np.arange(n_raw, dtype=np.float64)
-    rows, left = np.arange(n_raw), {"read": n_raw}
+    times = inter["timestamp"] if "timestamp" in inter else np.arange(len(users_tok), dtype=np.float64)
+    rows, left = np.arange(len(users_tok)), {"read": len(users_tok)}
     if recbole:
-        rows, left = recbole.filter_interactions(users_tok.codes, items_tok.codes, times, inter,
-                                                 tables(), a, p("inter"))
+        rows, left = recbole.filter_interactions(users_tok.codes, items_tok.codes, times, inter, recbole.id_tables(
+            a, p, read_fields, fields, item_cols, users_tok, items_tok, inter), a, p("inter"))
     n_filtered = len(rows)
     if not keep_unlinked:
         rows = rows[np.array([i in item_link for i in items_tok.vocab], dtype=bool)[items_tok.codes[rows]]]

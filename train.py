@@ -7,12 +7,12 @@
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
     python train.py explain|tune|compare ...               # extras/explain.py, tune.py, compare.py
 
-A run, top to bottom: main -> parse_args (options.py: every option and its default) -> run: it
-holds the run folder (run_folder), loads the data (data.load_dataset), builds the model
-(build_model: ksr.KSR with the kernels --kernels picks), then per epoch train_epoch (forward,
-loss, backward, step) and rank_all on valid (full ranking); early stopping on valid MRR@10; the
-best checkpoint is tested. Under torchrun (extras/distributed.py joins the processes) the few
-`world > 1` lines below split each batch and gather the ranks.
+A run, top to bottom: main -> parse_args (options.py holds every option and its default) -> run:
+it holds the run folder, loads the data (data.load_dataset), builds the model (ksr.KSR computed by
+the kernels --kernels picks), then fit: per epoch train_epoch (forward, loss, backward, step) and
+rank_all on valid; early stopping on valid MRR@10; the best checkpoint is tested. Under torchrun
+(extras/distributed.py joins the processes) the `world_size > 1` lines split each batch and
+gather the ranks.
 """
 import contextlib
 import importlib
@@ -171,7 +171,6 @@ def evaluate(model, split, cfg, device, candidates=None):
     """Metrics of `split` (--metrics at every --topk), full ranking or among `candidates`."""
     return metrics_from_ranks(rank_all(model, split, cfg, device, candidates), cfg["topk"], cfg["metrics"])
 
-
 # -----------------------------------------------------------------------------
 # Training
 
@@ -193,6 +192,7 @@ def build_model(cfg, ds, log=print):
     return model
 
 
+# --learner: RecBole's names for torch's optimizers (its trainer._build_optimizer)
 LEARNERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
             "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
 
@@ -270,41 +270,14 @@ def load_data(cfg, log):
                              data_args={k: cfg[k] for k in DATA_ARGS})
 
 
-def eval_candidates(ds, cfg, log):
-    """{"valid": ..., "test": ...}: each split's sampled candidates (--valid/test_eval_mode uniN, popN), None for
-    full ranking; drawn once per run from --seed, so every epoch is validated on the same candidates."""
-    gen = torch.Generator().manual_seed(cfg["seed"])
-    out = {}
-    for name in ("valid", "test"):
-        mode = cfg[f"{name}_eval_mode"]
-        out[name] = None
-        if mode != "full":
-            from extras.sampled_eval import eval_candidates as draw  # RecBole's sampled evaluation
-            out[name] = draw(ds, getattr(ds, name), mode, gen)
-            log(f"{name}: each target ranked among {out[name].shape[1]} sampled items ({mode})")
-    return out
-
-
-def rank0_first(fn):
-    """fn() on rank 0, then on the other processes, rank 0's error raised on every one of them
-    (extras/distributed.py); one process: fn()."""
-    if world()[1] == 1:
-        return fn()
-    from extras.distributed import main_first
-    return main_first(fn)
-
-
 def run(cfg, log=print):
-    """Train with early stopping, test the best checkpoint; returns the results dict. Under torchrun
-    every process runs this; only rank 0 logs and writes files. Rank 0 holds the run folder (its
-    .lock) from the check that it holds no run to the last write, so a second run into the same
-    --out_dir is refused instead of mixing its files in."""
+    """Train with early stopping, test the best checkpoint; returns the results dict (results.json).
+    Under torchrun every process runs this; only rank 0 logs and writes files."""
     rank, world_size = world()
     log = log if rank == 0 else (lambda m: None)
     out_dir = cfg["out_dir"] or os.path.join(cfg["checkpoint_dir"], f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
     ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
-    with contextlib.ExitStack() as held:
-        rank0_first(lambda: rank == 0 and held.enter_context(run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"])))
+    with run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"]):
         t_start = time.time()
         torch.manual_seed(cfg["seed"])
         np.random.seed(cfg["seed"])
@@ -324,29 +297,29 @@ def run(cfg, log=print):
             train_split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
             log(f"sequence mode: {len(train_split)} windows of at most {cfg['MAX_ITEM_LIST_LENGTH']} steps, "
                 f"{train_split.n_targets()} targets, stride {cfg['window_stride']}")
-        candidates = dict.fromkeys(("valid", "test"))  # full ranking, or RecBole's sampled evaluation:
+        candidates = dict.fromkeys(("valid", "test"))  # None: full ranking; else RecBole's sampled evaluation
         if cfg["valid_eval_mode"] != "full" or cfg["test_eval_mode"] != "full":
             from extras.sampled_eval import run_candidates
             candidates = run_candidates(ds, cfg, log)
-        fitted = fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_path, log)
-        model.load_state_dict(fitted.pop("best_state"))
+
+        h = fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_path, log)
+        model.load_state_dict(h.pop("best_state"))
         t1, test_ranks = time.time(), rank_all(model, ds.test, cfg, device, candidates["test"])
         test = metrics_from_ranks(test_ranks, cfg["topk"], cfg["metrics"])
         # every user's rank of the target: metrics recomputed, or compared user by user across runs, afterwards
         per_user = lambda split, ranks: {"user": [ds.user_tokens[u] for u in split.users.tolist()], "rank": ranks.tolist()}
+        ranks = {"valid": per_user(ds.valid, h.pop("best_valid_ranks")), "test": per_user(ds.test, test_ranks)}
         results = {
             "config": {k: v for k, v in cfg.items() if k != "config_sources"}, "config_sources": cfg.get("config_sources"),
-            "kernels": model.kernels, "dataset": ds.stats, "train_samples": len(train_split), **fitted, "test": test,
-            "ranks": {"valid": per_user(ds.valid, fitted.pop("best_valid_ranks")), "test": per_user(ds.test, test_ranks)},
-            "test_seconds": time.time() - t1, "total_seconds": time.time() - t_start, "checkpoint": ckpt_path,
-            "world_size": world_size,
+            "kernels": model.kernels, "dataset": ds.stats, "train_samples": len(train_split), **h, "test": test,
+            "ranks": ranks, "test_seconds": time.time() - t1, "total_seconds": time.time() - t_start,
+            "checkpoint": ckpt_path, "world_size": world_size,
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
         }
-        results.pop("best_valid_ranks")
         if rank == 0:
             save(results, results_path)
-    log(f"best valid {cfg['valid_metric']} {fitted['best_score']:.4f} at epoch {fitted['best_epoch']}; test metrics of "
-        f"that checkpoint:")
+    log(f"best valid {cfg['valid_metric']} {h['best_score']:.4f} at epoch {h['best_epoch']}; test metrics of that "
+        f"checkpoint:")
     log(metrics_table(test, cfg["topk"], 4 if cfg["metric_decimal_place"] is None else cfg["metric_decimal_place"]))
     log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
     return results
@@ -401,9 +374,40 @@ def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_
             break
     return dict(h, best_epoch=best_epoch, best_score=best)
 
-
 # -----------------------------------------------------------------------------
 # The run folder: whole files, one run at a time, never over a user's run
+
+def rank0_first(fn):
+    """fn() on rank 0, then on the other processes, rank 0's error raised on every one of them
+    (extras/distributed.py); one process: fn()."""
+    if world()[1] == 1:
+        return fn()
+    from extras.distributed import main_first
+    return main_first(fn)
+
+
+@contextlib.contextmanager
+def run_folder(folder, run_files, overwrite):
+    """A training run's folder, held (locked) by rank 0 from the check that it holds no run to the last
+    write, so a second run into it is refused instead of mixing its files in: made before any long
+    work, refused if it holds a run (any of run_files) unless overwrite, and then those files go
+    first, so a results.json and a model.pt of two different runs never sit side by side."""
+    with contextlib.ExitStack() as held:
+        def hold():
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                raise DataError(f"{folder}: cannot write the run there ({e.strerror or e})") from None
+            held.enter_context(locked(folder, "training run"))
+            there = [f for f in run_files if os.path.exists(f)]
+            if there and not overwrite:
+                raise DataError(f"{folder}: holds a run ({', '.join(map(os.path.basename, there))}); choose another "
+                                f"--out_dir, or pass --overwrite to replace it")
+            for f in there:
+                os.remove(f)
+        rank0_first(lambda: world()[0] == 0 and hold())
+        yield
+
 
 def save(obj, path):
     """results.json (a dict) or a checkpoint (torch.save), written whole or not at all (data.replacing)."""
@@ -463,27 +467,6 @@ def locked(folder, holder, error=DataError, prefix=""):
         os.remove(path)  # before the flock goes: a process that opened this file sees it removed, and tries again
         os.close(fd)
 
-
-@contextlib.contextmanager
-def run_folder(folder, run_files, overwrite):
-    """A training run's folder, held (locked) from the check that it holds no run to the last
-    write: made before any long work, a folder holding a run (any of run_files) refused unless
-    overwrite; then those files go first, so a results.json and a model.pt of two different runs
-    never sit side by side."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{folder}: cannot write the run there ({e.strerror or e})") from None
-    with locked(folder, "training run"):
-        held = [f for f in run_files if os.path.exists(f)]
-        if held and not overwrite:
-            raise DataError(f"{folder}: holds a run ({', '.join(map(os.path.basename, held))}); choose another "
-                            f"--out_dir, or pass --overwrite to replace it")
-        for f in held:
-            os.remove(f)
-        yield
-
-
 # -----------------------------------------------------------------------------
 # The command
 
@@ -497,8 +480,7 @@ def train_main(argv):
             raise UsageError("train.py: error: --eval_only runs in one process: python train.py --eval_only ...")
         if not os.path.isfile(args.eval_only):
             raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
-        other = sorted(given_options(argv) - {"eval_only", *EVAL_OPTIONS})
-        if other:  # every option takes effect or is refused
+        if (other := sorted(given_options(argv) - {"eval_only", *EVAL_OPTIONS})):  # every option counts or is refused
             raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
                              f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
         command("eval_only")(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
@@ -548,7 +530,6 @@ def main(argv=None):
     if argv[:1] and argv[0] in ("explain", "tune", "compare"):
         return command(argv[0])(argv[1:])
     return cli(train_main, argv)
-
 
 if __name__ == "__main__":
     sys.exit(main())

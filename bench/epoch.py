@@ -190,7 +190,7 @@ def main():
 
     counts = sorted({threads, 1}, reverse=True)  # all threads, and 1 (the same on a 1-thread machine)
     peak = {n: peak_gflops(n) for n in counts}
-    compiled = kernels.cpu_unavailable_reason() is None
+    compiled = kernels.cpu.unavailable_reason() is None
     block = {n: max(peak[n], product_gflops(n)) if compiled else peak[n] for n in counts}
     flops = epoch_flops(cfg, ds, windows)
     total = sum(flops.values())

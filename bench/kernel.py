@@ -54,12 +54,12 @@ def main():
     ap.add_argument("--epoch", action="store_true", help="also time one ml-100k training epoch per memory_impl")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    fused_ok = kernels.unavailable_reason() is None and device == "cuda"
+    fused_ok = kernels.kv_memory.unavailable_reason() is None and device == "cuda"
     L, R, K, gamma = 50, 24, 64, 10.0
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, L={L} R={R} K={K} float32, query (B, K), trainable kg_seq")
     if not fused_ok:
-        print("fused kernel: not measured here (" + (kernels.unavailable_reason() or "needs a CUDA GPU") + ")")
+        print("fused kernel: not measured here (" + (kernels.kv_memory.unavailable_reason() or "needs a CUDA GPU") + ")")
     compiled = torch.compile(ksr.kv_memory) if device == "cuda" else None
     print(f"{'B':>6} {'row':<16} {'fwd ms':>9} {'fwd+bwd ms':>11} {'kernel x faster (fwd+bwd)':>26}")
     for B in [int(b) for b in args.sizes.split(",")]:
@@ -72,7 +72,7 @@ def main():
         if compiled is not None:
             rows["torch.compile"] = compiled
         if fused_ok:
-            rows["fused kernel"] = kernels.fused_kv_memory
+            rows["fused kernel"] = kernels.kv_memory.fused_kv_memory
         res = {}
         for row, fn in rows.items():
             xr, qr = x.clone().requires_grad_(), q.clone().requires_grad_()

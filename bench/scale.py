@@ -14,7 +14,7 @@ and peak RSS are its own:
 Seconds per batch are train.py's over the S batches, its first (warm-up) batch included.
 Last, in this process, a sequence-mode step at each size's item and relation count, a
 default batch of full windows, timed over 20 steps after a warm-up, and the frozen-KG memory write inside it
-(kernels.memory_write) alone. An epoch's seconds are a step's times the
+(kernels.fast_torch.memory_write) alone. An epoch's seconds are a step's times the
 batches in an epoch: an estimate, marked "est.". The table ends with each step's growth
 exponent between the smallest and largest size (t ~ n^e).
 """
@@ -100,7 +100,7 @@ def memory_write_share(n_items, n_relations, reps=20):
             fn()
         return (time.perf_counter() - t0) / reps
     with torch.no_grad():
-        write = clock(lambda: kernels.memory_write(model.entity_embedding(seq), lengths, model.relations, True))
+        write = clock(lambda: kernels.fast_torch.memory_write(model.entity_embedding(seq), lengths, model.relations, True))
     return {"step_s": clock(step), "write_s": write}
 
 

@@ -16,6 +16,14 @@ import numpy as np
 from extras.recbole_config import parse_intervals
 from options import DataError
 
+def field_names(a):
+    """{our column name: the files' name} from RecBole's *_FIELD settings."""
+    return {"user_id": a["USER_ID_FIELD"], "item_id": a["ITEM_ID_FIELD"], "timestamp": a["TIME_FIELD"],
+            "head_id": a["HEAD_ENTITY_ID_FIELD"], "tail_id": a["TAIL_ENTITY_ID_FIELD"],
+            "relation_id": a["RELATION_ID_FIELD"], "entity_id": a["ENTITY_ID_FIELD"]}
+
+
+
 def within(values, intervals):
     """RecBole's _within_intervals: True where a value lies in one of the intervals (parse_intervals)."""
     values = np.asarray(values, np.float64)
@@ -90,10 +98,11 @@ def filter_interactions(users, items, times, columns, tables, a, path):
     return rows, left
 
 
-def filter_kg(triples, n_entities, n_relations, a):
+def filter_kg(triples, n_entities, n_relations, item_link, a, log):
     """The triples RecBole keeps (KnowledgeBasedDataset._filter_kg_by_triple_num): entities with a
     number of triples (as head plus as tail) in entity_kg_num_interval and relations with one in
-    relation_kg_num_interval, again and again until nothing changes. Returns a boolean mask."""
+    relation_kg_num_interval, again and again until nothing changes; then the item links whose entity
+    is no longer in the KG go (_filter_link). Returns (a boolean mask of the triples, the item links)."""
     keep = np.ones(len(triples), bool)
     ei, ri = a["entity_kg_num_interval"], a["relation_kg_num_interval"]
     while ei or ri:
@@ -104,7 +113,11 @@ def filter_kg(triples, n_entities, n_relations, a):
         if not drop.any():
             break
         keep[np.flatnonzero(keep)[drop]] = False
-    return keep
+    in_kg = np.zeros(n_entities, bool)
+    in_kg[triples[keep][:, [0, 2]].ravel()] = True
+    item_link = {i: e for i, e in item_link.items() if in_kg[e]}
+    log(f"filter: KG {len(triples)} -> {int(keep.sum())} triples; {len(item_link)} items still linked")
+    return keep, item_link
 
 
 def check_columns(a, kg, path):
@@ -125,7 +138,7 @@ def check_columns(a, kg, path):
                 raise DataError(f"{path}: load_col/unload_col leave out {suffix}'s column {c!r}, which this run reads")
 
 
-def id_tables(a, p, user_cols, item_cols, users_tok, items_tok, inter_columns):
+def id_tables(a, p, read_fields, fields, item_cols, users_tok, items_tok, inter_columns):
     """The .user/.item tables RecBole loads (those load_col names), each filtered by val_interval on its
     own fields: {"user" or "item": a boolean per code of the .inter's users (items), True where the
     table keeps the id} (filter_interactions' `tables`). A val_interval field in none of the files
@@ -134,7 +147,7 @@ def id_tables(a, p, user_cols, item_cols, users_tok, items_tok, inter_columns):
     for name, tok in (("user", users_tok), ("item", items_tok)):
         if not (a["load_col"] and name in a["load_col"] and os.path.exists(p(name))):
             continue
-        cols = item_cols if name == "item" else user_cols
+        cols = item_cols if name == "item" else read_fields(p("user"), ("user_id",), fields)
         ok = np.ones(len(cols[f"{name}_id"]), bool)
         for field, allowed in (a["val_interval"] or {}).items():
             if field in cols:

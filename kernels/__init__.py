@@ -81,16 +81,7 @@ def describe(chosen):
         f"; {threads} thread" + "s" * (threads > 1)
 
 
-# kernels.cpu_gru_layer, kernels.fast_torch, ...: an implementation or a module by its name, imported when asked for
-_NAMES = {spec.split(":")[1]: spec for row in TABLE.values() for spec in row.values() if isinstance(spec, str)}
-_NAMES.update(memory_write="fast_torch:memory_write", MemoryWriteFunction="fast_torch:MemoryWriteFunction",
-              cpu_unavailable_reason="cpu:unavailable_reason", unavailable_reason="kv_memory:unavailable_reason")
-
-
-def __getattr__(name):
-    if name in ("cpu", "fast_torch", "kv_memory"):
-        return importlib.import_module("." + name, __name__)
-    if name not in _NAMES:
+def __getattr__(name):  # kernels.cpu, kernels.fast_torch, kernels.kv_memory: imported when first asked for
+    if name not in ("cpu", "fast_torch", "kv_memory"):
         raise AttributeError(f"module 'kernels' has no attribute {name!r}")
-    module, attr = _NAMES[name].split(":")
-    return getattr(importlib.import_module("." + module, __name__), attr)
+    return importlib.import_module("." + name, __name__)

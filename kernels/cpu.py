@@ -250,7 +250,7 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
     gives that model sorted_kv_memory.)"""
     if kg_seq.requires_grad or relations.requires_grad:
         raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq and relations need no gradient); "
-                         "use kernels.sorted_kv_memory")
+                         "use kernels.fast_torch.sorted_kv_memory")
     V = memory_write(kg_seq, lengths, relations, all_steps)
     if V.shape[:-2] != query.shape[:-1] or query.shape[-1] != V.shape[-1]:  # the compiled read reads V at every query
         raise ValueError(f"cpu_kv_memory: a query of shape {tuple(query.shape)} for a memory of {tuple(V.shape)} "

@@ -62,7 +62,7 @@ def test_bench_runs_and_reports_the_floor(tiny_dataset, capsys, monkeypatch):
     out = capsys.readouterr().out
     lines = ["peak, torch's BLAS (float32 2048^3 matmul)", "floor at torch's BLAS rate", "1 thread", "threads buy",
              "scores + softmax", "whole step"]
-    if kernels.cpu_unavailable_reason() is None:
+    if kernels.cpu.unavailable_reason() is None:
         lines += ["peak, cpu.cpp's register block", "at the register block's", "x block floor"]
     for line in lines:
         assert line in out, line

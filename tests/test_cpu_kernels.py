@@ -16,7 +16,7 @@ import ksr
 from conftest import assert_cross_entropy_matches_reference, memory_inputs
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.skipif(bool(kernels.cpu_unavailable_reason()), reason=str(kernels.cpu_unavailable_reason()))
+pytestmark = pytest.mark.skipif(bool(kernels.cpu.unavailable_reason()), reason=str(kernels.cpu.unavailable_reason()))
 
 
 def valid_mask(lengths, L):
@@ -47,7 +47,7 @@ def test_cpu_gru_layer_matches_nn_gru(inputs):
     torch.set_num_threads(threads)
     try:
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        got = kernels.cpu_gru_layer(xa, gru.weight_ih_l0, gru.weight_hh_l0, lengths)
+        got = kernels.cpu.cpu_gru_layer(xa, gru.weight_ih_l0, gru.weight_hh_l0, lengths)
         ga = torch.autograd.grad((got * dout).sum(), [xa, gru.weight_ih_l0, gru.weight_hh_l0])
     finally:
         torch.set_num_threads(old)
@@ -73,7 +73,7 @@ def test_cpu_gru_layer_float32_and_threads():
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            outs.append(kernels.cpu_gru_layer(x, gru.weight_ih_l0, gru.weight_hh_l0, lengths))
+            outs.append(kernels.cpu.cpu_gru_layer(x, gru.weight_ih_l0, gru.weight_hh_l0, lengths))
     finally:
         torch.set_num_threads(old)
     assert torch.equal(outs[0], outs[1])
@@ -86,7 +86,7 @@ def test_ksr_gru_with_cpu_layers_equals_nn_gru(all_steps):
     or after every valid step; and the gradient of every weight."""
     torch.manual_seed(0)
     plain = ksr.GRU(5, 7, 2).double()
-    fast = ksr.GRU(5, 7, 2, layer=kernels.cpu_gru_layer).double()
+    fast = ksr.GRU(5, 7, 2, layer=kernels.cpu.cpu_gru_layer).double()
     fast.load_state_dict(plain.state_dict())
     x, lengths = torch.randn(6, 9, 5, dtype=torch.float64), torch.tensor([9, 1, 4, 9, 2, 7])
     hp, hf = plain(x, lengths, all_steps), fast(x, lengths, all_steps)
@@ -126,7 +126,7 @@ def test_cpu_kv_memory_matches_reference(inputs, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = kernels.cpu_kv_memory(item_kg, lengths, relations, qa, gamma, all_steps)
+        got = kernels.cpu.cpu_kv_memory(item_kg, lengths, relations, qa, gamma, all_steps)
         c = torch.randn(got.shape, dtype=torch.float64)
         grad = torch.autograd.grad((got * c).sum(), qa)[0]
     finally:
@@ -150,7 +150,7 @@ def test_cpu_kv_memory_float32_default_shapes():
         torch.set_num_threads(threads)
         try:
             q = query.clone().requires_grad_()
-            m = kernels.cpu_kv_memory(kg, lengths, rel, q, 10.0, True)
+            m = kernels.cpu.cpu_kv_memory(kg, lengths, rel, q, 10.0, True)
             outs.append((m.detach(), torch.autograd.grad((m * c).sum(), q)[0]))
         finally:
             torch.set_num_threads(old)
@@ -169,7 +169,7 @@ def test_cpu_dropout_is_nn_dropouts_distribution(p, n, threads, seed):
     standard deviations), the gradient the mask; the same draws for the same torch seed on any
     number of threads, and other draws on the next call."""
     x = torch.rand(n, dtype=torch.float64) + 0.5  # no zeros of its own
-    drop = kernels.CPUDropout(p).train()
+    drop = kernels.cpu.CPUDropout(p).train()
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -210,25 +210,25 @@ def test_cpu_dropout_positions_are_independent():
 
 def test_cpu_dropout_eval_and_edge_probabilities():
     x = torch.randn(3, 4)
-    assert kernels.CPUDropout(0.3).eval()(x) is x
-    assert kernels.CPUDropout(0.0).train()(x) is x
-    assert torch.equal(kernels.CPUDropout(1.0).train()(x), torch.zeros_like(x))
+    assert kernels.cpu.CPUDropout(0.3).eval()(x) is x
+    assert kernels.cpu.CPUDropout(0.0).train()(x) is x
+    assert torch.equal(kernels.cpu.CPUDropout(1.0).train()(x), torch.zeros_like(x))
     with pytest.raises(ValueError, match="between 0 and 1"):
-        kernels.CPUDropout(1.5)
+        kernels.cpu.CPUDropout(1.5)
 
 
 def test_bad_input_is_refused():
     gru = torch.nn.GRU(3, 4, 1, bias=False, batch_first=True)
     with pytest.raises(ValueError, match=r"lengths must be in \[0, 5\]"):
-        kernels.cpu_gru_layer(torch.randn(2, 5, 3), gru.weight_ih_l0, gru.weight_hh_l0, torch.tensor([6, 1]))
+        kernels.cpu.cpu_gru_layer(torch.randn(2, 5, 3), gru.weight_ih_l0, gru.weight_hh_l0, torch.tensor([6, 1]))
     with pytest.raises(TypeError, match="float32 or float64 tensors, got torch.bfloat16"):
         kernels.cpu.memory_write(torch.randn(1, 2, 3).bfloat16(), torch.tensor([2]), torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"a query of shape \(3, 2, 3\) for a memory of \(1, 2, 2, 3\) \(all_steps=True\)"):
-        kernels.cpu_kv_memory(torch.randn(1, 2, 3), torch.tensor([2]), torch.randn(2, 3), torch.randn(3, 2, 3), 1.0, True)
+        kernels.cpu.cpu_kv_memory(torch.randn(1, 2, 3), torch.tensor([2]), torch.randn(2, 3), torch.randn(3, 2, 3), 1.0, True)
     with pytest.raises(ValueError, match=r"a query of shape \(1, 3\) for a memory of \(1, 2, 2, 3\)"):  # all_steps: (B, L, K)
-        kernels.cpu_kv_memory(torch.randn(1, 2, 3), torch.tensor([2]), torch.randn(2, 3), torch.randn(1, 3), 1.0, True)
+        kernels.cpu.cpu_kv_memory(torch.randn(1, 2, 3), torch.tensor([2]), torch.randn(2, 3), torch.randn(1, 3), 1.0, True)
     with pytest.raises(ValueError, match="frozen KG only"):
-        kernels.cpu_kv_memory(torch.randn(1, 2, 3, requires_grad=True), torch.tensor([2]), torch.randn(2, 3),
+        kernels.cpu.cpu_kv_memory(torch.randn(1, 2, 3, requires_grad=True), torch.tensor([2]), torch.randn(2, 3),
                               torch.randn(1, 3), 1.0)
 
 
@@ -236,7 +236,7 @@ def test_without_a_compiler_the_model_keeps_plain_torch(tmp_path):
     """No working compiler: one line says why, nothing half-built is left in the cache, and
     train.build_model gives the torch column: nn.GRU, sorted_kv_memory and nn.Dropout (a fresh process: the
     library is loaded once per process)."""
-    code = ("import types, torch, kernels, train; print(kernels.cpu_unavailable_reason()); cfg = vars(train.parse_args([])); "
+    code = ("import types, torch, kernels, train; print(kernels.cpu.unavailable_reason()); cfg = vars(train.parse_args([])); "
             "ds = types.SimpleNamespace(n_items=5, item_kg=torch.zeros(6, 64), relation_kg=torch.zeros(2, 64)); "
             "print(kernels.describe(train.build_model(cfg, ds).kernels))")
     env = dict(os.environ, CXX=str(tmp_path / "no-such-c++"), KSR_CACHE_DIR=str(tmp_path / "cache"))
@@ -273,11 +273,11 @@ def test_cpu_cross_entropy_matches_reference(n, N, D, scale, threads, seed):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        want = assert_cross_entropy_matches_reference(kernels.cpu_cross_entropy, p, q, targets, c)
+        want = assert_cross_entropy_matches_reference(kernels.cpu.cpu_cross_entropy, p, q, targets, c)
     finally:
         torch.set_num_threads(old)
     with torch.no_grad():  # no gradient asked: the loss alone, the same
-        torch.testing.assert_close(kernels.cpu_cross_entropy(p, q, targets), want.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(kernels.cpu.cpu_cross_entropy(p, q, targets), want.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_cpu_cross_entropy_float32_and_threads():
@@ -292,7 +292,7 @@ def test_cpu_cross_entropy_float32_and_threads():
         for threads in (1, 2):
             torch.set_num_threads(threads)
             pa, qa = p.clone().requires_grad_(), q.clone().requires_grad_()
-            loss = kernels.cpu_cross_entropy(pa, qa, targets)
+            loss = kernels.cpu.cpu_cross_entropy(pa, qa, targets)
             runs.append((loss, *torch.autograd.grad(loss, [pa, qa])))
     finally:
         torch.set_num_threads(old)
@@ -307,16 +307,16 @@ def test_cpu_cross_entropy_float32_and_threads():
 def test_cpu_cross_entropy_bad_input():
     p, q = torch.randn(3, 4), torch.randn(6, 4)
     with pytest.raises(ValueError, match=r"targets must be items in 1\.\.5"):
-        kernels.cpu_cross_entropy(p, q, torch.tensor([1, 0, 2]))
+        kernels.cpu.cpu_cross_entropy(p, q, torch.tensor([1, 0, 2]))
     with pytest.raises(ValueError, match=r"targets must be items in 1\.\.5"):
-        kernels.cpu_cross_entropy(p, q, torch.tensor([1, 6, 2]))
+        kernels.cpu.cpu_cross_entropy(p, q, torch.tensor([1, 6, 2]))
     with pytest.raises(TypeError, match="p is torch.float32 and q is torch.float64"):
-        kernels.cpu_cross_entropy(p, q.double(), torch.tensor([1, 2, 3]))
-    assert kernels.cpu_cross_entropy(p[:0], q, torch.tensor([], dtype=torch.long)).isnan()  # as the reference
-    assert kernels.cpu_cross_entropy(p * float("nan"), q, torch.tensor([1, 2, 3])).isnan()  # a NaN is not hidden
+        kernels.cpu.cpu_cross_entropy(p, q.double(), torch.tensor([1, 2, 3]))
+    assert kernels.cpu.cpu_cross_entropy(p[:0], q, torch.tensor([], dtype=torch.long)).isnan()  # as the reference
+    assert kernels.cpu.cpu_cross_entropy(p * float("nan"), q, torch.tensor([1, 2, 3])).isnan()  # a NaN is not hidden
 
 
-@pytest.mark.skipif(kernels.cpu_unavailable_reason() is not None or kernels.cpu._load().ksr_pad() != 32,
+@pytest.mark.skipif(kernels.cpu.unavailable_reason() is not None or kernels.cpu._load().ksr_pad() != 32,
                     reason="the library here is the 32-byte (AVX2) build already")
 def test_avx2_build_on_an_avx512_cpu(tmp_path):
     """On an AVX-512 CPU the tests above run the 64-byte build; the 32-byte one (what AVX2 CPUs

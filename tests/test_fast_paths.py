@@ -17,7 +17,7 @@ def test_memory_write_matches_reference(inputs):
     """The no-autograd sorted write (frozen KG) is ksr.memory_write: the final memory, or the
     memory after every step (0 at padding steps in both)."""
     kg_seq, lengths, relations, _, _, all_steps = inputs
-    got = kernels.memory_write(kg_seq, lengths, relations, all_steps)
+    got = kernels.fast_torch.memory_write(kg_seq, lengths, relations, all_steps)
     want = ksr.memory_write(kg_seq, lengths, relations, all_steps)
     print("max |diff|", (got - want).abs().max().item())
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -29,7 +29,7 @@ def test_memory_write_function_matches_reference(inputs):
     """MemoryWriteFunction's hand-written backward against autograd through ksr.memory_write."""
     kg_seq, lengths, relations, _, _, _ = inputs
     a, b = kg_seq.clone().requires_grad_(), kg_seq.clone().requires_grad_()
-    got, want = kernels.MemoryWriteFunction.apply(a, lengths, relations), ksr.memory_write(b, lengths, relations)
+    got, want = kernels.fast_torch.MemoryWriteFunction.apply(a, lengths, relations), ksr.memory_write(b, lengths, relations)
     torch.testing.assert_close(got, want)
     dV = torch.randn(got.shape, generator=torch.Generator().manual_seed(0))
     ga, = torch.autograd.grad((got * dV).sum(), a)
@@ -46,7 +46,7 @@ def test_sorted_kv_memory_matches_reference(inputs, trained_kg):
     kg_seq, lengths, relations, query, gamma, all_steps = inputs
     a, b = kg_seq.clone().requires_grad_(trained_kg), kg_seq.clone().requires_grad_(trained_kg)
     qa, qb = query.clone().requires_grad_(), query.clone().requires_grad_()
-    got = kernels.sorted_kv_memory(a, lengths, relations, qa, gamma, all_steps)
+    got = kernels.fast_torch.sorted_kv_memory(a, lengths, relations, qa, gamma, all_steps)
     want = ksr.kv_memory(b, lengths, relations, qb, gamma, all_steps)
     torch.testing.assert_close(got, want)
     dm = torch.randn(got.shape, generator=torch.Generator().manual_seed(0))
@@ -64,13 +64,13 @@ def test_all_items_cross_entropy_matches_reference(n, N, D, scale, seed):
     p, q = torch.randn(n, D, generator=g) * scale, torch.randn(N + 1, D, generator=g)
     targets = torch.randint(1, N + 1, (n,), generator=g)
     c = torch.randn((), generator=g)  # an upstream gradient other than 1
-    assert_cross_entropy_matches_reference(kernels.all_items_cross_entropy, p, q, targets, c)
+    assert_cross_entropy_matches_reference(kernels.fast_torch.all_items_cross_entropy, p, q, targets, c)
 
 
 def fast_set(name, freeze_kg):
     """The implementations train.build_model gives a model on the CPU with --kernels `name` ("torch", or
     "cpp", the default where a C++ compiler works: kernels/cpu.py), from kernels/__init__.py's table."""
-    if name == "cpp" and (why := kernels.cpu_unavailable_reason()):
+    if name == "cpp" and (why := kernels.cpu.unavailable_reason()):
         pytest.skip(why)
     chosen = kernels.choose(name, "cpu", freeze_kg)
     return dict(memory=kernels.function("memory", chosen["memory"]), ce=kernels.function("ce", chosen["ce"]),

@@ -70,7 +70,7 @@ def check(case, out_tol=TOL["out"], grad_tol=TOL["grad"]):
     # the kernel, float32
     x = x64.float().to(DEVICE).requires_grad_(need_dx)
     q = q64.float().to(DEVICE).requires_grad_()
-    out = kernels.fused_kv_memory(x, lengths.to(DEVICE), r64.float().to(DEVICE), q, gamma, q.dim() == 3)
+    out = kernels.kv_memory.fused_kv_memory(x, lengths.to(DEVICE), r64.float().to(DEVICE), q, gamma, q.dim() == 3)
     # the reference, float64
     xr = x64.clone().requires_grad_(need_dx)
     qr = q64.clone().requires_grad_()
@@ -115,7 +115,7 @@ def test_padding_steps_are_zero_and_written():
     lengths = torch.tensor([1, 6, 3], device=DEVICE)
     q = torch.randn(B, L, K, device=DEVICE, requires_grad=True)
     xg = x.clone().requires_grad_()
-    out = kernels.fused_kv_memory(xg, lengths, torch.randn(R, K, device=DEVICE), q, 2.0, all_steps=True)
+    out = kernels.kv_memory.fused_kv_memory(xg, lengths, torch.randn(R, K, device=DEVICE), q, 2.0, all_steps=True)
     mask = torch.arange(L, device=DEVICE)[None, :] >= lengths[:, None]
     assert torch.all(out[mask] == 0) and torch.isfinite(out).all()
     dq, dx = torch.autograd.grad(out.sum(), [q, xg])
@@ -139,12 +139,12 @@ def test_bad_input_is_rejected(bad, match):
                 query=torch.randn(2, 6))
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
-        kernels.fused_kv_memory(args["kg_seq"], args["lengths"], args["relations"], args["query"], 1.0)
+        kernels.kv_memory.fused_kv_memory(args["kg_seq"], args["lengths"], args["relations"], args["query"], 1.0)
 
 
 def test_import_never_fails_without_triton():
     code = ("import sys; sys.modules['triton'] = None; import kernels; "
-            "print(kernels.unavailable_reason()); import ksr")
+            "print(kernels.kv_memory.unavailable_reason()); import ksr")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
     assert out.returncode == 0, out.stderr
@@ -160,7 +160,7 @@ def test_model_with_fused_memory_matches_sorted(freeze_kg, all_steps):
         targets = torch.where(seq > 0, torch.randint(1, 14, seq.shape, generator=torch.Generator().manual_seed(2)), 0)
     seq, lengths, targets = seq.to(DEVICE), lengths.to(DEVICE), targets.to(DEVICE)
     losses, grads = [], []
-    for memory in (kernels.sorted_kv_memory, kernels.fused_kv_memory):
+    for memory in (kernels.fast_torch.sorted_kv_memory, kernels.kv_memory.fused_kv_memory):
         model = small_model(freeze_kg=freeze_kg, memory=memory).float().to(DEVICE)
         loss = model(seq, lengths, targets, all_steps=all_steps)[1]
         losses.append(loss)

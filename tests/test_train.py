@@ -125,9 +125,9 @@ def test_kernels_reference_runs_the_reference(tiny_dataset, tmp_path, train_mode
     nn.Dropout); it trains to the same losses as the fast paths: the default (auto: the compiled CPU
     kernels, where they compile), cpp by name, and torch."""
     want = {"reference": (ksr.kv_memory, ksr.cross_entropy, None, torch.nn.Dropout),
-            "torch": (kernels.sorted_kv_memory, kernels.all_items_cross_entropy, None, torch.nn.Dropout),
-            "cpp": (kernels.cpu_kv_memory, kernels.cpu_cross_entropy, kernels.cpu_gru_layer, kernels.CPUDropout)}
-    if kernels.cpu_unavailable_reason():
+            "torch": (kernels.fast_torch.sorted_kv_memory, kernels.fast_torch.all_items_cross_entropy, None, torch.nn.Dropout),
+            "cpp": (kernels.cpu.cpu_kv_memory, kernels.cpu.cpu_cross_entropy, kernels.cpu.cpu_gru_layer, kernels.cpu.CPUDropout)}
+    if kernels.cpu.unavailable_reason():
         del want["cpp"]
     want["auto"] = want.get("cpp", want["torch"])
     losses = {}
