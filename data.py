@@ -30,7 +30,7 @@ from options import DATA_ARGS, DEFAULTS, KG_CHOICES, DataError, transe_settings
 # 1. Files: RecBole's atomic format, read fast and written whole
 
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
-# The type each column this project reads must have (RecBole's headers may declare any type)
+# The type each column we read must have (RecBole's headers may declare any)
 COLUMN_TYPES = {"user_id": "token", "item_id": "token", "timestamp": "float", "head_id": "token", "relation_id": "token",
                 "tail_id": "token", "entity_id": "token", "ent_id": "token", "ent_vec": "float_seq", "rel_id": "token",
                 "rel_vec": "float_seq", "movie_title": "token_seq", "class": "token_seq", "genre": "token_seq",
@@ -82,8 +82,8 @@ def read_atomic(path, required=(), types=None):
     return cols
 
 
-class _Refused(Exception):
-    """The fast reader's values fail a check: the line reader finds the line."""
+class _Refused(Exception):  # the fast reader's values fail a check: the line reader finds the line
+    pass
 
 
 def _read_header(path, required, want=None):
@@ -289,17 +289,17 @@ def attribute_kg(item_cols):
 def load_kg(folder, dataset, kg, item_cols=None, fields=None):
     """The KG as token columns: triples (head, relation, tail) and links (item, entity), each
     a tuple of Tokens, and the files read. fields: RecBole's field names (read_fields)."""
-    p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
+    path_of = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     if kg in ("files", "freebase"):
-        kgc = read_fields(p("kg"), ("head_id", "relation_id", "tail_id"), fields)
-        linkc = read_fields(p("link"), ("item_id", "entity_id"), fields)
+        kgc = read_fields(path_of("kg"), ("head_id", "relation_id", "tail_id"), fields)
+        linkc = read_fields(path_of("link"), ("item_id", "entity_id"), fields)
         return ((kgc["head_id"], kgc["relation_id"], kgc["tail_id"]), (linkc["item_id"], linkc["entity_id"]),
-                [p("kg"), p("link")])
+                [path_of("kg"), path_of("link")])
     if item_cols is None or not ("class" in item_cols or "genre" in item_cols or "release_year" in item_cols):
-        raise DataError(f"{p('item')}: --kg attributes needs an .item file with a class/genre or release_year column")
+        raise DataError(f"{path_of('item')}: --kg attributes needs an .item file with a class/genre or release_year column")
     triples, links = attribute_kg(item_cols)
     columns = lambda rows, n: tuple(Tokens.encode([row[c] for row in rows]) for c in range(n))
-    return columns(triples, 3), columns(links, 2), [p("item")]
+    return columns(triples, 3), columns(links, 2), [path_of("item")]
 
 
 def entity_ids(heads, tails):
@@ -318,8 +318,7 @@ def entity_ids(heads, tails):
 # 3. Sequences and RecBole's sequential split, kept once (CSR) and cut per batch
 
 class UserItems:
-    """Every user's items in time order, in one flat array: user u's are
-    items[offsets[u]:offsets[u + 1]] (user 0, the padding id, has none). seqs[u] is that view."""
+    """Every user's items in time order, in one flat array: seqs[u] = items[offsets[u]:offsets[u + 1]]."""
 
     def __init__(self, items, offsets):
         self.items, self.offsets = items, offsets  # (n_interactions,), (n_users + 2,)
@@ -329,9 +328,6 @@ class UserItems:
 
     def __getitem__(self, u):
         return self.items[self.offsets[u]:self.offsets[u + 1]]
-
-    def __iter__(self):
-        return (self[u] for u in range(len(self)))
 
     def lengths(self):
         return np.diff(self.offsets)
@@ -445,8 +441,7 @@ TRANSE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "transe
 
 
 def feature_paths(folder, dataset, kg, tag=None):
-    """The dataset's KG vector files (RecBole's names), or ours beside them for the attribute KG and for
-    TransE settings other than the defaults (`tag`)."""
+    """The dataset's KG vector files (RecBole's names), or ours beside them (the attribute KG, other TransE settings)."""
     stem = (dataset if kg == "files" else f"{dataset}.{kg}") + (f".{tag}" if tag else "")
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
@@ -474,12 +469,9 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
         raise DataError(f"{missing}: not found, but {have[0]} is there and was not written by this project: add the "
                         f"missing file, or remove {have[0]} to have TransE vectors trained for both")
     meta = {}
-    if ours:
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                meta = json.loads(f.readline())
-        except (ValueError, OSError):  # damaged: ours all the same (a user's files have no record), so made anew
-            meta = {}
+    with contextlib.suppress(ValueError, OSError):  # none, or damaged: ours all the same (a user's files have none)
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.loads(f.readline())
     if ours and len(have) == 2 and meta.get("made_with") != want:
         was = meta.get("made_with")
         changed = ", ".join(sorted(k for k in want if was.get(k) != want[k])) if isinstance(was, dict) else None
@@ -540,7 +532,6 @@ class Dataset:
     item_kg: np.ndarray      # (n_items + 1, K) pretrained entity vector e_i of each item (0 if unlinked)
     relation_kg: np.ndarray  # (R, K) pretrained relation vectors r_a
     item_titles: list = None
-    transe_hits10: float = None
     benchmark: bool = False  # splits read from benchmark_filename's files
     fingerprint: str = ""    # what a checkpoint records of its data
     stats: dict = field(default_factory=dict)
@@ -570,12 +561,12 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         from extras import recbole_data as recbole
     kg = "files" if kg == "freebase" else kg
     folder = os.path.join(data_path, dataset)
-    p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
+    path_of = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
     used = find_files(dataset, data_path, kg, a, recbole, log)
     fields = recbole.field_names(a) if recbole else None  # RecBole's *_FIELD: the files' column names
-    item_cols = read_fields(p("item"), ("item_id",), fields) if os.path.exists(p("item")) else None
+    item_cols = read_fields(path_of("item"), ("item_id",), fields) if os.path.exists(path_of("item")) else None
     (heads, rels, tails), links, kg_files = load_kg(folder, dataset, kg, item_cols, fields)
-    triples, entity_tokens, relation_tokens, item_link, kg_keep = link_kg(heads, rels, tails, *links, p("link"), a,
+    triples, entity_tokens, relation_tokens, item_link, kg_keep = link_kg(heads, rels, tails, *links, path_of("link"), a,
                                                                            recbole, log)
     if a["benchmark_filename"]:  # RecBole's pre-split files of samples: used as they are, no filter
         parts = [read_fields(path, ("user_id", "item_id", "item_id_list"),
@@ -585,14 +576,14 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         n_filtered, left = None, None
     else:
         seqs, splits, user_tokens, item_tokens, n_filtered, left = interactions(
-            p, fields, item_cols, item_link, keep_unlinked, max_len, a, recbole, kg_keep, log)
+            path_of, fields, item_cols, item_link, keep_unlinked, max_len, a, recbole, kg_keep, log)
     used += kg_files
     for name, n in (("test", 3), ("valid", 4)):
         if len(splits[name]) == 0:
             raise DataError(f"{used[0]}: no user has the {n} interactions a {name} sample needs")
     short = int((seqs.lengths()[1:] < 4).sum()) if seqs is not None and a["split_ratio"] is None else 0
     if short:
-        log(f"warning: {p('inter')}: {short} users have fewer than 4 interactions; as in RecBole, 1 gives no "
+        log(f"warning: {path_of('inter')}: {short} users have fewer than 4 interactions; as in RecBole, 1 gives no "
             f"sample, 2 a training sample only, 3 a training and a test sample but no valid sample")
 
     # e_i and r_a: the dataset's own, or TransE's, cached (of the whole KG: the vectors belong to the dataset;
@@ -615,10 +606,10 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
         titles = ["[PAD]"] + [t.get(tok, tok) for tok in item_tokens[1:]]
 
     ds = Dataset(dataset, kg, user_tokens, item_tokens, seqs, splits["train"], splits["valid"], splits["test"],
-                 entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles, hits,
+                 entity_tokens, relation_tokens, triples, item_entity, item_kg, relation_kg, titles,
                  benchmark=bool(a["benchmark_filename"]))
-    if a["load_col"] and "user" in a["load_col"] and os.path.exists(p("user")):
-        used.append(p("user"))  # its table filters the interactions
+    if a["load_col"] and "user" in a["load_col"] and os.path.exists(path_of("user")):
+        used.append(path_of("user"))  # its table filters the interactions
     ds.fingerprint = fingerprint(used, {"kg": kg, "keep_unlinked": keep_unlinked, "max_len": max_len, **changed})
     n_kept = len(seqs.items) if seqs is not None else None
     ds.stats = {
@@ -661,9 +652,9 @@ def find_files(dataset, data_path, kg, a, recbole, log):
         fetch_ml100k(data_path, log=log)
     if kg not in KG_CHOICES:
         raise DataError(f"--kg: unknown value {kg!r} (choose one of {', '.join(KG_CHOICES)})")
-    p = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
-    used = [p(f"{b}.inter") for b in a["benchmark_filename"]] if a["benchmark_filename"] else [p("inter")]
-    for path in used + ([p("kg"), p("link")] if kg == "files" else []):
+    path_of = lambda suffix: os.path.join(folder, f"{dataset}.{suffix}")
+    used = [path_of(f"{b}.inter") for b in a["benchmark_filename"]] if a["benchmark_filename"] else [path_of("inter")]
+    for path in used + ([path_of("kg"), path_of("link")] if kg == "files" else []):
         if not os.path.isfile(path):
             raise DataError(f"{path}: file not found")
     if recbole:
@@ -693,22 +684,22 @@ def link_kg(heads, rels, tails, link_items, link_entities, link_path, a, recbole
     return triples, entity_tokens, relation_tokens, item_link, kg_keep
 
 
-def interactions(p, fields, item_cols, item_link, keep_unlinked, max_len, a, recbole, kg_keep, log):
+def interactions(path_of, fields, item_cols, item_link, keep_unlinked, max_len, a, recbole, kg_keep, log):
     """The .inter file's interactions, RecBole's filters applied, those whose item has no KG link dropped
     (RecBole's KG datasets), renumbered and split: (UserItems, splits, user tokens, item tokens,
     interactions left by the filters, {filter step: interactions left after it})."""
-    inter = read_fields(p("inter"), ("user_id", "item_id"), fields)
+    inter = read_fields(path_of("inter"), ("user_id", "item_id"), fields)
     users_tok, items_tok = inter["user_id"], inter["item_id"]
     times = inter["timestamp"] if "timestamp" in inter else np.arange(len(users_tok), dtype=np.float64)
     rows, left = np.arange(len(users_tok)), {"read": len(users_tok)}
     if recbole:
         rows, left = recbole.filter_interactions(users_tok.codes, items_tok.codes, times, inter, recbole.id_tables(
-            a, p, read_fields, fields, item_cols, users_tok, items_tok, inter), a, p("inter"))
+            a, path_of, read_fields, fields, item_cols, users_tok, items_tok, inter), a, path_of("inter"))
     n_filtered = len(rows)
     if not keep_unlinked:
         rows = rows[np.array([i in item_link for i in items_tok.vocab], dtype=bool)[items_tok.codes[rows]]]
         if not len(rows):
-            raise DataError(f"{p('inter')}: no interaction has an item linked in {p('link')}"
+            raise DataError(f"{path_of('inter')}: no interaction has an item linked in {path_of('link')}"
                             + (" (after the filters)" if len(left) > 1 else ""))
         if len(left) > 1 or kg_keep is not None:
             left["KG link"] = len(rows)

@@ -4,11 +4,10 @@ Huang, Zhao, Dou, Wen, Chang. "Improving Sequential Recommendation with Knowledg
 Memory Networks." SIGIR 2018. Follows RecBole 1.2.1's KSR; the differences are listed in
 docs/recbole-differences.md.
 
-This file is the reference: the paper's equations, step by step, and it imports only torch.
-Faster code (kernels/) has the signature of `kv_memory`, of `cross_entropy`, of one GRU layer or
-of nn.Dropout; train.build_model hands the implementations --kernels picks to KSR (`KSR(...,
-memory=, ce=, gru_layer=, dropout=)`: kernels/__init__.py's table), and tests prove each equal
-to this file.
+This file is the reference: the paper's equations, step by step, torch only. The fast paths of
+kernels/ have the signatures of `kv_memory`, `cross_entropy`, a GRU layer and nn.Dropout; KSR(...,
+memory=, ce=, gru_layer=, dropout=) takes them (kernels/__init__.py's table), and tests prove them
+equal to this file.
 
 Reading order (parts first, the whole model last):
   1. memory_write   - the erase/add write of every item into V (one slot per relation a)
@@ -69,12 +68,11 @@ def memory_read(V, relations, query, gamma):
 
 
 def kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
-    """KSR's memory: memory_write, then memory_read. The readable reference and the tests' oracle.
+    """KSR's memory: memory_write, then memory_read; the tests' oracle, and every fast memory's signature.
 
     query (B, K):    all_steps=False, m (B, K), read after each row's last valid step
-          (B, L, K): all_steps=True,  m (B, L, K), read after every step (0 at padding:
-                     the memory there is 0)
-    gamma: attention sharpness. Every fast memory in kernels/ has this signature.
+          (B, L, K): all_steps=True,  m (B, L, K), read after every step (0 at padding, where V is 0)
+    gamma: the attention's sharpness.
     """
     if query.dim() != (3 if all_steps else 2):
         raise ValueError(f"kv_memory: all_steps={all_steps} needs a query of shape {'(B, L, K)' if all_steps else '(B, K)'}, "
@@ -88,12 +86,10 @@ def kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
 class GRU(nn.Module):
     """RecBole's encoder: nn.GRU(D -> H, num_layers, bias=False, batch_first).
 
-    forward(x (B, L, D), lengths (B,), all_steps) -> h (B, H) at each row's last valid step,
-    or with all_steps=True (B, L, H) after every step (values at padding steps unspecified).
-    nn.GRU runs over all L steps, padding included; padding comes after the valid steps, so
-    it never changes h at a valid step.
-    layer: None runs nn.GRU itself; a fast path computes the same, one layer at a time, with
-    its weights: layer(x, weight_ih, weight_hh, lengths) -> (B, L, H) (kernels.cpu_gru_layer).
+    forward(x (B, L, D), lengths (B,), all_steps) -> h (B, H) at each row's last valid step, or with
+    all_steps=True (B, L, H) after every step (unspecified at padding: it comes after the valid steps,
+    so it never changes h at one). layer: None runs nn.GRU itself; a fast path computes the same one
+    layer at a time with its weights, layer(x, weight_ih, weight_hh, lengths) -> (B, L, H).
     """
 
     def __init__(self, input_size, hidden_size, num_layers, layer=None):
@@ -136,14 +132,9 @@ class KSR(nn.Module):
     no_memory    a plain GRU4Rec: p_u = W h_t, q_i = x_i (the baseline)
     pad_slot     one more memory slot whose key is the zero vector, as RecBole's memory has
                  (its padding relation keeps a zero vector); it holds e_i itself
-    memory       the function that computes kv_memory: this file's (the default), or a fast
-                 one of kernels/ with the same signature (train.build_model chooses)
-    ce           the same for the CE loss: cross_entropy (the default), or
-                 kernels.all_items_cross_entropy
-    gru_layer    None (the default): the encoder is nn.GRU; or kernels.cpu_gru_layer, the same
-                 GRU compiled for the CPU (GRU above)
-    dropout      nn.Dropout (the default), or kernels.CPUDropout: its masks drawn on all threads
-    The other options are RecBole's (KSR.yaml); their defaults are set once, in options.DEFAULTS.
+    memory, ce, gru_layer, dropout   kv_memory, cross_entropy, nn.GRU (None) and nn.Dropout, or the
+                 same functions from kernels/ (train.build_model: kernels/__init__.py's table)
+    The other options are RecBole's (KSR.yaml), their defaults in options.py.
     """
 
     def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,
@@ -205,13 +196,11 @@ class KSR(nn.Module):
         return all_scores(p, self.item_representations())
 
     def loss(self, p, targets, negatives=None):
-        """The mean loss over every position that has a target (0 marks none).
-
-        p (..., D), targets (...): one target per user (B,) or one per step (B, L).
-        CE: softmax over all real items. BPR: -log sigmoid(p.q_pos - p.q_neg), one
+        """The mean loss over every position with a target: p (..., D), targets (...), (B,) or (B, L)
+        with 0 for none. CE: softmax over all real items. BPR: -log sigmoid(p.q_pos - p.q_neg), one
         negative per target (sample_negatives)."""
         keep = (targets > 0).reshape(-1).nonzero().squeeze(1)  # the positions with a target
-        # p[targets > 0], as index_select: its backward is an index_add, ~3x faster than a mask's on the CPU
+        # p[targets > 0] as index_select: its backward is an index_add, cheaper on the CPU than a mask's
         p, targets = p.reshape(-1, p.shape[-1]).index_select(0, keep), targets.reshape(-1)[keep]  # (n, D), (n,)
         if self.loss_type == "CE":
             return self.ce(p, self.item_representations(), targets)

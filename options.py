@@ -1,9 +1,6 @@
-"""The options and their defaults (the one place they are set), option types that refuse bad
-values, and how every program here talks to its user: one line per error, and exit codes
-(2: a bad option, 1: bad data or a failed run, 130: Ctrl-C, 143: stopped by torchrun).
-
-train.py and the programs in extras/ and bench/ build their parsers here (option_parser); this
-module imports no other module of the project.
+"""The options and their defaults (the one place they are set), option types that refuse bad values,
+and how every program here talks to its user: one line per error, and exit codes (2: a bad option,
+1: bad data or a failed run, 130: Ctrl-C, 143: stopped by torchrun). It imports nothing of ours.
 """
 import argparse
 import math
@@ -28,18 +25,11 @@ CORE = dict(
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
     transe_epochs=60, transe_learning_rate=None, transe_seed=2020, transe_optimizer="auto",  # transe.resolve
 )
-DEFAULTS = dict(CORE)
-# RecBole's settings beyond KSR.yaml (overall.yaml's names), each with a default that changes nothing here.
-# A RecBole YAML config (--config_files) or the command line sets them; their option types live in
-# extras/recbole_config.py, which a parser loads only for a command line that names one (Parser).
-DEFAULTS.update(
-    # training
-    learner="adam", weight_decay=0.0, clip_grad_norm=None, eval_step=1, show_progress=True,
-    train_neg_sample_num=1,  # BPR: negatives per target (RecBole's train_neg_sample_args sample_num)
-    # evaluation: split_ratio None is RecBole's LS valid_and_test (leave-one-out), a list its RS split
-    split_ratio=None, valid_eval_mode="full", test_eval_mode="full", metric_decimal_place=None,  # None: exact
-    metrics=["Recall", "MRR", "NDCG", "Hit", "Precision"], checkpoint_dir="runs", config_files=None,
-    # data: field names, columns, filters, pre-split files (extras/recbole_data.py)
+# RecBole's settings beyond KSR.yaml (overall.yaml's names), each with a default that changes nothing here. A
+# RecBole YAML config (--config_files) or the command line sets them; a parser takes them from
+# extras/recbole_config.py only for a command line that names one (Parser.needs_recbole).
+DATA_ARGS = dict(  # what data.load_dataset reads (its data_args, extras/recbole_data.py); one set enters the fingerprint
+    split_ratio=None,  # None: RecBole's LS valid_and_test (leave-one-out); train,valid,test ratios: its RS split
     USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", TIME_FIELD="timestamp", HEAD_ENTITY_ID_FIELD="head_id",
     TAIL_ENTITY_ID_FIELD="tail_id", RELATION_ID_FIELD="relation_id", ENTITY_ID_FIELD="entity_id",
     load_col=None, unload_col=None,  # load_col None: RecBole's default, the .inter file alone (no .user/.item table)
@@ -47,11 +37,11 @@ DEFAULTS.update(
     user_inter_num_interval=None, item_inter_num_interval=None, entity_kg_num_interval=None,
     relation_kg_num_interval=None, kg_reverse_r=False, benchmark_filename=None,
 )
-# The options data.load_dataset reads (its data_args); the ones not at their default enter the data fingerprint
-DATA_ARGS = ("split_ratio", "USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "HEAD_ENTITY_ID_FIELD",
-             "TAIL_ENTITY_ID_FIELD", "RELATION_ID_FIELD", "ENTITY_ID_FIELD", "load_col", "unload_col", "rm_dup_inter",
-             "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
-             "entity_kg_num_interval", "relation_kg_num_interval", "kg_reverse_r", "benchmark_filename")
+DEFAULTS = dict(
+    CORE, learner="adam", weight_decay=0.0, clip_grad_norm=None, eval_step=1, show_progress=True,
+    train_neg_sample_num=1,  # BPR: negatives per target (RecBole's train_neg_sample_args sample_num)
+    valid_eval_mode="full", test_eval_mode="full", metric_decimal_place=None,  # None: exact
+    metrics=["Recall", "MRR", "NDCG", "Hit", "Precision"], checkpoint_dir="runs", config_files=None, **DATA_ARGS)
 KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for its files (RecBole's Freebase KG)
 # A batch counts prefixes in RecBole's prefix mode, windows (~2,400 an epoch on ml-100k) in sequence mode
 MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # RecBole's
@@ -60,15 +50,11 @@ MODE_DEFAULTS = {"prefix": dict(train_batch_size=2048, learning_rate=0.001),  # 
 FOLLOWS = {
     # ml-100k: the attribute KG (RecBole's Freebase links for it point at other films: extras/link_check.py);
     # any other dataset: its own .kg/.link files
-    "kg": lambda a: default_kg(a["dataset"]),
+    "kg": lambda a: "attributes" if a["dataset"] == "ml-100k" else "files",
     "train_batch_size": lambda a: MODE_DEFAULTS[a["train_mode"]]["train_batch_size"],
     "learning_rate": lambda a: MODE_DEFAULTS[a["train_mode"]]["learning_rate"],
     "window_stride": lambda a: a["MAX_ITEM_LIST_LENGTH"],
 }
-
-
-def default_kg(dataset):
-    return "attributes" if dataset == "ml-100k" else "files"
 
 
 def transe_settings(cfg):
@@ -78,7 +64,7 @@ def transe_settings(cfg):
 
 
 class UsageError(Exception):
-    """A bad option or value: cli() prints it on one line and exits 2."""
+    """A bad option or value: one line, exit 2 (cli)."""
 
 
 class UserError(Exception):
@@ -86,7 +72,7 @@ class UserError(Exception):
 
 
 class DataError(UserError):
-    """Bad input (or a file that cannot be written): one line naming the file (and line) and what is wrong."""
+    """Bad input, or a file that cannot be written: one line naming the file (and line) and what is wrong."""
 
 
 class Stopped(BaseException):
@@ -103,8 +89,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (cli() catches it)
         raise UsageError(f"{self.prog}: error: {message}")
 
-    def needs_recbole(self, argv):
-        """Whether argv names one of its RecBole options (or asks for --help): then the caller adds them."""
+    def needs_recbole(self, argv):  # argv names one of its RecBole options, or asks for --help
         return bool(self.recbole and (given_options(argv) & set(self.recbole) or {"-h", "--help"} & set(argv)))
 
 
@@ -158,9 +143,8 @@ def option_parser(prog, description, names=None):
     by_mode = lambda key: f"default {d[key]} (prefix mode: {md['prefix'][key]})"
     options = [
         ("dataset", dict(type=dataset_name)), ("data_path", {}),
-        ("kg", dict(choices=KG_CHOICES, help="files: the dataset's .kg/.link files (for ml-100k RecBole's Freebase "
-                    "files, also called freebase); attributes: a KG from the .item file; default: attributes for "
-                    "ml-100k, files for any other dataset")),
+        ("kg", dict(choices=KG_CHOICES, help="files (freebase): the dataset's .kg/.link files; attributes: a KG from "
+                    "the .item file; default: attributes for ml-100k, files for any other dataset")),
         ("keep_unlinked", dict(type=str2bool, help="keep interactions whose item has no KG link (zero KG vector)")),
         *[(name, dict(type=pint)) for name in ("embedding_size", "kg_embedding_size", "hidden_size", "num_layers")],
         ("dropout_prob", dict(type=number(float))), ("gamma", dict(type=number(float))),
@@ -175,9 +159,8 @@ def option_parser(prog, description, names=None):
         *[(name, dict(type=pint)) for name in ("eval_batch_size", "epochs", "stopping_step", "MAX_ITEM_LIST_LENGTH")],
         ("topk", dict(type=topk_list)), ("valid_metric", {}),
         ("seed", dict(type=number(int, 0, 2 ** 32 - 1))), ("device", dict(choices=["cpu", "cuda"])),
-        ("kernels", dict(choices=["auto", "reference", "torch", "cpp", "triton"], help="the code that computes the "
-                         "model (kernels/__init__.py's table): auto, the fastest that works here (cpp on the CPU where a "
-                         "C++ compiler works, else torch); reference, ksr.py alone; torch, cpp or triton by name")),
+        ("kernels", dict(choices=["auto", "reference", "torch", "cpp", "triton"], help="the code that computes the model "
+                         "(kernels/__init__.py): auto, the fastest that works here; reference, ksr.py alone")),
         ("max_steps", dict(type=number(int, 0), help="stop each epoch after this many batches (0: all)")),
         ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),
         ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),
@@ -186,9 +169,8 @@ def option_parser(prog, description, names=None):
         ("transe_learning_rate", dict(type=pfloat, help="TransE's learning rate (default 0.01 dense, 0.005 lazy)")),
         ("transe_seed", dict(type=number(int, 0, 2 ** 32 - 1), help="TransE's seed: the vectors belong to the "
                              "dataset, not to a training run's --seed")),
-        ("transe_optimizer", dict(choices=["auto", "lazy", "dense"], help="lazy: Adam without momentum on a batch's "
-                                  "rows (scales to 1M triples); dense: Adam on the whole tables (small KGs); auto: "
-                                  "dense up to 100,000 triples, lazy above (transe.py)")),
+        ("transe_optimizer", dict(choices=["auto", "lazy", "dense"], help="TransE's optimizer (transe.py): auto is "
+                                  "dense up to 100,000 triples, lazy above")),
     ]
     for name, kw in options:
         if names is None or name in names:
@@ -199,11 +181,9 @@ def option_parser(prog, description, names=None):
 
 
 def cli(program, argv):
-    """Run program(argv) as a command: a bad option is one line and exit 2; bad data, a failed
-    run or running out of memory one line and exit 1; Ctrl-C one line and exit 130; stopped by
-    torchrun (SIGTERM) one line and exit 143. Files are written whole or not at all
-    (data.replacing), so an interrupted run leaves nothing half-written. Under torchrun the
-    job's own ends (Ctrl-C, torchrun stopping it, a process that died) are said once, by rank 0."""
+    """Run program(argv) as a command: one line for a bad option (exit 2), bad data, a failed run or no
+    memory (exit 1), Ctrl-C (130), torchrun's SIGTERM (143); files are written whole (data.replacing),
+    so a stopped run leaves nothing half-written. Under torchrun the job's own ends are said by rank 0."""
     job_line = lambda line: os.environ.get("RANK", "0") == "0" and print(line, file=sys.stderr)
     try:
         return program(argv)

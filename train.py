@@ -7,12 +7,10 @@
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
     python train.py explain|tune|compare ...               # extras/explain.py, tune.py, compare.py
 
-A run, top to bottom: main -> parse_args (options.py holds every option and its default) -> run:
-it holds the run folder, loads the data (data.load_dataset), builds the model (ksr.KSR computed by
-the kernels --kernels picks), then fit: per epoch train_epoch (forward, loss, backward, step) and
-rank_all on valid; early stopping on valid MRR@10; the best checkpoint is tested. Under torchrun
-(extras/distributed.py joins the processes) the `world_size > 1` lines split each batch and
-gather the ranks.
+A run, top to bottom: main -> parse_args (options.py) -> run: run_folder, data.load_dataset,
+build_model (ksr.KSR with the kernels --kernels picks), fit (per epoch train_epoch: forward, loss,
+backward, step; rank_all on valid; early stopping on valid MRR@10), the best checkpoint tested.
+Under torchrun the `world_size > 1` lines split each batch and gather the ranks.
 """
 import contextlib
 import importlib
@@ -21,7 +19,6 @@ import json
 import math
 import os
 import platform
-import socket
 import sys
 import time
 
@@ -35,19 +32,14 @@ import ksr
 from options import (DATA_ARGS, DEFAULTS, FOLLOWS, DataError, UsageError, UserError, cli, given_options, option_parser,
                      transe_settings)
 
-try:
-    import fcntl  # POSIX: the kernel's flock makes a lock's takeover race-free
-except ImportError:  # Windows: the pid in the lock alone says who holds it
-    fcntl = None
-
 METRICS = ("recall", "mrr", "ndcg", "hit", "precision", "map")  # --metrics chooses among them (default: all but map)
 
 
 def parse_args(argv=None, ap=None, config_dict=None):
-    """train.py's options, checked; bad ones raise UsageError. RecBole's options (extras/recbole_config.py)
-    join the parser when the command line names one: config files (--config_files) and a config_dict
-    become the options' defaults, so the command line wins; args.config_sources says where each value
-    came from. A default that follows another option (options.FOLLOWS) follows it when nothing set it."""
+    """train.py's options, checked (a bad one raises UsageError). RecBole's options join the parser when
+    the command line names one (extras/recbole_config.py): config files and a config_dict become the
+    defaults, so the command line wins; args.config_sources says where each value came from. A default
+    that follows another option (options.FOLLOWS) follows it when nothing set it."""
     ap = ap or option_parser("train.py", "Train KSR (RecBole's protocol) and report test metrics. More commands: "
                              "`train.py explain`, `train.py tune` and `train.py compare` (see --help of each).")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -87,20 +79,18 @@ def parse_args(argv=None, ap=None, config_dict=None):
 # Evaluation: full ranking
 
 def rank_of_target(scores, targets):
-    """1-based rank of each target among all items. Ties: an item with the same score
-    ranks ahead of the target if its id is smaller (as a stable sort by score would).
-    A NaN score ranks below every number: a NaN target is last, never first."""
-    s = scores.gather(1, targets[:, None])  # (B, 1)
-    higher = (scores > s).sum(1)
+    """1-based rank of each target among all items. Ties: an item with the same score ranks ahead of the
+    target if its id is smaller (a stable sort by score). A NaN target is last, never first."""
+    target_score = scores.gather(1, targets[:, None])  # (B, 1)
+    higher = (scores > target_score).sum(1)
     ids = torch.arange(scores.shape[1], device=scores.device)[None, :]
-    tied_before = ((scores == s) & (ids < targets[:, None])).sum(1)
+    tied_before = ((scores == target_score) & (ids < targets[:, None])).sum(1)
     last = torch.full_like(higher, scores.shape[1] - 1)  # N: the last of the N real items
-    return torch.where(s[:, 0].isnan(), last, 1 + higher + tied_before)
+    return torch.where(target_score[:, 0].isnan(), last, 1 + higher + tied_before)
 
 
 def user_metrics(ranks, k):
-    """Each user's Recall, MRR, NDCG, Hit, Precision, MAP @k from the rank of their one target, as RecBole
-    (float64 tensors): the metrics are their means; compare.py bootstraps them user by user."""
+    """Each user's Recall, MRR, NDCG, Hit, Precision, MAP @k from the rank of their one target, as RecBole's."""
     ranks = ranks.double()
     hit = (ranks <= k).double()
     return {"recall": hit, "mrr": hit / ranks, "ndcg": hit / torch.log2(ranks + 1), "hit": hit, "precision": hit / k,
@@ -108,8 +98,7 @@ def user_metrics(ranks, k):
 
 
 def metrics_from_ranks(ranks, topk, metrics=METRICS[:5]):
-    """Recall, MRR, NDCG, Hit, Precision, MAP @k for one ground-truth item per user, as RecBole
-    (`metrics`: which, in RecBole's or lower-case spelling)."""
+    """The means of user_metrics: `metrics` (RecBole's or lower-case names) at every k of topk."""
     chosen = {m.lower() for m in metrics}
     return {f"{name}@{k}": v.mean().item() for k in topk for name, v in user_metrics(ranks, k).items() if name in chosen}
 
@@ -123,8 +112,7 @@ def metrics_table(m, topk, decimals=4):
 
 
 def batches(split, size, device="cpu", rank=0, world=1):
-    """(start, item_seq, lengths, targets) of consecutive slices of `split`, in order, cut
-    (data.Split.cut) one at a time; with world > 1 only slices rank, rank + world, ..."""
+    """(start, item_seq, lengths, targets) of `split`'s slices in order (with world > 1: rank, rank + world, ...)."""
     for i in range(rank * size, len(split), world * size):
         yield (i,) + tuple(torch.as_tensor(a, device=device) for a in split.cut(np.arange(i, min(i + size, len(split)))))
 
@@ -140,10 +128,9 @@ def world():
 
 @torch.no_grad()
 def rank_all(model, split, cfg, device, candidates=None):
-    """The rank of each sample's target among all items (split order), or among the target and its
-    row of `candidates` (sampled evaluation, extras/sampled_eval.py). With N processes each ranks
-    whole batches, round-robin, as one process would, and the integer ranks are gathered: the same
-    ranks, exactly."""
+    """The rank of each sample's target among all items (split order), or among the target and its row
+    of `candidates` (sampled evaluation). Under torchrun each process ranks whole batches, round-robin,
+    and the integer ranks are gathered: the same ranks as one process's, exactly."""
     model.eval()
     rank, world_size = world()
     mine = {}  # batch start -> ranks of its users, or why they cannot be ranked
@@ -170,6 +157,7 @@ def rank_all(model, split, cfg, device, candidates=None):
 def evaluate(model, split, cfg, device, candidates=None):
     """Metrics of `split` (--metrics at every --topk), full ranking or among `candidates`."""
     return metrics_from_ranks(rank_all(model, split, cfg, device, candidates), cfg["topk"], cfg["metrics"])
+
 
 # -----------------------------------------------------------------------------
 # Training
@@ -257,11 +245,9 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
     return total / count
 
 
-def make_progress(enabled):
-    def progress(i, n, loss):
-        if enabled:
-            print(f"\r  batch {i}/{n}  loss {loss:.4f}", end="" if i < n else "\r" + " " * 40 + "\r", file=sys.stderr, flush=True)
-    return progress
+def make_progress(enabled):  # a batch counter on stderr, rewritten in place
+    return lambda i, n, loss: enabled and print(f"\r  batch {i}/{n}  loss {loss:.4f}", file=sys.stderr, flush=True,
+                                                end="" if i < n else "\r" + " " * 40 + "\r")
 
 
 def load_data(cfg, log):
@@ -275,9 +261,8 @@ def run(cfg, log=print):
     Under torchrun every process runs this; only rank 0 logs and writes files."""
     rank, world_size = world()
     log = log if rank == 0 else (lambda m: None)
-    out_dir = cfg["out_dir"] or os.path.join(cfg["checkpoint_dir"], f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
-    ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
-    with run_folder(out_dir, (ckpt_path, results_path), cfg["overwrite"]):
+    with run_folder(cfg) as out_dir:
+        ckpt_path, results_path = os.path.join(out_dir, "model.pt"), os.path.join(out_dir, "results.json")
         t_start = time.time()
         torch.manual_seed(cfg["seed"])
         np.random.seed(cfg["seed"])
@@ -318,17 +303,15 @@ def run(cfg, log=print):
         }
         if rank == 0:
             save(results, results_path)
-    log(f"best valid {cfg['valid_metric']} {h['best_score']:.4f} at epoch {h['best_epoch']}; test metrics of that "
-        f"checkpoint:")
+    log(f"best valid {cfg['valid_metric']} {h['best_score']:.4f} at epoch {h['best_epoch']}; test metrics of that checkpoint:")
     log(metrics_table(test, cfg["topk"], 4 if cfg["metric_decimal_place"] is None else cfg["metric_decimal_place"]))
     log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
     return results
 
 
 def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_path, log):
-    """The epochs: train_epoch, then every eval_step epochs rank_all on valid; the best valid epoch's
-    weights kept (in memory, and in ckpt_path by rank 0), early stopping as RecBole's. Returns the
-    history that results.json records, with the best weights and their valid ranks."""
+    """The epochs: train_epoch, and every eval_step epochs rank_all on valid; the best valid epoch's weights
+    kept (and saved by rank 0), early stopping as RecBole's. Returns the history, the best weights."""
     is_main = world()[0] == 0
     progress = make_progress(is_main and cfg["show_progress"] and sys.stderr.isatty())
     gen = torch.Generator().manual_seed(cfg["seed"])
@@ -374,12 +357,12 @@ def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_
             break
     return dict(h, best_epoch=best_epoch, best_score=best)
 
+
 # -----------------------------------------------------------------------------
-# The run folder: whole files, one run at a time, never over a user's run
+# The run folder: one run's alone, its files whole
 
 def rank0_first(fn):
-    """fn() on rank 0, then on the other processes, rank 0's error raised on every one of them
-    (extras/distributed.py); one process: fn()."""
+    """fn() on rank 0, then on the others, rank 0's error raised on every process (extras/distributed.py)."""
     if world()[1] == 1:
         return fn()
     from extras.distributed import main_first
@@ -387,26 +370,26 @@ def rank0_first(fn):
 
 
 @contextlib.contextmanager
-def run_folder(folder, run_files, overwrite):
-    """A training run's folder, held (locked) by rank 0 from the check that it holds no run to the last
-    write, so a second run into it is refused instead of mixing its files in: made before any long
-    work, refused if it holds a run (any of run_files) unless overwrite, and then those files go
-    first, so a results.json and a model.pt of two different runs never sit side by side."""
+def run_folder(cfg):
+    """The run's folder, this run's alone from before any long work to the last write: a new folder
+    under --checkpoint_dir (os.mkdir makes it or fails: two runs started in the same second get two),
+    or --out_dir, held by a lock and refused if it holds a run unless --overwrite (extras/run_lock.py).
+    Under torchrun rank 0 makes or holds it; an error there stops every process."""
     with contextlib.ExitStack() as held:
-        def hold():
+        def claim():
+            if cfg["out_dir"]:
+                from extras.run_lock import run_folder as held_folder
+                run_files = [os.path.join(cfg["out_dir"], f) for f in ("model.pt", "results.json")]
+                return held.enter_context(held_folder(cfg["out_dir"], run_files, cfg["overwrite"]))
+            stem = os.path.join(cfg["checkpoint_dir"], f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
-                os.makedirs(folder, exist_ok=True)
+                for folder in (stem + f"-{k}" * (k > 1) for k in range(1, 1000)):  # a second run this second: -2
+                    with contextlib.suppress(FileExistsError):
+                        os.makedirs(folder)
+                        return folder
             except OSError as e:
-                raise DataError(f"{folder}: cannot write the run there ({e.strerror or e})") from None
-            held.enter_context(locked(folder, "training run"))
-            there = [f for f in run_files if os.path.exists(f)]
-            if there and not overwrite:
-                raise DataError(f"{folder}: holds a run ({', '.join(map(os.path.basename, there))}); choose another "
-                                f"--out_dir, or pass --overwrite to replace it")
-            for f in there:
-                os.remove(f)
-        rank0_first(lambda: world()[0] == 0 and hold())
-        yield
+                raise DataError(f"{stem}: cannot write the run there ({e.strerror or e})") from None
+        yield rank0_first(lambda: claim() if world()[0] == 0 else cfg["out_dir"] or "(rank 0's run folder)")
 
 
 def save(obj, path):
@@ -421,69 +404,14 @@ def save(obj, path):
         f.write(payload)
 
 
-@contextlib.contextmanager
-def locked(folder, holder, error=DataError, prefix=""):
-    """Hold folder/.lock (it names this process: pid and host) until the with-block ends. Another
-    process of this project holding it is refused at once, in one line naming it (`error`, the
-    message after `prefix`); a lock whose process is gone (a killed run) is taken over. The
-    kernel's flock is what is held, so two takeovers of one stale lock cannot both win; a lock
-    of another host is never taken over (its pid means nothing here)."""
-    path = os.path.join(folder, ".lock")
-    host = socket.gethostname()
-    where = f"--out_dir {folder}"
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise error(f"{prefix}{where}: cannot write there ({e.strerror or e})") from None
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            got = True
-        except BlockingIOError:  # a live process holds it
-            got = False
-        os.lseek(fd, 0, os.SEEK_SET)
-        pid, _, their_host = os.read(fd, 200).decode("utf-8", "replace").strip().partition(" ")
-        if got and os.path.exists(path) and os.stat(path).st_ino != os.fstat(fd).st_ino:
-            os.close(fd)  # its holder removed it as we opened it: try again
-            continue
-        if got and (not pid or (their_host == host and pid.isdigit() and not data.process_alive(int(pid)))):
-            break  # ours: new, or its process is gone
-        os.close(fd)
-        who = f"process {pid} on {their_host}" if pid else "a process starting up"
-        raise error(f"{prefix}{where} is in use by another {holder} ({who}, {path}); wait for it, or use another "
-                    f"--out_dir") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()} {host}".encode())
-    except OSError as e:  # a full disk: the lock cannot name us
-        os.remove(path)
-        os.close(fd)
-        raise error(f"{prefix}{where}: cannot write there ({e.strerror or e})") from None
-    try:
-        yield
-    finally:
-        os.remove(path)  # before the flock goes: a process that opened this file sees it removed, and tries again
-        os.close(fd)
 
 # -----------------------------------------------------------------------------
 # The command
 
-EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "kernels", "topk")  # what --eval_only can change
-
-
 def train_main(argv):
     args = parse_args(argv)
     if args.eval_only:
-        if launched():
-            raise UsageError("train.py: error: --eval_only runs in one process: python train.py --eval_only ...")
-        if not os.path.isfile(args.eval_only):
-            raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
-        if (other := sorted(given_options(argv) - {"eval_only", *EVAL_OPTIONS})):  # every option counts or is refused
-            raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
-                             f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
-        command("eval_only")(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
+        command("eval_only")(args, argv)
     elif not launched():
         run(vars(args))
     else:  # under torchrun: join the other processes, run, leave (extras/distributed.py)
@@ -503,21 +431,11 @@ def launched():
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def run_ksr(dataset=None, config_file_list=None, config_dict=None, argv=(), log=print):
-    """RecBole's quick start for ksr: run_recbole(model="KSR", dataset=..., config_file_list=...,
-    config_dict=...) becomes run_ksr(dataset=..., config_file_list=..., config_dict=...), a training run
-    with RecBole's precedence (files in order, then config_dict, then `argv`, train.py's options);
-    returns the results dict (results.json). Bad settings raise options.UsageError, bad data options.DataError."""
-    argv = list(argv) + (["--dataset", dataset] if dataset else []) + (["--config_files", *config_file_list]
-                                                                         if config_file_list else [])
-    return run(vars(parse_args(argv, config_dict=config_dict)), log)
-
-
 # The programs around the core that train.py runs: `python train.py explain ...` is extras/explain.py's main,
-# --eval_only extras/checkpoint.py's eval_only. They import train.py, never the reverse: train.py reaches them
+# --eval_only extras/checkpoint.py's eval_only_command. They import train.py, never the reverse: train.py reaches them
 # by name (importlib), when one is asked for.
 COMMANDS = {"explain": "extras.explain:main", "tune": "extras.tune:main", "compare": "extras.compare:main",
-            "eval_only": "extras.checkpoint:eval_only"}
+            "eval_only": "extras.checkpoint:eval_only_command"}
 
 
 def command(name):

@@ -144,8 +144,8 @@ class LazyAdam:
     move it, and the sparse update is some other optimiser). With beta1 = 0 a row without a
     gradient does not move at all; only its second moment v decays, by beta2 per step, and that
     is caught up when the row is next used: v = beta2^(steps since its last update) v. So the
-    sparse step is the dense step. (KSR on ml-100k did better with the earlier dense Adam
-    vectors, beta1 = 0.9 and every row moving every step: docs/results.md.)
+    sparse step is the dense step. (On ml-100k's small KGs KSR does better with dense Adam's
+    vectors, beta1 = 0.9 and every row moving every step: docs/results.md; hence auto.)
     """
 
     def __init__(self, w, lr, beta2=0.999, eps=1e-8):

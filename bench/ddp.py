@@ -1,8 +1,8 @@
 """One process against torchrun, on the same machine, in one run.
 
-    python bench_ddp.py                     # s/epoch, both training modes, 2 epochs each
-    python bench_ddp.py --full              # and full default runs (early stopping), test metrics side by side
-    python bench_ddp.py --full --no_timing -- --dropout_prob 0    # train.py options after --
+    python -m bench.ddp                     # s/epoch, both training modes, 2 epochs each
+    python -m bench.ddp --full              # and full default runs (early stopping), test metrics side by side
+    python -m bench.ddp --full --no_timing -- --dropout_prob 0    # train.py options after --
 
 For each training mode: `python train.py` with T threads, then `torchrun --nproc_per_node N
 train.py` with T / N threads per process (T = the machine's cores), same seed and options;

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (issue 20): run it from a fresh clone on a CUDA machine,
 #
-#     bash kernels/gpu_check.sh            # at most 8 minutes after the install; writes docs/gpu.md
+#     bash bench/gpu_check.sh            # at most 8 minutes after the install; writes docs/gpu.md
 #
 # and commit docs/gpu.md. Parts, in order (each with its own time limit, all within one
 # 8-minute deadline; a part that fails, times out or finds no time left is named at the end
 # and makes the exit status 1):
 #   compile      tests/test_kernels_compile.py: every launch compiled for sm_80/sm_90, no spills (CPU-safe)
 #   kernels      tests/test_kernels.py compiled for this GPU (TRITON_INTERPRET=0), kernel-level tests
-#   bench        kernels/bench.py: eager, torch.compile, fused; fwd and fwd+bwd; GB/s against the floor
-#   impls        train.py --dataset ml-100k --device cuda, 2 epochs per --memory_impl: seconds per epoch
+#   bench        bench/kernel.py: eager, torch.compile, fused; fwd and fwd+bwd; GB/s against the floor
+#   impls        train.py --dataset ml-100k --device cuda, 2 epochs per --kernels column: seconds per epoch
 #   default      one full default train.py run on cuda: its test metrics against the CPU's (README)
 #   torchrun     torchrun --nproc_per_node 1 train.py --device cuda (nccl), 1 epoch
-#   syn-20m      synthetic.py --name syn-20m --size 20m, then train.py on it for 20 steps (seconds per step)
+#   syn-20m      extras/synthetic.py --name syn-20m --size 20m, then train.py on it for 20 steps (seconds per step)
 # On a machine without CUDA it runs the CPU-safe part, says "no CUDA device: skipping X" for the
 # rest and exits 0 when skipping is all it did (docs/gpu.md is then left as it is).
 # Environment: GPU_CHECK_BUDGET (seconds, default 480), GPU_CHECK_NO_INSTALL=1 (use what is installed).
@@ -85,14 +85,14 @@ part() {
 }
 
 impls() {
-    for impl in reference sorted fused; do
-        $PY train.py --dataset ml-100k --device cuda --memory_impl $impl --epochs 2 \
+    for impl in reference torch triton; do
+        $PY train.py --dataset ml-100k --device cuda --kernels $impl --epochs 2 \
             --out_dir "$TMP/runs/ml100k-$impl" --overwrite || return 1
     done
 }
 
 syn20m() {
-    $PY synthetic.py --name syn-20m --size 20m --data_path "$TMP/dataset" || return 1
+    $PY -m extras.synthetic --name syn-20m --size 20m --data_path "$TMP/dataset" || return 1
     $PY train.py --dataset syn-20m --data_path "$TMP/dataset" --device cuda --max_steps 20 --epochs 1 \
         --out_dir "$TMP/runs/syn-20m" --overwrite
 }
@@ -102,7 +102,7 @@ export PY TMP
 # CPU-safe first; then the GPU parts, cheapest and most telling first.
 part compile 150 0 env -u TRITON_INTERPRET $PY -m pytest -q -s -p no:cacheprovider tests/test_kernels_compile.py
 part kernels 150 1 env TRITON_INTERPRET=0 $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py
-part bench 90 1 $PY kernels/bench.py --reps 10
+part bench 90 1 $PY -m bench.kernel --reps 10
 part impls 90 1 bash -c impls
 part default 150 1 $PY train.py --dataset ml-100k --device cuda --out_dir "$TMP/runs/ml100k-default" --overwrite
 part torchrun 60 1 torchrun --nproc_per_node 1 train.py --dataset ml-100k --device cuda --epochs 1 \
@@ -134,15 +134,15 @@ def block(text, n=60):
     lines = [l for l in text.splitlines() if l.strip()][-n:]
     return "```\n" + "\n".join(lines) + "\n```\n" if lines else "(no output)\n"
 
-print("# The GPU check (kernels/gpu_check.sh)\n")
+print("# The GPU check (bench/gpu_check.sh)\n")
 print(f"Machine: **{machine}**" + (f", driver {driver}" if driver else "") + f"; {versions}; commit {commit}; "
       f"{total} s for the parts below." + (f" **Failed: {failed}.**" if failed.strip() else " Every part passed.") + "\n")
 print("## Compile test (sm_80, sm_90; ptxas)\n\n" + block(log("compile"), 45))
 print("## Kernel tests on the GPU (TRITON_INTERPRET=0)\n\n" + block(log("kernels"), 8))
-print("## kernels/bench.py\n\nFloor: the bytes in docs/kernel.md's table; GB/s = floor bytes / time.\n\n" + block(log("bench"), 20))
-print("## ml-100k, 2 epochs per --memory_impl (seconds per epoch: training, then valid evaluation)\n")
-print("| memory_impl | epoch 1 train s | epoch 2 train s | valid eval s |\n|---|---|---|---|")
-for impl in ("reference", "sorted", "fused"):
+print("## bench/kernel.py\n\nFloor: the bytes in docs/kernel.md's table; GB/s = floor bytes / time.\n\n" + block(log("bench"), 20))
+print("## ml-100k, 2 epochs per --kernels column (seconds per epoch: training, then valid evaluation)\n")
+print("| kernels | epoch 1 train s | epoch 2 train s | valid eval s |\n|---|---|---|---|")
+for impl in ("reference", "torch", "triton"):
     r = results(f"ml100k-{impl}")
     if r:
         tr = [e - v for e, v in zip(r["epoch_seconds"], r["eval_seconds"])]

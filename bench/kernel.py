@@ -1,7 +1,7 @@
 """Benchmark the memory: torch reference (eager), the reference under torch.compile, the fused kernel.
 
-    python kernels/bench.py                    # a GPU if there is one; else the torch rows on the CPU
-    python kernels/bench.py --epoch            # also one ml-100k training epoch per memory_impl
+    python -m bench.kernel                     # a GPU if there is one; else the torch rows on the CPU
+    python -m bench.kernel --epoch             # also one ml-100k training epoch per --kernels column
 
 For B in {256, 2048, 8192}, L=50, R=24, K=64, float32, query (B, K), trainable kg_seq: forward
 and forward+backward times (median of --reps, after warm-up), the speed-up of the kernel over
@@ -51,7 +51,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256,2048,8192")
     ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--epoch", action="store_true", help="also time one ml-100k training epoch per memory_impl")
+    ap.add_argument("--epoch", action="store_true", help="also time one ml-100k training epoch per --kernels column")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fused_ok = kernels.kv_memory.unavailable_reason() is None and device == "cuda"
@@ -95,8 +95,8 @@ def main():
             print(f"{B:>6} {row:<16} {f * 1e3:>9.2f} {fb * 1e3:>11.2f} {extra:>26}")
     if args.epoch:
         import train
-        for impl in ["sorted"] + (["fused"] if fused_ok else []):
-            cfg = vars(train.parse_args(["--kg", "freebase", "--train_mode", "prefix", "--device", device, "--memory_impl", impl]))
+        for impl in ["torch"] + (["triton"] if fused_ok else []):
+            cfg = vars(train.parse_args(["--kg", "freebase", "--train_mode", "prefix", "--device", device, "--kernels", impl]))
             ds = train.load_data(cfg, log=lambda m: None)
             model = train.build_model(cfg, ds).to(device)
             opt = train.make_optimizer(model, cfg)
@@ -105,7 +105,7 @@ def main():
             train.train_epoch(model, opt, ds.train, cfg, device, gen, lambda *a: None)
             if device == "cuda":
                 torch.cuda.synchronize()
-            print(f"ml-100k (freebase) prefix training epoch, memory_impl={impl}: {time.perf_counter() - t0:.1f}s")
+            print(f"ml-100k (freebase) prefix training epoch, --kernels {impl}: {time.perf_counter() - t0:.1f}s")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Scale benchmark: data, training and evaluation at 1M, 5M and 20M interactions.
 
-    python bench_scale.py [--sizes 1m 5m 20m] [--data_path dataset] [--max_steps 20] [--json F]
+    python -m bench.scale [--sizes 1m 5m 20m] [--data_path dataset] [--max_steps 20] [--json F]
 
-For each size, on the synthetic dataset synthetic.py writes (once; ML-1M's and ML-20M's
+For each size, on the synthetic dataset extras/synthetic.py writes (once; ML-1M's and ML-20M's
 counts), every stage runs as its own process under /usr/bin/time -v, so its wall seconds
 and peak RSS are its own:
 
-  data first   `python data.py` with no cached KG vectors: read, remap, split, TransE, write
+  data first   `python -m extras.prepare` with no cached KG vectors: read, remap, split, TransE, write
   data cached  the same again: the vectors are read back from the files
   train        `python train.py --epochs 1 --max_steps S` in both modes: S training batches,
                then a full-ranking evaluation of every valid and every test user
@@ -14,7 +14,7 @@ and peak RSS are its own:
 Seconds per batch are train.py's over the S batches, its first (warm-up) batch included.
 Last, in this process, a sequence-mode step at each size's item and relation count, a
 default batch of full windows, timed over 20 steps after a warm-up, and the frozen-KG memory write inside it
-(kernels.fast_torch.memory_write) alone. An epoch's seconds are a step's times the
+(kernels.fast_torch.sorted_memory_write) alone. An epoch's seconds are a step's times the
 batches in an epoch: an estimate, marked "est.". The table ends with each step's growth
 exponent between the smallest and largest size (t ~ n^e).
 """
@@ -54,7 +54,7 @@ def data_stage(name, data_path, first):
         for f in os.listdir(folder):
             if ".ent_feature" in f or ".rel_feature" in f:
                 os.remove(os.path.join(folder, f))
-    wall, rss, out = timed([sys.executable, "data.py", "--dataset", name, "--data_path", data_path, "--json"])
+    wall, rss, out = timed([sys.executable, "-m", "extras.prepare", "--dataset", name, "--data_path", data_path, "--json"])
     return {"s": wall, "rss_gb": rss, "stats": json.loads(out.strip().splitlines()[-1])}
 
 
@@ -100,7 +100,7 @@ def memory_write_share(n_items, n_relations, reps=20):
             fn()
         return (time.perf_counter() - t0) / reps
     with torch.no_grad():
-        write = clock(lambda: kernels.fast_torch.memory_write(model.entity_embedding(seq), lengths, model.relations, True))
+        write = clock(lambda: kernels.fast_torch.sorted_memory_write(model.entity_embedding(seq), lengths, model.relations, True))
     return {"step_s": clock(step), "write_s": write}
 
 

@@ -2,12 +2,13 @@
 changed since), for `python train.py --eval_only runs/X/model.pt` and extras/explain.py.
 """
 import math
+import os
 
 import torch
 
 import train
 from extras.sampled_eval import run_candidates
-from options import DEFAULTS, DataError
+from options import DEFAULTS, DataError, UsageError, given_options
 
 
 def load_checkpoint(path, cfg_overrides, log=print):
@@ -36,7 +37,7 @@ def load_checkpoint(path, cfg_overrides, log=print):
                              f"but {cfg['data_path']}/{cfg['dataset']} (kg={cfg['kg']}) now has {ds.fingerprint}")
     model = train.build_model(cfg, ds, log).to(cfg["device"])
     state = {k.replace("dense.", "read_query.") if k.startswith("dense.") else k: v for k, v in ckpt["model"].items()}
-    try:  # checkpoints of 2025 call read_query dense
+    try:  # a model.pt may hold read_query's weights under `dense.`: both load
         model.load_state_dict(state)
     except RuntimeError as e:
         raise DataError(f"{path}: its weights do not fit its own config ({str(e).splitlines()[-1].strip()})") from None
@@ -58,3 +59,18 @@ def eval_only(path, cfg_overrides, log=print):
     log(f"{path} (epoch {epoch}): test metrics")
     log(train.metrics_table(out["test"], cfg["topk"]))
     return out
+
+
+EVAL_OPTIONS = ("device", "eval_batch_size", "data_path", "kernels", "topk")  # what --eval_only can change
+
+
+def eval_only_command(args, argv):
+    """python train.py --eval_only CHECKPOINT [EVAL_OPTIONS]: one process, and no option it would ignore."""
+    if train.launched():
+        raise UsageError("train.py: error: --eval_only runs in one process: python train.py --eval_only ...")
+    if not os.path.isfile(args.eval_only):
+        raise UsageError(f"train.py: error: --eval_only: {args.eval_only}: file not found")
+    if (other := sorted(given_options(argv) - {"eval_only", *EVAL_OPTIONS})):  # every option counts or is refused
+        raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
+                         f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
+    eval_only(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})

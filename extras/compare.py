@@ -1,7 +1,7 @@
 """Compare configurations over seeds, with confidence intervals and a paired test.
 
-    python compare.py --seeds 5 --config ksr: --config gru4rec: --no_memory --config freebase: --kg freebase
-    python train.py compare ...              (the same)
+    python train.py compare --seeds 5 --config ksr: --config gru4rec: --no_memory --config freebase: --kg freebase
+    python -m extras.compare ...             (the same)
 
 Options before the first --config are compare's own (--seeds, --jobs, --out_dir, ...) or training
 options shared by every configuration; each `--config NAME:` is followed by that configuration's
@@ -33,6 +33,7 @@ import torch
 
 import data
 import train
+from extras import run_lock
 from options import Parser, UsageError, cli, positive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project: train.py
@@ -389,7 +390,7 @@ def compare(argv):
         if bad:
             print(f"compare: {name}: {bad[0]['error']} (its {len(bad)} runs are skipped)", file=sys.stderr)
     log = lambda m: print(m, file=sys.stderr if args.json else sys.stdout, flush=True)
-    with train.locked(out_dir, "comparison", error=UsageError, prefix="compare.py: error: "):
+    with run_lock.locked(out_dir, "comparison", error=UsageError, prefix="compare.py: error: "):
         if args.no_run:
             for run in runs:
                 run["results"] = finished(run) if run["error"] is None else None
@@ -406,7 +407,7 @@ def compare(argv):
                 return 130
         valid_metric = next((r["cfg"]["valid_metric"] for r in runs if r["cfg"]), "MRR@10")
         rep = report(runs, valid_metric, args.n_boot)
-        rep["seconds"], rep["command"] = seconds, "python compare.py " + " ".join(argv)
+        rep["seconds"], rep["command"] = seconds, "python train.py compare " + " ".join(argv)
         text = markdown(rep)
         train.save(rep, os.path.join(out_dir, "report.json"))
         with data.replacing(os.path.join(out_dir, "report.md")) as tmp:

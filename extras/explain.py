@@ -1,8 +1,8 @@
 """Explain a trained run's recommendations with its knowledge memory.
 
-    python explain.py --run RUN_DIR --user TOKEN [--topk K] [--recent N] [--plot FILE.png]
-    python explain.py --run RUN_DIR --summary [--plot FILE.png]
-    python train.py explain ...              (the same)
+    python train.py explain --run RUN_DIR --user TOKEN [--topk K] [--recent N] [--plot FILE.png]
+    python train.py explain --run RUN_DIR --summary [--plot FILE.png]
+    python -m extras.explain ...             (the same)
 
 KSR's read attention w_a says which relation the user's current interest is about, and the
 score splits exactly along it. With W_u = [W_h | W_m] (the columns that see h_t and m_t):

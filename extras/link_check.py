@@ -1,6 +1,6 @@
 """Are a KG's links right? Genre agreement between the KG and the dataset's own labels.
 
-    python link_check.py --dataset ml-100k       # both KGs: RecBole's Freebase files and the attribute KG
+    python -m extras.link_check --dataset ml-100k       # both KGs: RecBole's Freebase files and the attribute KG
 
 RecBole's ml-100k.link is KB4Rec's ML-20M link table cut at id 1682, but ml-100k numbers its
 items otherwise, so its items are linked to other films (item 2, GoldenEye, to Jumanji).

@@ -6,7 +6,7 @@ import json
 import sys
 
 import data
-from options import DATA_ARGS, cli, default_kg, given_options, option_parser, transe_settings
+from options import DATA_ARGS, FOLLOWS, cli, given_options, option_parser, transe_settings
 
 
 def main(argv=None):
@@ -27,7 +27,7 @@ def parse_args(ap, argv):
         kg_set = recbole_config.apply(ap, argv, args.config_files, other_programs=True)["kg"] != "default"
         args = ap.parse_args(argv)
     if not kg_set:  # the dataset's own KG (options.FOLLOWS)
-        args.kg = default_kg(args.dataset)
+        args.kg = FOLLOWS["kg"](vars(args))
     return args
 
 

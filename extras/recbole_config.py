@@ -2,7 +2,7 @@
 become train.py's options.
 
     python train.py --config_files ksr-ml100k.yaml [more.yaml ...] [options]
-    train.run_ksr(dataset="ml-100k", config_file_list=["ksr-ml100k.yaml"], config_dict={...})
+    extras.quickstart.run_ksr(dataset="ml-100k", config_file_list=["ksr-ml100k.yaml"], config_dict={...})
 
 Precedence, as RecBole's Config: options.DEFAULTS < the first file < a later file < config_dict < the
 command line (the values become the parser's defaults, so an option given on the command line

@@ -138,27 +138,27 @@ def check_columns(a, kg, path):
                 raise DataError(f"{path}: load_col/unload_col leave out {suffix}'s column {c!r}, which this run reads")
 
 
-def id_tables(a, p, read_fields, fields, item_cols, users_tok, items_tok, inter_columns):
+def id_tables(a, path_of, read_fields, fields, item_cols, users_tok, items_tok, inter_columns):
     """The .user/.item tables RecBole loads (those load_col names), each filtered by val_interval on its
     own fields: {"user" or "item": a boolean per code of the .inter's users (items), True where the
     table keeps the id} (filter_interactions' `tables`). A val_interval field in none of the files
     loaded is refused, as RecBole refuses it."""
     tables, seen = {}, set(inter_columns)
     for name, tok in (("user", users_tok), ("item", items_tok)):
-        if not (a["load_col"] and name in a["load_col"] and os.path.exists(p(name))):
+        if not (a["load_col"] and name in a["load_col"] and os.path.exists(path_of(name))):
             continue
-        cols = item_cols if name == "item" else read_fields(p("user"), ("user_id",), fields)
+        cols = item_cols if name == "item" else read_fields(path_of("user"), ("user_id",), fields)
         ok = np.ones(len(cols[f"{name}_id"]), bool)
         for field, allowed in (a["val_interval"] or {}).items():
             if field in cols:
-                ok &= value_mask(cols[field], allowed, field, p(name))
+                ok &= value_mask(cols[field], allowed, field, path_of(name))
         seen |= set(cols)
         ids = cols[f"{name}_id"]
         kept = set(np.asarray(ids.vocab, dtype=object)[np.unique(ids.codes[ok])].tolist())
         tables[name] = np.array([t in kept for t in tok.vocab], dtype=bool)
     for field in a["val_interval"] or {}:
         if field not in seen:
-            raise DataError(f"{p('inter')}: val_interval: field {field!r} is in none of the files loaded (RecBole: "
+            raise DataError(f"{path_of('inter')}: val_interval: field {field!r} is in none of the files loaded (RecBole: "
                             f"'Field [{field}] not defined in dataset')")
     return tables
 

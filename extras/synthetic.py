@@ -1,6 +1,6 @@
 """Synthetic knowledge-aware datasets with planted structure, from ML-1M to ML-20M sizes.
 
-    python synthetic.py --name syn-1m --size 1m [--seed 0] [--data_path dataset] [--overwrite] [--share]
+    python -m extras.synthetic --name syn-1m --size 1m [--seed 0] [--data_path dataset] [--overwrite] [--share]
 
 writes RecBole atomic files into <data_path>/<name>/, the files data.load_dataset reads with
 --kg freebase: <name>.inter (user_id, item_id, rating, timestamp), <name>.item (item_id,

@@ -1,7 +1,7 @@
 """Hyper-parameter search over RecBole's hyper.test format.
 
-    python tune.py --params_file hyper.test [--algo grid|random] [--max_evals N] [--out_dir DIR] [training options]
-    python train.py tune ...                 (the same)
+    python train.py tune --params_file extras/hyper.test [--algo grid|random] [--max_evals N] [--out_dir DIR] [training options]
+    python -m extras.tune ...                 (the same)
 
 Each trial is a normal training run (train.run: early stopping on the valid metric, test of
 the best checkpoint) in <out_dir>/trial-NNN/. Selection reads only the valid metric. A
@@ -17,6 +17,7 @@ import sys
 
 from extras import distributed
 import train
+from extras import run_lock
 from options import DEFAULTS, Parser, UsageError, cli, given_options, positive
 from train import parse_args
 
@@ -167,7 +168,7 @@ def _params_str(params):
 
 
 def tune(argv):
-    """python tune.py --params_file hyper.test [--algo grid|random] [--max_evals N]
+    """python train.py tune --params_file hyper.test [--algo grid|random] [--max_evals N]
     [--out_dir DIR] [any training option, fixed for every trial]."""
     if distributed.launched():
         raise UsageError("tune.py: error: tune runs in one process; start it with python, not torchrun")
@@ -198,7 +199,7 @@ def tune(argv):
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         raise UsageError(f"tune.py: error: --out_dir {out_dir}: {e.strerror or e}") from None
-    with train.locked(out_dir, "search", error=UsageError, prefix="tune.py: error: "):  # held for the whole search
+    with run_lock.locked(out_dir, "search", error=UsageError, prefix="tune.py: error: "):  # held for the whole search
         return search(space, settings, n_trials, fixed_argv, out_dir, base, args)
 
 

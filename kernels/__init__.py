@@ -1,7 +1,5 @@
-"""Which code computes each operation of KSR: one table, one rule, one line in the log.
-
-Each fast path has the signature of the ksr.py function it replaces and computes the same
-function (tests/ prove it against ksr.py in float64):
+"""Which code computes each operation of KSR: one table, one rule, one line in the log. Each fast path
+has the signature of the ksr.py function it replaces and computes the same function (tests/ prove it):
 
     operation  reference (ksr.py)  torch (fast_torch.py)    cpp (cpu.py, cpu.cpp)  triton (kv_memory.py)
     gru        nn.GRU (ksr.GRU)    nn.GRU                   cpu_gru_layer          -
@@ -13,11 +11,10 @@ function (tests/ prove it against ksr.py in float64):
 (2) nn.Dropout's distribution, not its draws: the same seed drops other elements, so a run with
     the compiled kernels and one without differ by more than rounding.
 
---kernels picks a column (an operation the column lacks runs torch's): `auto` the fastest that
-works here, cpp on the CPU where a C++ compiler works (compiled once, cached) else torch, and torch
-on a CUDA GPU (triton is asked for by name until bench/gpu_check.sh shows it faster end to end);
-`reference` ksr.py alone, GRU included; torch, cpp or triton by name, refused in one line where it
-cannot run. An implementation's module is imported when it is first used.
+--kernels picks a column (an operation it lacks runs torch's): `auto` the fastest that works here, cpp
+on the CPU where a C++ compiler works (compiled once, cached) else torch, torch on a CUDA GPU (triton is
+asked for by name until bench/gpu_check.sh shows it faster); `reference` ksr.py alone, GRU included;
+torch, cpp or triton by name, refused in one line where it cannot run. Modules load on first use.
 """
 import importlib
 

@@ -37,9 +37,8 @@ namespace {
 
 // The vector width: 64 bytes (AVX-512) where the compiler targets it (-march=native on a CPU
 // that has it), else 32 (AVX2; other CPUs get what their compiler makes of 32-byte vectors).
-// A core with full-width AVX-512 units makes twice the products per cycle (measured on a Zen 5
-// EPYC: the 6 x 128 @ 128 x 384 step product at ~200 GFLOP/s on one core, against ~110 with
-// 32-byte vectors and ~90 for torch's BLAS, which takes the AVX2 path on AMD CPUs).
+// A core with full-width AVX-512 units makes twice the products per cycle (docs/results.md has
+// the rates: torch's BLAS takes the AVX2 path on AMD CPUs).
 #if defined(__AVX512F__)
 #define KSR_VBYTES 64
 #else
@@ -460,7 +459,7 @@ void cross_entropy(int64_t n, int64_t N, int64_t D, const T* p, const int64_t* t
 //    mask, scaled). u_i comes from the counter-based generator SplitMix64 at position i of the
 //    stream `seed` (torch draws the seed, so --seed still fixes every mask): no state, so any
 //    thread makes any part of the mask and the result does not depend on the thread count.
-//    torch's bernoulli_ draws one element after another on one thread (~8 ns each here).
+//    torch's bernoulli_ draws one element after another on one thread.
 inline uint64_t splitmix64(uint64_t x) {
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
     x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
@@ -478,7 +477,7 @@ template <typename T> void dropout_mask(int64_t n, double p, uint64_t seed, T* o
 
 // 5. The rate the register block reaches: each of nthreads threads makes `iters` products of a
 //    6 x 128 block by a 128 x 384 matrix (the GRU's step product), all in its own cache. What
-//    bench.py calls the compiled kernels' peak: the FLOPs per second this CPU's vector units give
+//    bench/epoch.py calls the compiled kernels' peak: the FLOPs per second this CPU's vector units give
 //    this code, beside the rate of torch's own BLAS.
 void product_loop(int64_t iters, int nthreads) {
     constexpr int64_t K = 128, N = 384;

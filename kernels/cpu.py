@@ -8,15 +8,14 @@ gradients, random shapes, any thread count; the dropout: nn.Dropout's distributi
     cpu_cross_entropy(p, q, targets)    ksr.cross_entropy, value and gradient in one pass
     CPUDropout(p)                       nn.Dropout's distribution, masks drawn on all threads
 
-Why: torch runs a recurrence as many small operations per step (microseconds each, on blocks of
-B x 128 floats), the read as ~8 more, and draws a dropout mask on one thread. The large products
-stay in torch (the GRU's x W_ih^T over the valid steps, packed, and its weight gradients); cpu.cpp
-runs per step h_{t-1} W_hh^T and the gate math, rows spread over torch's threads.
+Why: torch runs a recurrence as many small operations per step (microseconds each), the read as ~8
+more, and draws a dropout mask on one thread. The large products stay in torch (x W_ih^T over the
+valid steps, the weight gradients); cpu.cpp runs per step h_{t-1} W_hh^T and the gates, rows spread
+over torch's threads.
 
-The library is compiled once per source, compiler and CPU (`c++`, or $CXX; more flags in
-$KSR_CXXFLAGS, e.g. -mno-avx512f for the AVX2 build on an AVX-512 CPU) into ~/.cache/ksr (or
-$KSR_CACHE_DIR): -march=native, so a home folder shared by machines keeps one library per CPU.
-Where no compiler works `unavailable_reason()` says why, and --kernels auto runs torch's column.
+The library is compiled once per source, compiler and CPU (`c++` or $CXX, -march=native; more flags
+in $KSR_CXXFLAGS) into ~/.cache/ksr (or $KSR_CACHE_DIR); where no compiler works unavailable_reason()
+says why, and --kernels auto runs torch's column.
 """
 import ctypes
 import hashlib
@@ -32,10 +31,9 @@ import torch
 import ksr
 
 SOURCE = Path(__file__).with_name("cpu.cpp")
-# -fno-trapping-math, -fno-math-errno: floor and the gates vectorize; -ffp-contract=fast: a * b + c as
-# one FMA, as BLAS does (ISO C++ mode would forbid it); -fopenmp: the threads are torch's own
-# (cpu.cpp, for_each_tile), and where the compiler has no OpenMP (Apple's clang) the kernels run
-# on one thread instead
+# -fno-trapping-math, -fno-math-errno: floor and the gates vectorize; -ffp-contract=fast: a * b + c as one
+# FMA, as BLAS does; -fopenmp: the threads are torch's own (cpu.cpp, for_each_tile), and where the compiler
+# has no OpenMP (Apple's clang) the kernels run on one thread
 FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-std=c++17",
          "-shared", "-fPIC"]
 OPENMP = ["-fopenmp"]
@@ -96,27 +94,21 @@ def _load(log=None):
     except (OSError, RuntimeError) as e:
         _why = f"the compiled CPU kernels are unavailable: {e}"
         raise RuntimeError(_why) from None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.ksr_pad.restype = ctypes.c_int
-    lib.ksr_product_loop.argtypes = [i64, ctypes.c_int]
-    for suffix in ("f32", "f64"):
-        getattr(lib, f"ksr_gru_forward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"ksr_gru_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"ksr_memory_write_{suffix}").argtypes = [i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_int]
-        getattr(lib, f"ksr_cross_entropy_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ctypes.c_double, ptr, ptr,
-                                                                ptr, ctypes.c_int]
-        getattr(lib, f"ksr_memory_read_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ctypes.c_double, ptr, ptr,
-                                                              ctypes.c_int]
-        getattr(lib, f"ksr_memory_read_backward_{suffix}").argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr,
-                                                                       ctypes.c_double, ptr, ctypes.c_int]
-        getattr(lib, f"ksr_dropout_mask_{suffix}").argtypes = [i64, ctypes.c_double, ctypes.c_uint64, ptr, ctypes.c_int]
+    lib.ksr_product_loop.argtypes = [ctypes.c_int64, ctypes.c_int]
+    # each function's arguments, one letter each: i int64, p pointer, d double, u uint64, t the thread count
+    kinds = dict(i=ctypes.c_int64, p=ctypes.c_void_p, d=ctypes.c_double, u=ctypes.c_uint64, t=ctypes.c_int)
+    for name, args in dict(gru_forward="iiippppp", gru_backward="iiipppppp", memory_write="iiiippppp",
+                           cross_entropy="iiipppdppp", memory_read="iiipppdpp", memory_read_backward="iiippppdp",
+                           dropout_mask="idup").items():
+        for suffix in ("f32", "f64"):
+            getattr(lib, f"ksr_{name}_{suffix}").argtypes = [kinds[k] for k in args + "t"]
     _lib = lib
     return lib
 
 
 def unavailable_reason(log=print):
-    """None when the compiled kernels can run here (compiling them if needed, one line through
-    `log`), else why not (one line)."""
+    """None where the kernels run here (compiled first if needed, one line through `log`), else why not."""
     try:
         _load(log)
         return None
@@ -125,8 +117,8 @@ def unavailable_reason(log=print):
 
 
 def _padded(w, cols):
-    """w (rows, c) with zero columns up to a multiple of cpu.cpp's PAD (two vectors: 16 or 32
-    floats): its products read whole blocks."""
+    """w (rows, c) with zero columns up to a multiple of cpu.cpp's PAD (two vectors): its products read
+    whole blocks."""
     pad = _load().ksr_pad()
     out = w.new_zeros(w.shape[0], -(-cols // pad) * pad)
     out[:, :w.shape[1]] = w
@@ -199,13 +191,13 @@ def cpu_gru_layer(x, w_ih, w_hh, lengths):
 # The memory
 
 @torch.no_grad()
-def memory_write(kg_seq, lengths, relations, all_steps=False):
+def cpu_memory_write(kg_seq, lengths, relations, all_steps=False):
     """ksr.memory_write without autograd (a frozen KG): V (B, R, K), or with all_steps=True the
     memory after every step (B, L, R, K) (0 at padding steps)."""
-    _cpu("memory_write", kg_seq)
+    _cpu("cpu_memory_write", kg_seq)
     (B, L, K), R = kg_seq.shape, relations.shape[0]
     kg_seq, relations = kg_seq.contiguous(), relations.to(kg_seq.dtype).contiguous()
-    lengths = _check_lengths("memory_write", lengths, L)
+    lengths = _check_lengths("cpu_memory_write", lengths, L)
     V = kg_seq.new_empty(B, R, K)
     states = kg_seq.new_zeros(B, L, R, K) if all_steps else None
     getattr(_load(), f"ksr_memory_write_{_suffix(kg_seq)}")(B, L, R, K, kg_seq.data_ptr(), lengths.data_ptr(),
@@ -251,7 +243,7 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
     if kg_seq.requires_grad or relations.requires_grad:
         raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq and relations need no gradient); "
                          "use kernels.fast_torch.sorted_kv_memory")
-    V = memory_write(kg_seq, lengths, relations, all_steps)
+    V = cpu_memory_write(kg_seq, lengths, relations, all_steps)
     if V.shape[:-2] != query.shape[:-1] or query.shape[-1] != V.shape[-1]:  # the compiled read reads V at every query
         raise ValueError(f"cpu_kv_memory: a query of shape {tuple(query.shape)} for a memory of {tuple(V.shape)} "
                          f"(all_steps={all_steps})")
@@ -264,10 +256,9 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
 # Dropout
 
 class CPUDropout(torch.nn.Dropout):
-    """nn.Dropout(p) with its mask made by cpu.cpp (4.) on all threads: each element is kept with
-    probability 1 - p and scaled by 1 / (1 - p), from a stream whose seed is drawn from torch's
-    generator (torch.manual_seed fixes every mask). The same distribution as nn.Dropout, not the
-    same draws; nn.Dropout's own forward where this one does not apply. KSR(..., dropout=CPUDropout)"""
+    """nn.Dropout(p) with its mask made by cpu.cpp (4.) on all threads, from a stream whose seed is drawn
+    from torch's generator (torch.manual_seed fixes every mask): nn.Dropout's distribution, not its
+    draws; nn.Dropout's own forward where this one does not apply."""
 
     def forward(self, x):
         if not self.training or self.p == 0:

@@ -2,9 +2,9 @@
 reference, less work. Each is proven by its test in tests/test_fast_paths.py (float64, values
 and gradients, random shapes).
 
-    memory_write            = ksr.memory_write, without autograd (a frozen KG: nothing in the
+    sorted_memory_write            = ksr.memory_write, without autograd (a frozen KG: nothing in the
                               write is trained)
-    MemoryWriteFunction     = ksr.memory_write (the final V) with a hand-written backward, for a
+    SortedMemoryWriteFunction     = ksr.memory_write (the final V) with a hand-written backward, for a
                               trained KG
     sorted_kv_memory        = ksr.kv_memory (same signature): one of the two above, then
                               ksr.memory_read                                   KSR(memory=...)
@@ -15,9 +15,9 @@ Why they are faster. Rows are sorted by length (longest first), so the rows stil
 step t are the first active[t] rows, and each step touches only those, in place; the reference
 masks every row at every step and, under autograd, records every operation of every step. The
 CE makes its (N, n) scores once and turns them into their gradient in place. What they buy on
-the default command: `python -m bench.epoch` (docs/results.md). (The GRU has no fast path in torch: a
-hand-written backward in Python was slower than nn.GRU's own loop; on the CPU it is compiled
-instead, kernels/cpu.py, which also takes a frozen KG's memory write.)
+the default command: `python -m bench.epoch` (docs/results.md). (The GRU has no fast path in torch:
+nn.GRU's own loop beats a hand-written backward in Python; on the CPU it is compiled, kernels/cpu.py,
+with a frozen KG's memory write.)
 """
 import torch
 
@@ -38,7 +38,7 @@ def _by_length(x, lengths):
 # The memory
 
 @torch.no_grad()
-def memory_write(kg_seq, lengths, relations, all_steps=False):
+def sorted_memory_write(kg_seq, lengths, relations, all_steps=False):
     """ksr.memory_write without autograd: V (B, R, K), or with all_steps=True the memory
     after every step (B, L, R, K) (0 at padding steps).
 
@@ -68,7 +68,7 @@ def memory_write(kg_seq, lengths, relations, all_steps=False):
     return out
 
 
-class MemoryWriteFunction(torch.autograd.Function):
+class SortedMemoryWriteFunction(torch.autograd.Function):
     """ksr.memory_write (the final V) with a hand-written backward, for a trainable KG; proven
     by tests/test_fast_paths.py::test_memory_write_function_matches_reference.
 
@@ -125,15 +125,15 @@ class MemoryWriteFunction(torch.autograd.Function):
 def sorted_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
     """ksr.kv_memory, same signature and result, on rows sorted by length.
 
-    Frozen KG (kg_seq needs no gradient, the default): memory_write, then the read.
-    Trained KG, one read per row: MemoryWriteFunction, then the read. Trained KG and a read
+    Frozen KG (kg_seq needs no gradient, the default): sorted_memory_write, then the read.
+    Trained KG, one read per row: SortedMemoryWriteFunction, then the read. Trained KG and a read
     after every step (--freeze_kg False in sequence mode): there is no sorted backward for
     that case yet, so it runs the reference, ksr.kv_memory.
     """
     if not kg_seq.requires_grad:
-        V = memory_write(kg_seq, lengths, relations, all_steps)  # (B, R, K) or (B, L, R, K)
+        V = sorted_memory_write(kg_seq, lengths, relations, all_steps)  # (B, R, K) or (B, L, R, K)
     elif not all_steps:
-        V = MemoryWriteFunction.apply(kg_seq, lengths, relations)
+        V = SortedMemoryWriteFunction.apply(kg_seq, lengths, relations)
     else:
         return ksr.kv_memory(kg_seq, lengths, relations, query, gamma, all_steps)
     return ksr.memory_read(V, relations, query, gamma)

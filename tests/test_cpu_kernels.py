@@ -102,14 +102,14 @@ def test_ksr_gru_with_cpu_layers_equals_nn_gru(all_steps):
 @given(memory_inputs(max_len=9), st.sampled_from([1, 2, 3]))
 @settings(max_examples=80, deadline=None)
 def test_cpu_memory_write_matches_reference(inputs, threads):
-    """kernels.cpu.memory_write == ksr.memory_write: the final memory, or the memory after every
+    """kernels.cpu.cpu_memory_write == ksr.memory_write: the final memory, or the memory after every
     step (0 at padding steps), on any number of threads."""
     item_kg, lengths, relations, _, _, all_steps = inputs
     item_kg, relations = item_kg.double(), relations.double()
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = kernels.cpu.memory_write(item_kg, lengths, relations, all_steps)
+        got = kernels.cpu.cpu_memory_write(item_kg, lengths, relations, all_steps)
     finally:
         torch.set_num_threads(old)
     torch.testing.assert_close(got, ksr.memory_write(item_kg, lengths, relations, all_steps), rtol=1e-12, atol=1e-12)
@@ -222,7 +222,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match=r"lengths must be in \[0, 5\]"):
         kernels.cpu.cpu_gru_layer(torch.randn(2, 5, 3), gru.weight_ih_l0, gru.weight_hh_l0, torch.tensor([6, 1]))
     with pytest.raises(TypeError, match="float32 or float64 tensors, got torch.bfloat16"):
-        kernels.cpu.memory_write(torch.randn(1, 2, 3).bfloat16(), torch.tensor([2]), torch.randn(2, 3))
+        kernels.cpu.cpu_memory_write(torch.randn(1, 2, 3).bfloat16(), torch.tensor([2]), torch.randn(2, 3))
     with pytest.raises(ValueError, match=r"a query of shape \(3, 2, 3\) for a memory of \(1, 2, 2, 3\) \(all_steps=True\)"):
         kernels.cpu.cpu_kv_memory(torch.randn(1, 2, 3), torch.tensor([2]), torch.randn(2, 3), torch.randn(3, 2, 3), 1.0, True)
     with pytest.raises(ValueError, match=r"a query of shape \(1, 3\) for a memory of \(1, 2, 2, 3\)"):  # all_steps: (B, L, K)

@@ -17,7 +17,7 @@ def test_memory_write_matches_reference(inputs):
     """The no-autograd sorted write (frozen KG) is ksr.memory_write: the final memory, or the
     memory after every step (0 at padding steps in both)."""
     kg_seq, lengths, relations, _, _, all_steps = inputs
-    got = kernels.fast_torch.memory_write(kg_seq, lengths, relations, all_steps)
+    got = kernels.fast_torch.sorted_memory_write(kg_seq, lengths, relations, all_steps)
     want = ksr.memory_write(kg_seq, lengths, relations, all_steps)
     print("max |diff|", (got - want).abs().max().item())
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -29,7 +29,7 @@ def test_memory_write_function_matches_reference(inputs):
     """MemoryWriteFunction's hand-written backward against autograd through ksr.memory_write."""
     kg_seq, lengths, relations, _, _, _ = inputs
     a, b = kg_seq.clone().requires_grad_(), kg_seq.clone().requires_grad_()
-    got, want = kernels.fast_torch.MemoryWriteFunction.apply(a, lengths, relations), ksr.memory_write(b, lengths, relations)
+    got, want = kernels.fast_torch.SortedMemoryWriteFunction.apply(a, lengths, relations), ksr.memory_write(b, lengths, relations)
     torch.testing.assert_close(got, want)
     dV = torch.randn(got.shape, generator=torch.Generator().manual_seed(0))
     ga, = torch.autograd.grad((got * dV).sum(), a)
@@ -41,7 +41,7 @@ def test_memory_write_function_matches_reference(inputs):
 @given(memory_inputs(max_len=10), st.booleans())
 @settings(max_examples=60, deadline=None)
 def test_sorted_kv_memory_matches_reference(inputs, trained_kg):
-    """sorted_kv_memory (memory_write, MemoryWriteFunction, or the reference for a trained KG
+    """sorted_kv_memory (sorted_memory_write, SortedMemoryWriteFunction, or the reference for a trained KG
     read after every step) against autograd through ksr.kv_memory."""
     kg_seq, lengths, relations, query, gamma, all_steps = inputs
     a, b = kg_seq.clone().requires_grad_(trained_kg), kg_seq.clone().requires_grad_(trained_kg)

@@ -20,7 +20,7 @@ import data
 from extras import explain
 import train
 from extras import checkpoint
-from extras import fetch, prepare
+from extras import fetch, prepare, run_lock
 import transe
 from extras import tune
 from conftest import TRANSE, prepared_tiny_dataset, write_tiny_dataset
@@ -280,7 +280,7 @@ def test_a_second_tune_on_the_same_folder_is_refused_at_once(tiny_dataset, tmp_p
 
 def lock_holder(folder):
     """Another process of this project holding folder/.lock (train.locked), until it is killed."""
-    code = ("import sys, train\nwith train.locked(sys.argv[1], 'training run'):\n    print('held', flush=True)\n"
+    code = ("import sys\nfrom extras import run_lock\nwith run_lock.locked(sys.argv[1], 'training run'):\n    print('held', flush=True)\n"
             "    sys.stdin.read()")
     proc = subprocess.Popen([sys.executable, "-c", code, folder], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "held\n"
@@ -332,7 +332,7 @@ def test_the_run_folder_is_held_from_the_check_to_the_last_write(tiny_dataset, t
     assert seen[-1] == ("results.json", str(os.getpid())) and {pid for _, pid in seen} == {str(os.getpid())}
     assert "model.pt" in {name for name, _ in seen} and not (out / ".lock").exists()
     # the folder holds a run now; held by another, it is refused for that, before its files are looked at
-    with train.locked(str(out), "training run"):
+    with run_lock.locked(str(out), "training run"):
         with pytest.raises(data.DataError, match="in use by another training run"):
             train.run(vars(train.parse_args(TINY + ["--data_path", tiny_dataset, "--out_dir", str(out)])), log=lambda m: None)
 
@@ -350,7 +350,7 @@ def test_damaged_files_of_our_own_are_one_line_or_a_warning(tiny_dataset, tmp_pa
         f.write("garbage\n")  # the record of what made our vectors: without it they are made again
     msgs = []
     ds = data.load_dataset("tiny", tiny_dataset, "files", False, 8, 50, TRANSE, log=msgs.append)
-    assert ds.transe_hits10 is not None and any("has no readable record" in m for m in msgs)
+    assert ds.stats["transe_hits@10"] is not None and any("has no readable record" in m for m in msgs)
 
 
 # ------------------------------------------------------------------ 3. bounded work

@@ -16,7 +16,7 @@ TOP_LEVEL = {f"{m}.py" for m in CORE} | FOLDERS | {"tests", "docs", ".ci", "READ
 # The core's imports of extras/, each inside the function whose option or case needs it (never at module level).
 # (train.COMMANDS names the programs that import train.py itself: reached by name, so never a cycle.)
 ON_DEMAND = {
-    "train": {"extras.recbole_config", "extras.sampled_eval", "extras.distributed"},
+    "train": {"extras.recbole_config", "extras.sampled_eval", "extras.distributed", "extras.run_lock"},
     "data": {"extras.recbole_data", "extras.line_reader", "extras.fetch"},
 }
 
@@ -142,17 +142,18 @@ def test_the_default_command_loads_few_of_our_modules(tmp_path):
     at most 2,000 lines in all (cpu.cpp aside)."""
     write_tiny_dataset(str(tmp_path))
     code = ("import os, sys, train\n"
-            "argv = ['--dataset', 'tiny', '--data_path', sys.argv[1], '--kg_embedding_size', '8', '--epochs', '1', "
-            "'--max_steps', '2', '--out_dir', os.path.join(sys.argv[1], 'run'), '--overwrite']\n"
+            "argv = ['--dataset', 'tiny', '--data_path', '.', '--kg_embedding_size', '8', '--epochs', '1', '--max_steps', '2']\n"
             "assert train.main(argv) == 0\n"
             "ours = [m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None) and "
-            "os.path.isabs(m.__file__) and m.__file__.startswith(os.getcwd() + os.sep)]\n"
+            "os.path.abspath(m.__file__).startswith(sys.argv[1] + os.sep)]\n"
             "print('\\n'.join(ours))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT
     for _ in range(2):  # the first run prepares the data (TransE: transe.py), the second is the one counted
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, env=env)
+        out = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, capture_output=True, text=True, env=env)
         assert out.returncode == 0, out.stderr[-2000:]
     files = [ln for ln in out.stdout.splitlines() if ln.endswith(".py")]
     lines = {os.path.relpath(f, ROOT): sum(1 for _ in open(f, encoding="utf-8")) for f in files}
     assert {"train.py", "data.py", "ksr.py", "options.py"} <= set(lines), lines
     assert len(lines) <= 7 and sum(lines.values()) <= 2000, lines
+    assert len(os.listdir(tmp_path / "runs")) == 2  # two runs, two folders

@@ -12,7 +12,7 @@ import options
 import data
 import train
 from extras import checkpoint
-from extras import prepare, recbole_data, sampled_eval
+from extras import prepare, quickstart, recbole_data, sampled_eval
 from conftest import TRANSE, write_tiny_dataset
 
 QUIET = lambda m: None
@@ -321,7 +321,7 @@ metrics: [Recall, MRR, NDCG, Hit, Precision, MAP]
 train_neg_sample_args: ~
 """)
     out = str(tmp_path / "run")
-    res = train.run_ksr(dataset="filt", config_file_list=[f], config_dict={"out_dir": out, "learner": "adam",
+    res = quickstart.run_ksr(dataset="filt", config_file_list=[f], config_dict={"out_dir": out, "learner": "adam",
                                                                            "weight_decay": 0.01}, log=QUIET)
     assert res["dataset"]["filters"]["KG link"] == 12 and res["dataset"]["users"] == 3
     assert res["config_sources"]["epochs"] == f and res["config_sources"]["weight_decay"] == "config_dict"
