@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 import data
-from extras import distributed
-import data
 import ksr
-from options import DataError, Parser, UsageError, cli, positive
+import train
 from extras.checkpoint import load_checkpoint
+from options import DataError, Parser, UsageError, cli, positive
 from train import batches, rank_of_target
 
 
@@ -174,7 +173,7 @@ def _save_figure(fig, path):
 
 def explain(argv):
     """explain.py --run RUN_DIR (--user TOKEN [--topk K] | --summary) [--plot FILE.png]"""
-    if distributed.launched():
+    if train.launched():
         raise UsageError("explain.py: error: explain runs in one process; start it with python, not torchrun")
     ap = Parser(prog="explain.py", description="Explain a trained run's recommendations with its knowledge memory.")
     ap.add_argument("--run", required=True, help="a training run's folder (its --out_dir)")

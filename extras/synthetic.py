@@ -63,8 +63,8 @@ import time
 import numpy as np
 
 import data
-from options import Parser, UsageError, cli, number, positive
 from data import replacing
+from options import Parser, UsageError, cli, number, positive
 
 PRESETS = {
     "tiny": dict(users=200, items=500, interactions=6_000, triples=8_000),

@@ -15,7 +15,6 @@ import os
 import random
 import sys
 
-from extras import distributed
 import train
 from extras import run_lock
 from options import DEFAULTS, Parser, UsageError, cli, given_options, positive
@@ -170,7 +169,7 @@ def _params_str(params):
 def tune(argv):
     """python train.py tune --params_file hyper.test [--algo grid|random] [--max_evals N]
     [--out_dir DIR] [any training option, fixed for every trial]."""
-    if distributed.launched():
+    if train.launched():
         raise UsageError("tune.py: error: tune runs in one process; start it with python, not torchrun")
     ap = Parser(prog="tune.py", description="Hyper-parameter search; every other option is a fixed training setting.",
                 allow_abbrev=False)  # an abbreviation must not swallow a training option

@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import data
-from extras import fetch, link_check
 import transe
+from extras import fetch, link_check
 from conftest import TRANSE, read_line_by_line, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

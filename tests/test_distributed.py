@@ -16,8 +16,8 @@ import torch
 import torch.multiprocessing as mp
 
 import data
-from extras import distributed
 import train
+from extras import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--dataset", "tiny", "--kg", "files", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8",

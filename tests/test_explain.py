@@ -5,11 +5,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from extras import explain
-import train
-from extras import checkpoint
-from options import DEFAULTS
 from ksr import KSR
+from options import DEFAULTS
+import train
+from extras import checkpoint, explain
 from test_train import tiny_cfg
 
 

@@ -17,12 +17,9 @@ import pytest
 import torch
 
 import data
-from extras import explain
 import train
-from extras import checkpoint
-from extras import fetch, prepare, run_lock
 import transe
-from extras import tune
+from extras import checkpoint, explain, fetch, prepare, run_lock, tune
 from conftest import TRANSE, prepared_tiny_dataset, write_tiny_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -318,6 +315,22 @@ def test_a_run_folder_is_held_by_one_run(tiny_dataset, tmp_path, capsys, holder,
         assert not (out / "model.pt").exists() and not (out / "results.json").exists()
     else:
         assert rc == 0 and sorted(os.listdir(out)) == ["model.pt", "results.json"]  # the lock released
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """A run with no --out_dir makes a new folder (os.mkdir: it makes one or fails), so two runs started
+    in the same second never share one; no lock is taken for it, and none is left."""
+    monkeypatch.setattr(train.time, "strftime", lambda fmt, *a: "20261206-120000")
+    monkeypatch.chdir(tmp_path)
+    argv = TINY + ["--epochs", "1", "--data_path", tiny_dataset]
+    assert train.main(argv) == 0 and train.main(argv) == 0
+    runs = sorted(os.listdir(tmp_path / "runs"))
+    assert runs == ["tiny-files-20261206-120000", "tiny-files-20261206-120000-2"]
+    for run in runs:
+        assert sorted(os.listdir(tmp_path / "runs" / run)) == ["model.pt", "results.json"]
+    (tmp_path / "blocked").write_text("a file where the folder of runs would be")
+    rc = train.main(argv + ["--checkpoint_dir", str(tmp_path / "blocked")])
+    one_line_error(capsys, rc, 1, "blocked", "cannot write the run there")
 
 
 def test_the_run_folder_is_held_from_the_check_to_the_last_write(tiny_dataset, tmp_path, monkeypatch):

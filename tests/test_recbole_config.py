@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import options
 import data
+import options
 import train
-from extras import checkpoint
-from extras import prepare, quickstart, recbole_data, sampled_eval
+from extras import checkpoint, prepare, quickstart, recbole_data, sampled_eval
 from conftest import TRANSE, write_tiny_dataset
 
 QUIET = lambda m: None

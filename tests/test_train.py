@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import options
 import data
 import kernels
 import ksr
+import options
 import train
 from extras import checkpoint
 
