@@ -15,6 +15,7 @@ Under torchrun the `world_size > 1` lines split each batch and gather the ranks.
 import contextlib
 import importlib
 import io
+import itertools
 import json
 import math
 import os
@@ -383,7 +384,7 @@ def run_folder(cfg):
                 return held.enter_context(held_folder(cfg["out_dir"], run_files, cfg["overwrite"]))
             stem = os.path.join(cfg["checkpoint_dir"], f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
-                for folder in (stem + f"-{k}" * (k > 1) for k in range(1, 1000)):  # a second run this second: -2
+                for folder in (stem + f"-{k}" * (k > 1) for k in itertools.count(1)):  # a second run this second: -2
                     with contextlib.suppress(FileExistsError):
                         os.makedirs(folder)
                         return folder
@@ -402,7 +403,6 @@ def save(obj, path):
         payload = buf.getbuffer()
     with data.replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(payload)
-
 
 
 # -----------------------------------------------------------------------------
@@ -426,8 +426,7 @@ def train_main(argv):
     return 0
 
 
-def launched():
-    """True under torchrun with more than one process."""
+def launched():  # under torchrun, with more than one process
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -448,6 +447,7 @@ def main(argv=None):
     if argv[:1] and argv[0] in ("explain", "tune", "compare"):
         return command(argv[0])(argv[1:])
     return cli(train_main, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,11 +25,11 @@ def load_checkpoint(path, cfg_overrides, log=print):
         raise DataError(f"{path}: not a checkpoint written by train.py ({type(e).__name__}: {e})".splitlines()[0]) from None
     # train.py never saves a NaN (a non-finite loss stops the run): one here was edited or damaged, and would
     # give NaN scores that explain prints as numbers
-    bad = [f"its config's {k} is {v}" for k, v in ckpt["config"].items() if isinstance(v, float) and not math.isfinite(v)]
-    bad += [f"its weight {k} holds NaN or inf" for k, v in ckpt["model"].items()
+    damage = [f"its config's {k} is {v}" for k, v in ckpt["config"].items() if isinstance(v, float) and not math.isfinite(v)]
+    damage += [f"its weight {k} holds NaN or inf" for k, v in ckpt["model"].items()
             if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise DataError(f"{path}: {bad[0]} (a damaged or hand-edited checkpoint; train it again)")
+    if damage:
+        raise DataError(f"{path}: {damage[0]} (a damaged or hand-edited checkpoint; train it again)")
     cfg.update(cfg_overrides)
     ds = train.load_data(cfg, log)
     if ds.fingerprint != ckpt["fingerprint"]:
@@ -44,12 +44,10 @@ def load_checkpoint(path, cfg_overrides, log=print):
     return cfg, ds, model, ckpt["epoch"]
 
 
-
 # the kernels a checkpoint's --memory_impl and --cpp_kernels (the options --kernels replaced) chose
 KERNELS_OF_OLD_OPTIONS = {("reference", "auto"): "reference", ("reference", "off"): "reference", ("reference", None): "reference",
                           ("sorted", "off"): "torch", ("fused", "auto"): "triton", ("fused", "off"): "triton",
                           ("fused", None): "triton"}
-
 
 
 def eval_only(path, cfg_overrides, log=print):

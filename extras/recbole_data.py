@@ -23,7 +23,6 @@ def field_names(a):
             "relation_id": a["RELATION_ID_FIELD"], "entity_id": a["ENTITY_ID_FIELD"]}
 
 
-
 def within(values, intervals):
     """RecBole's _within_intervals: True where a value lies in one of the intervals (parse_intervals)."""
     values = np.asarray(values, np.float64)

@@ -62,7 +62,6 @@ def locked(folder, holder, error=DataError, prefix=""):
         os.close(fd)
 
 
-
 @contextlib.contextmanager
 def run_folder(folder, run_files, overwrite):
     """A training run's folder, held from the check that it holds no run to the last write, so a second
