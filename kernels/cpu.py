@@ -19,6 +19,7 @@ says why, and --kernels auto runs torch's column.
 """
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -125,9 +126,27 @@ def _padded(w, cols):
     return out
 
 
-def _cpu(name, x):
-    if x.device.type != "cpu":
-        raise RuntimeError(f"{name} runs on the CPU, got a tensor on {x.device}")
+# The C++ loops read raw pointers: every public function checks what it hands them (CPU tensors, one
+# float dtype, every shape relation) and refuses anything else in one ValueError naming the argument.
+
+def _check(fn, floats, ints, shapes):
+    """floats, ints: {argument: tensor}; shapes: {argument: the shape it must have (None: any size)}."""
+    for name, t in {**floats, **ints}.items():
+        if not torch.is_tensor(t) or t.device.type != "cpu":
+            raise ValueError(f"{fn}: {name} must be a CPU tensor, got {t.device if torch.is_tensor(t) else type(t).__name__}")
+    first, dtype = next(iter(floats)), next(iter(floats.values())).dtype
+    for name, t in floats.items():
+        if t.dtype not in (torch.float32, torch.float64) or t.dtype != dtype:
+            raise ValueError(f"{fn}: {name} is {t.dtype}; the compiled kernels take float32 or float64, one for "
+                             f"every argument ({first} is {dtype})")
+    for name, t in ints.items():
+        if t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"{fn}: {name} must be an integer tensor, got {t.dtype}")
+    for name, shape in shapes.items():
+        t = {**floats, **ints}[name]
+        if t.dim() != len(shape) or any(n is not None and n != m for n, m in zip(shape, t.shape)):
+            raise ValueError(f"{fn}: {name} must be of shape {tuple('*' if n is None else n for n in shape)}, "
+                             f"got {tuple(t.shape)}")
 
 
 def _check_lengths(name, lengths, L):
@@ -137,8 +156,6 @@ def _check_lengths(name, lengths, L):
 
 
 def _suffix(t):
-    if t.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"the compiled CPU kernels take float32 or float64 tensors, got {t.dtype}")
     return {torch.float32: "f32", torch.float64: "f64"}[t.dtype]
 
 
@@ -179,8 +196,10 @@ def cpu_gru_layer(x, w_ih, w_hh, lengths):
     """One bias-free GRU layer over x (B, L, D) with nn.GRU's weights w_ih (3H, D), w_hh (3H, H):
     out (B, L, H) at the valid steps t < lengths (0 after). CPU tensors, float32 or float64.
     The input projection x W_ih^T (and its backward) is one product over the valid steps only."""
-    _cpu("cpu_gru_layer", x)
-    B, L, D = x.shape
+    floats, ints = dict(x=x, w_ih=w_ih, w_hh=w_hh), dict(lengths=lengths)
+    _check("cpu_gru_layer", floats, ints, dict(x=(None,) * 3, w_hh=(None, None)))
+    (B, L, D), H = x.shape, w_hh.shape[1]
+    _check("cpu_gru_layer", floats, ints, dict(w_hh=(3 * H, H), w_ih=(3 * H, D), lengths=(B,)))
     lengths = _check_lengths("cpu_gru_layer", lengths, L)
     valid = (torch.arange(L) < lengths[:, None]).reshape(-1).nonzero().squeeze(1)  # packed row after row
     gi = x.reshape(B * L, D).index_select(0, valid) @ w_ih.T  # (n, 3H)
@@ -194,9 +213,11 @@ def cpu_gru_layer(x, w_ih, w_hh, lengths):
 def cpu_memory_write(kg_seq, lengths, relations, all_steps=False):
     """ksr.memory_write without autograd (a frozen KG): V (B, R, K), or with all_steps=True the
     memory after every step (B, L, R, K) (0 at padding steps)."""
-    _cpu("cpu_memory_write", kg_seq)
+    floats, ints = dict(kg_seq=kg_seq, relations=relations), dict(lengths=lengths)
+    _check("cpu_memory_write", floats, ints, dict(kg_seq=(None,) * 3, relations=(None, None), lengths=(None,)))
+    _check("cpu_memory_write", floats, ints, dict(relations=(None, kg_seq.shape[2]), lengths=(len(kg_seq),)))
     (B, L, K), R = kg_seq.shape, relations.shape[0]
-    kg_seq, relations = kg_seq.contiguous(), relations.to(kg_seq.dtype).contiguous()
+    kg_seq, relations = kg_seq.contiguous(), relations.contiguous()
     lengths = _check_lengths("cpu_memory_write", lengths, L)
     V = kg_seq.new_empty(B, R, K)
     states = kg_seq.new_zeros(B, L, R, K) if all_steps else None
@@ -214,7 +235,7 @@ class MemoryReadFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, V, relations, query, gamma):
         lib, (R, K) = _load(), relations.shape
-        V, relations, query = V.contiguous(), relations.to(V.dtype).contiguous(), query.contiguous()
+        V, relations, query = V.contiguous(), relations.contiguous(), query.contiguous()
         M = query.numel() // K
         m, w = query.new_empty(query.shape), query.new_empty(M, R)
         getattr(lib, f"ksr_memory_read_{_suffix(V)}")(M, R, K, V.data_ptr(), relations.data_ptr(), query.data_ptr(),
@@ -240,16 +261,16 @@ def cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps=False):
     """ksr.kv_memory, same signature and result, for a frozen KG: the write and the read compiled,
     the gradient towards the query only. (A trained KG's write needs a backward: kernels.choose
     gives that model sorted_kv_memory.)"""
+    floats = dict(kg_seq=kg_seq, relations=relations, query=query)
+    _check("cpu_kv_memory", floats, dict(lengths=lengths), dict(kg_seq=(None,) * 3))
     if kg_seq.requires_grad or relations.requires_grad:
         raise ValueError("cpu_kv_memory: a frozen KG only (kg_seq and relations need no gradient); "
                          "use kernels.fast_torch.sorted_kv_memory")
-    V = cpu_memory_write(kg_seq, lengths, relations, all_steps)
-    if V.shape[:-2] != query.shape[:-1] or query.shape[-1] != V.shape[-1]:  # the compiled read reads V at every query
-        raise ValueError(f"cpu_kv_memory: a query of shape {tuple(query.shape)} for a memory of {tuple(V.shape)} "
-                         f"(all_steps={all_steps})")
-    if query.dtype != V.dtype:  # mixed dtypes: the reference read, which promotes
-        return ksr.memory_read(V, relations, query, gamma)
-    return MemoryReadFunction.apply(V, relations, query, gamma)
+    B, L, K = kg_seq.shape  # the compiled read reads V at every query: it must be V's shape
+    _check("cpu_kv_memory", floats, dict(lengths=lengths), dict(query=(B, L, K) if all_steps else (B, K)))
+    if not math.isfinite(float(gamma)):
+        raise ValueError(f"cpu_kv_memory: gamma must be finite, got {gamma}")
+    return MemoryReadFunction.apply(cpu_memory_write(kg_seq, lengths, relations, all_steps), relations, query, gamma)
 
 
 # ----------------------------------------------------------------------------
@@ -270,6 +291,8 @@ class CPUDropout(torch.nn.Dropout):
 
 def dropout_mask(shape, p, dtype=torch.float32):
     """The scaled mask (shape): 1 / (1 - p) with probability 1 - p, else 0; p in [0, 1)."""
+    if not 0 <= p < 1 or dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dropout_mask: p must be in [0, 1) and dtype float32 or float64, got {p}, {dtype}")
     seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64)) % 2 ** 64  # from torch's generator
     out = torch.empty(shape, dtype=dtype)
     getattr(_load(), f"ksr_dropout_mask_{_suffix(out)}")(out.numel(), float(p), seed, out.data_ptr(),
@@ -294,24 +317,25 @@ class CrossEntropyFunction(torch.autograd.Function):
         getattr(lib, f"ksr_cross_entropy_{_suffix(p)}")(n, N, D, p.data_ptr(), t.data_ptr(), q1.data_ptr(), 1.0 / n,
                                                         loss.data_ptr(), dp.data_ptr() if grad else None,
                                                         dq[1:].data_ptr() if grad else None, torch.get_num_threads())
-        ctx.grads = dp, dq
+        ctx.grads = dp, dq  # kept with the graph: a second backward (retain_graph) scales them again
         return loss.mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         dp, dq = ctx.grads
-        del ctx.grads
-        return dp.mul_(g), dq.mul_(g), None
+        return dp * g, dq * g, None
 
 
 def cpu_cross_entropy(p, q, targets):
-    """ksr.cross_entropy, same signature and result: the CE over all items 1..N of p . q_i, mean
-    over the n targets, its gradient made in the same pass (cpu.cpp, 3.). CPU, float32 or float64."""
-    _cpu("cpu_cross_entropy", p)
-    if p.dtype != q.dtype:
-        raise TypeError(f"cpu_cross_entropy: p is {p.dtype} and q is {q.dtype}")
-    _suffix(p)
+    """ksr.cross_entropy, same signature and result: the CE over all items 1..N of p . q_i, mean over
+    the n targets, its gradient made in the same pass (cpu.cpp, 3.). CPU, float32 or float64. Memory
+    beside p and q: dp, dq, one (N, D) sum of dq per chunk of targets (at most 8, added in a fixed
+    order: the same result on any thread count) and an (N, 64) block of scores per thread: at
+    N = 1M items and D = 64 about 2 GB, and 0.2 GB more per thread (float32)."""
+    floats, ints = dict(p=p, q=q), dict(targets=targets)
+    _check("cpu_cross_entropy", floats, ints, dict(p=(None, None), q=(None, None), targets=(None,)))
+    _check("cpu_cross_entropy", floats, ints, dict(q=(None, p.shape[1]), targets=(len(p),)))
     N = q.shape[0] - 1
     if len(targets) == 0:
         return ksr.cross_entropy(p, q, targets)  # no target: the reference's NaN, as F.cross_entropy gives
