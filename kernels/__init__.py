@@ -13,7 +13,7 @@ has the signature of the ksr.py function it replaces and computes the same funct
 
 --kernels picks a column (an operation it lacks runs torch's): `auto` the fastest that works here, cpp
 on the CPU where a C++ compiler works (compiled once, cached) else torch, torch on a CUDA GPU (triton is
-asked for by name until bench/gpu_check.sh shows it faster); `reference` ksr.py alone, GRU included;
+asked for by name until bench/gpu_check.py shows it faster); `reference` ksr.py alone, GRU included;
 torch, cpp or triton by name, refused in one line where it cannot run. Modules load on first use.
 """
 import importlib

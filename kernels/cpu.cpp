@@ -49,17 +49,20 @@ constexpr int PAD = 2 * KSR_VBYTES / 4;  // columns padded to a multiple: two fl
 // exp without branches, so that the gate loops vectorize: exp(x) = 2^n exp(r), |r| <= ln2 / 2,
 // exp(r) by its Taylor series (degree 13 in double, 7 in float: the truncation below half an ulp).
 // The clamp saturates +-inf as torch's sigmoid and tanh do. A NaN passes it (every comparison is
-// false) and makes r, so p, NaN: NaN comes out, and the training's NaN check sees it. Its exponent n
-// alone is made finite (casting a NaN to an integer is undefined behaviour); a select, not a branch.
+// false) and makes r, so p, NaN: NaN comes out, and the training's NaN check sees it. 2^n is made
+// from n's bits, not by casting n to an integer (which for a NaN n is undefined behaviour).
 inline double exp_(double x) {
     x = x < -708.0 ? -708.0 : (x > 708.0 ? 708.0 : x);  // a ternary, not std::min: it vectorizes
-    double n = std::floor((x > -708.0 ? x : -708.0) * 1.4426950408889634 + 0.5);  // a NaN's n: finite
+    double n = std::floor(x * 1.4426950408889634 + 0.5);
     double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;  // ln 2, in two parts
     double p = 1.0 / 6227020800.0;
     const double c[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
                         1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
     for (double ci : c) p = p * r + ci;
-    uint64_t bits = uint64_t(int64_t(n) + 1023) << 52;
+    double t = n + 6755399441055744.0;  // 1.5 * 2^52: the integer n in t's low bits, no cast (of a NaN: UB)
+    uint64_t bits;
+    std::memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4338000000000000ull + 1023) << 52;
     double s;
     std::memcpy(&s, &bits, sizeof s);
     return p * s;
@@ -67,12 +70,15 @@ inline double exp_(double x) {
 
 inline float exp_(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float n = std::floor((x > -87.0f ? x : -87.0f) * 1.44269504f + 0.5f);  // a NaN's n: finite
+    float n = std::floor(x * 1.44269504f + 0.5f);
     float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
     float p = 1.0f / 5040.0f;
     const float c[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
     for (float ci : c) p = p * r + ci;
-    uint32_t bits = uint32_t(int32_t(n) + 127) << 23;
+    float t = n + 12582912.0f;  // 1.5 * 2^23, as above
+    uint32_t bits;
+    std::memcpy(&bits, &t, sizeof bits);
+    bits = (bits - 0x4B400000u + 127) << 23;
     float s;
     std::memcpy(&s, &bits, sizeof s);
     return p * s;

@@ -1,22 +1,18 @@
-"""KSR's two recurrences (the GRU, the memory write), the memory read, the CE loss and the
-dropout mask as compiled C++ loops for the CPU (cpu.cpp): the cpp column of kernels/__init__.py's
-table, each proven equal to its reference by tests/test_cpu_kernels.py (float64, values and
-gradients, random shapes, any thread count; the dropout: nn.Dropout's distribution).
+"""KSR's recurrences (the GRU, the memory write), the memory read, the CE loss and the dropout mask as
+compiled C++ loops (cpu.cpp): the cpp column of kernels/__init__.py's table, each proven equal to its
+reference by tests/test_cpu_kernels.py (float64, values and gradients, any shape and thread count).
 
     cpu_gru_layer(x, w_ih, w_hh, lengths) -> (B, L, H)   one layer of ksr.GRU's nn.GRU, 0 at padding
     cpu_kv_memory(kg_seq, lengths, relations, query, gamma, all_steps)   ksr.kv_memory, frozen KG
     cpu_cross_entropy(p, q, targets)    ksr.cross_entropy, value and gradient in one pass
     CPUDropout(p)                       nn.Dropout's distribution, masks drawn on all threads
 
-Why: torch runs a recurrence as many small operations per step (microseconds each), the read as ~8
-more, and draws a dropout mask on one thread. The large products stay in torch (x W_ih^T over the
-valid steps, the weight gradients); cpu.cpp runs per step h_{t-1} W_hh^T and the gates, rows spread
-over torch's threads.
-
-The library is compiled once per source, compiler and CPU (`c++` or $CXX, -march=native; more flags
-in $KSR_CXXFLAGS) into ~/.cache/ksr (or $KSR_CACHE_DIR); where no compiler works unavailable_reason()
-says why, and --kernels auto runs torch's column.
+Why: torch runs a recurrence as many small operations per step, the read as ~8 more, and draws a
+dropout mask on one thread. The large products stay in torch; cpu.cpp runs per step h_{t-1} W_hh^T
+and the gates, rows spread over torch's threads. The library is compiled once (kernels/build.py) per
+user and CPU; where no compiler works unavailable_reason() says why, and --kernels auto runs torch's.
 """
+import contextlib
 import ctypes
 import hashlib
 import math
@@ -24,74 +20,60 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
 import ksr
 
-SOURCE = Path(__file__).with_name("cpu.cpp")
-# -fno-trapping-math, -fno-math-errno: floor and the gates vectorize; -ffp-contract=fast: a * b + c as one
-# FMA, as BLAS does; -fopenmp: the threads are torch's own (cpu.cpp, for_each_tile), and where the compiler
-# has no OpenMP (Apple's clang) the kernels run on one thread
-FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-std=c++17",
-         "-shared", "-fPIC"]
-OPENMP = ["-fopenmp"]
-
+SOURCE, BUILD = Path(__file__).with_name("cpu.cpp"), Path(__file__).with_name("build.py")  # build.py: the flags
 _lib, _why = None, None
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}  # the library's functions for each dtype
 
 
-def _cpu_id():
-    """What -march=native depends on: the machine, and on Linux the CPU's model and feature flags."""
+def _cpu_id(cpuinfo="/proc/cpuinfo"):
+    """What -march=native depends on: the machine; on Linux the CPU's model and features (x86, ARM)."""
     info = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            info = "".join(sorted({ln for ln in f if ln.startswith(("model name", "flags"))}))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            info = "".join(sorted({ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU part"))}))
     return f"{platform.machine()} {platform.processor()} {info}"
 
 
-def _compiler():
-    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+def _library_path(cxx):
+    """The library of this source, build recipe (build.py), compiler (its --version), $KSR_CXXFLAGS and CPU,
+    in the user's cache ($KSR_CACHE_DIR, else $XDG_CACHE_HOME/ksr or ~/.cache/ksr)."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.partition("\n")[0]
+    recipe = f"{cxx} {version} {os.environ.get('KSR_CXXFLAGS', '')} {_cpu_id()}".encode()
+    key = hashlib.sha256(SOURCE.read_bytes() + BUILD.read_bytes() + recipe).hexdigest()[:16]
+    cache = os.environ.get("KSR_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ksr"
+    return Path(cache) / f"ksr_cpu-{key}.so"
 
 
 def _load(log=None):
-    """The compiled library (compiled now if not cached, saying so through `log`), or raise
-    RuntimeError saying why not."""
+    """The compiled library (compiled now if not cached, said through `log`), or RuntimeError: why not."""
     global _lib, _why
     if _why:
         raise RuntimeError(_why)
     if _lib is not None:
         return _lib
-    cxx = _compiler()
     try:
+        cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
         if not cxx:
             raise RuntimeError("no C++ compiler (c++, g++, clang++ or $CXX) on this machine")
-        source, extra = SOURCE.read_bytes(), os.environ.get("KSR_CXXFLAGS", "").split()  # e.g. -mno-avx512f
-        key = hashlib.sha256(source + " ".join([cxx, *FLAGS, *extra, *OPENMP, _cpu_id()]).encode()).hexdigest()[:16]
-        cache = Path(os.environ.get("KSR_CACHE_DIR") or Path.home() / ".cache" / "ksr")
-        path = cache / f"ksr_cpu-{key}.so"
-        if not path.exists():
-            if log:
-                log(f"kernels: compiling {SOURCE.name} with {cxx} into {path} (once: cached)")
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # compiled aside, then renamed: never half a library
-            os.close(fd)
+        path = _library_path(cxx)
+        for attempt in range(2):
+            if not path.exists():
+                from .build import compile_library  # once per source, compiler and CPU: not on a cached run
+                compile_library(cxx, SOURCE, path, log)
             try:
-                for flags in (FLAGS + extra + OPENMP, FLAGS + extra):
-                    done = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-                    if not done.returncode:
-                        break
-                else:
-                    first = (done.stderr.strip().splitlines() or ["(no message)"])[0]
-                    raise RuntimeError(f"{cxx} could not compile {SOURCE.name}: {first}")
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        lib = ctypes.CDLL(str(path))
+                lib = ctypes.CDLL(str(path))
+                break
+            except OSError as e:  # a library another user cached that we cannot read, or a damaged one: our own
+                if attempt or log is None:
+                    raise
+                log(f"kernels: cannot load {path} ({e}); compiling one of this user's")
+                path = path.with_name(f"{path.stem}-uid{getattr(os, 'getuid', lambda: 0)()}.so")
     except (OSError, RuntimeError) as e:
         _why = f"the compiled CPU kernels are unavailable: {e}"
         raise RuntimeError(_why) from None
@@ -118,30 +100,25 @@ def unavailable_reason(log=print):
 
 
 def _padded(w, cols):
-    """w (rows, c) with zero columns up to a multiple of cpu.cpp's PAD (two vectors): its products read
-    whole blocks."""
+    """w (rows, c) with zero columns up to a multiple of cpu.cpp's PAD: its products read whole vectors."""
     pad = _load().ksr_pad()
     out = w.new_zeros(w.shape[0], -(-cols // pad) * pad)
     out[:, :w.shape[1]] = w
     return out
 
 
-# The C++ loops read raw pointers: every public function checks what it hands them (CPU tensors, one
-# float dtype, every shape relation) and refuses anything else in one ValueError naming the argument.
-
 def _check(fn, floats, ints, shapes):
-    """floats, ints: {argument: tensor}; shapes: {argument: the shape it must have (None: any size)}."""
+    """The C++ loops read raw pointers: every public function checks what it hands them, CPU tensors of one
+    float dtype and the shapes {argument: shape, None any size}; else one ValueError naming the argument."""
     for name, t in {**floats, **ints}.items():
         if not torch.is_tensor(t) or t.device.type != "cpu":
             raise ValueError(f"{fn}: {name} must be a CPU tensor, got {t.device if torch.is_tensor(t) else type(t).__name__}")
     first, dtype = next(iter(floats)), next(iter(floats.values())).dtype
     for name, t in floats.items():
         if t.dtype not in (torch.float32, torch.float64) or t.dtype != dtype:
-            raise ValueError(f"{fn}: {name} is {t.dtype}; the compiled kernels take float32 or float64, one for "
-                             f"every argument ({first} is {dtype})")
-    for name, t in ints.items():
-        if t.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{fn}: {name} must be an integer tensor, got {t.dtype}")
+            raise ValueError(f"{fn}: {name} is {t.dtype}; the kernels take float32 or float64, one dtype ({first} is {dtype})")
+    for name in (n for n, t in ints.items() if t.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"{fn}: {name} must be an integer tensor, got {ints[name].dtype}")
     for name, shape in shapes.items():
         t = {**floats, **ints}[name]
         if t.dim() != len(shape) or any(n is not None and n != m for n, m in zip(shape, t.shape)):
@@ -153,10 +130,6 @@ def _check_lengths(name, lengths, L):
     if lengths.numel() and not (0 <= int(lengths.min()) and int(lengths.max()) <= L):
         raise ValueError(f"{name}: lengths must be in [0, {L}]")
     return lengths.to(torch.int64).contiguous()
-
-
-def _suffix(t):
-    return {torch.float32: "f32", torch.float64: "f64"}[t.dtype]
 
 
 # ----------------------------------------------------------------------------
@@ -172,7 +145,7 @@ class GRULayerFunction(torch.autograd.Function):
         gi = gi.contiguous()  # lengths: int64, contiguous (cpu_gru_layer checked them)
         out, saved = gi.new_zeros(B, L, H), gi.new_empty(5, gi.shape[0], H)  # saved: r, z, n, gh_n, h_{t-1}
         w_hh_t = _padded(w_hh.detach().T, 3 * H)  # (H, Gp)
-        getattr(lib, f"ksr_gru_forward_{_suffix(gi)}")(B, L, H, gi.data_ptr(), w_hh_t.data_ptr(), lengths.data_ptr(),
+        getattr(lib, f"ksr_gru_forward_{SUFFIX[gi.dtype]}")(B, L, H, gi.data_ptr(), w_hh_t.data_ptr(), lengths.data_ptr(),
                                                        out.data_ptr(), saved.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(saved, w_hh, lengths)
         return out
@@ -185,7 +158,7 @@ class GRULayerFunction(torch.autograd.Function):
         dout = dout.contiguous()
         dgi, dgh = saved.new_empty(n, 3 * H), saved.new_empty(n, 3 * H)  # every packed step is written
         w_hh_p = _padded(w_hh.detach(), H)  # (3H, Hp)
-        getattr(lib, f"ksr_gru_backward_{_suffix(saved)}")(B, L, H, dout.data_ptr(), saved.data_ptr(),
+        getattr(lib, f"ksr_gru_backward_{SUFFIX[saved.dtype]}")(B, L, H, dout.data_ptr(), saved.data_ptr(),
                                                            w_hh_p.data_ptr(), lengths.data_ptr(), dgi.data_ptr(),
                                                            dgh.data_ptr(), torch.get_num_threads())
         dw_hh = dgh.T @ saved[4]  # sum over the valid steps of dgh_t^T h_{t-1}: one product
@@ -221,7 +194,7 @@ def cpu_memory_write(kg_seq, lengths, relations, all_steps=False):
     lengths = _check_lengths("cpu_memory_write", lengths, L)
     V = kg_seq.new_empty(B, R, K)
     states = kg_seq.new_zeros(B, L, R, K) if all_steps else None
-    getattr(_load(), f"ksr_memory_write_{_suffix(kg_seq)}")(B, L, R, K, kg_seq.data_ptr(), lengths.data_ptr(),
+    getattr(_load(), f"ksr_memory_write_{SUFFIX[kg_seq.dtype]}")(B, L, R, K, kg_seq.data_ptr(), lengths.data_ptr(),
                                                            relations.data_ptr(), V.data_ptr(),
                                                            states.data_ptr() if all_steps else None,
                                                            torch.get_num_threads())
@@ -229,8 +202,7 @@ def cpu_memory_write(kg_seq, lengths, relations, all_steps=False):
 
 
 class MemoryReadFunction(torch.autograd.Function):
-    """ksr.memory_read for a constant memory V (..., R, K) and keys (R, K): m (..., K) from the
-    query s (..., K), and the gradient towards s only (cpu.cpp, 2.)."""
+    """ksr.memory_read of a constant V (..., R, K), keys (R, K), query s (..., K); its gradient towards s only."""
 
     @staticmethod
     def forward(ctx, V, relations, query, gamma):
@@ -238,7 +210,7 @@ class MemoryReadFunction(torch.autograd.Function):
         V, relations, query = V.contiguous(), relations.contiguous(), query.contiguous()
         M = query.numel() // K
         m, w = query.new_empty(query.shape), query.new_empty(M, R)
-        getattr(lib, f"ksr_memory_read_{_suffix(V)}")(M, R, K, V.data_ptr(), relations.data_ptr(), query.data_ptr(),
+        getattr(lib, f"ksr_memory_read_{SUFFIX[V.dtype]}")(M, R, K, V.data_ptr(), relations.data_ptr(), query.data_ptr(),
                                                       float(gamma), m.data_ptr(), w.data_ptr(), torch.get_num_threads())
         ctx.save_for_backward(V, relations, w)
         ctx.gamma = float(gamma)
@@ -251,7 +223,7 @@ class MemoryReadFunction(torch.autograd.Function):
         (M, R), K = w.shape, relations.shape[1]
         dm = dm.contiguous()
         ds = dm.new_empty(dm.shape)
-        getattr(_load(), f"ksr_memory_read_backward_{_suffix(V)}")(M, R, K, V.data_ptr(), relations.data_ptr(),
+        getattr(_load(), f"ksr_memory_read_backward_{SUFFIX[V.dtype]}")(M, R, K, V.data_ptr(), relations.data_ptr(),
                                                                    w.data_ptr(), dm.data_ptr(), ctx.gamma,
                                                                    ds.data_ptr(), torch.get_num_threads())
         return None, None, ds, None
@@ -295,7 +267,7 @@ def dropout_mask(shape, p, dtype=torch.float32):
         raise ValueError(f"dropout_mask: p must be in [0, 1) and dtype float32 or float64, got {p}, {dtype}")
     seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), dtype=torch.int64)) % 2 ** 64  # from torch's generator
     out = torch.empty(shape, dtype=dtype)
-    getattr(_load(), f"ksr_dropout_mask_{_suffix(out)}")(out.numel(), float(p), seed, out.data_ptr(),
+    getattr(_load(), f"ksr_dropout_mask_{SUFFIX[out.dtype]}")(out.numel(), float(p), seed, out.data_ptr(),
                                                          torch.get_num_threads())
     return out
 
@@ -314,17 +286,20 @@ class CrossEntropyFunction(torch.autograd.Function):
         grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         loss = p.new_empty(n)
         dp, dq = (p.new_empty(n, D), q.new_zeros(N + 1, D)) if grad else (None, None)
-        getattr(lib, f"ksr_cross_entropy_{_suffix(p)}")(n, N, D, p.data_ptr(), t.data_ptr(), q1.data_ptr(), 1.0 / n,
+        getattr(lib, f"ksr_cross_entropy_{SUFFIX[p.dtype]}")(n, N, D, p.data_ptr(), t.data_ptr(), q1.data_ptr(), 1.0 / n,
                                                         loss.data_ptr(), dp.data_ptr() if grad else None,
                                                         dq[1:].data_ptr() if grad else None, torch.get_num_threads())
-        ctx.grads = dp, dq  # kept with the graph: a second backward (retain_graph) scales them again
+        ctx.grads = dp, dq
         return loss.mean()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        dp, dq = ctx.grads
-        return dp * g, dq * g, None
+        if ctx.grads is None:  # handed out, scaled in place (no copy of the (N + 1, D) dq a step)
+            raise RuntimeError("cpu_cross_entropy: a second backward through one loss: its gradient, made in the "
+                               "forward, went to the first; compute the loss again (or use ksr.cross_entropy)")
+        (dp, dq), ctx.grads = ctx.grads, None
+        return dp.mul_(g), dq.mul_(g), None
 
 
 def cpu_cross_entropy(p, q, targets):

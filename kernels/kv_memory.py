@@ -81,7 +81,7 @@ if triton is not None:
         PER_STEP: tl.constexpr, STORE_STATES: tl.constexpr, STORE_FINAL: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        i_b = tl.program_id(0)
+        i_b = tl.program_id(0).to(tl.int64)  # every offset below in int64: B L R BLOCK_K may pass 2^31
         o_k, m_r, m_k, o_v, m_v, b_rel = _row_setup(p_rel, R, K, BLOCK_R, BLOCK_K)
         n = tl.load(p_len + i_b).to(tl.int32)
         b_V = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
@@ -129,7 +129,7 @@ if triton is not None:
         st_xb, st_xt, st_xk, st_sb, st_st, st_sk,  # dm and ds share query's layout (made contiguous)
         PER_STEP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        i_b = tl.program_id(0)
+        i_b = tl.program_id(0).to(tl.int64)  # every offset below in int64: B L R BLOCK_K may pass 2^31
         o_k, m_r, m_k, o_v, m_v, b_rel = _row_setup(p_rel, R, K, BLOCK_R, BLOCK_K)
         if PER_STEP:
             n = tl.load(p_len + i_b).to(tl.int32)
@@ -159,7 +159,7 @@ if triton is not None:
         st_xb, st_xt, st_xk, st_sb, st_st, st_sk,  # dx shares kg_seq's layout, dm/ds query's
         PER_STEP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        i_b = tl.program_id(0)
+        i_b = tl.program_id(0).to(tl.int64)  # every offset below in int64: B L R BLOCK_K may pass 2^31
         o_k, m_r, m_k, o_v, m_v, b_rel = _row_setup(p_rel, R, K, BLOCK_R, BLOCK_K)
         n = tl.load(p_len + i_b).to(tl.int32)
         p_state = p_states + i_b * L * R * BLOCK_K

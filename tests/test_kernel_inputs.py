@@ -1,13 +1,22 @@
 """The compiled CPU kernels refuse what they cannot compute and never hide a NaN: every public
 function of kernels/cpu.py checks its tensors (the C++ loops read raw pointers) and raises one
 ValueError naming the argument; NaN and inf come out where torch's reference puts them; a second
-backward gives the same gradient again."""
+backward gives the same gradient again, or one clear error; the compiled library is this user's, compiler's and CPU's."""
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 import kernels
 import ksr
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(bool(kernels.cpu.unavailable_reason()), reason=str(kernels.cpu.unavailable_reason()))
 cpu = kernels.cpu
@@ -131,31 +140,72 @@ def test_nan_and_inf_in_the_ce_come_out_as_torchs(value, where):
 
 
 def test_no_nan_reaches_an_integer_cast():
-    """Casting a NaN to an integer is undefined behaviour: the exponent n that exp_ casts is computed
-    from a value a NaN never reaches (the NaN tests above pin what comes out)."""
+    """Casting a NaN to an integer is undefined behaviour (one compiler's NaN may come out a number): exp_
+    makes 2^n from n's bits (n + 1.5 * 2^52), and no float is cast to an integer anywhere in cpu.cpp
+    (the NaN tests above pin what comes out)."""
     with open(cpu.SOURCE, encoding="utf-8") as f:
-        source = f.read()
-    casts = [line for line in source.splitlines() if "int64_t(n)" in line or "int32_t(n)" in line]
-    floors = [line for line in source.splitlines() if "std::floor(" in line]
-    assert len(casts) == 2 and len(floors) == 2
-    assert all("(x > -" in line for line in floors), floors  # a NaN x gives the clamp's bound, not a NaN n
+        code = "\n".join(line.split("//")[0] for line in f)
+    assert "6755399441055744.0" in code and "12582912.0f" in code
+    floats = set(re.findall(r"\b(?:double|float|T) (\w+) =", code))  # every float variable's name
+    casts = re.findall(r"\b(?:u?int(?:32|64)_t|int|long|size_t)\((\w+)\)", code)
+    assert casts and not floats & set(casts), sorted(floats & set(casts))
 
 
-def test_a_second_backward_gives_the_same_gradients():
-    """backward(retain_graph=True) and then backward again: each of the kernels' gradients twice."""
+def test_a_second_backward_gives_the_same_gradients_or_one_clear_error():
+    """backward(retain_graph=True), then backward again: the GRU's and the memory's gradients twice; the
+    CE, whose gradient is made in the forward and handed out (scaled in place) by the first backward,
+    says so in one line instead of an AttributeError."""
     g = torch.Generator().manual_seed(4)
     gru = torch.nn.GRU(4, 5, 1, bias=False, batch_first=True).double()
     x = torch.randn(3, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    p = torch.randn(8, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    q = torch.randn(12, 6, generator=g, dtype=torch.float64, requires_grad=True)
     s = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     kg, rel = torch.randn(3, 6, 4, generator=g, dtype=torch.float64), torch.randn(2, 4, generator=g, dtype=torch.float64)
     lengths = torch.tensor([6, 1, 4])
-    loss = (cpu.cpu_gru_layer(x, gru.weight_ih_l0, gru.weight_hh_l0, lengths).sum()
-            + cpu.cpu_cross_entropy(p, q, torch.randint(1, 12, (8,), generator=g))
-            + cpu.cpu_kv_memory(kg, lengths, rel, s, 2.0).sum())
-    leaves = [x, p, q, s, gru.weight_hh_l0]
+    loss = cpu.cpu_gru_layer(x, gru.weight_ih_l0, gru.weight_hh_l0, lengths).sum() + cpu.cpu_kv_memory(
+        kg, lengths, rel, s, 2.0).sum()
+    leaves = [x, s, gru.weight_hh_l0]
     first = torch.autograd.grad(loss, leaves, retain_graph=True)
-    second = torch.autograd.grad(loss, leaves)
-    for a, b in zip(first, second):
+    for a, b in zip(first, torch.autograd.grad(loss, leaves)):
         assert torch.equal(a, b)
+    p = torch.randn(8, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(12, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    ce = cpu.cpu_cross_entropy(p, q, torch.randint(1, 12, (8,), generator=g))
+    ce.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="cpu_cross_entropy: a second backward through one loss"):
+        ce.backward()
+
+
+def test_the_library_is_this_users_and_this_compilers(tmp_path):
+    """The cache key holds the compiler's identity and the CPU's features; with $KSR_CACHE_DIR unset the
+    cache is the user's ($XDG_CACHE_HOME/ksr); the library is readable by other users of a shared cache; a
+    compiler without OpenMP is said once (a one-thread build); a cached library that cannot be loaded (a
+    foreign user's, or damaged) is replaced by one of this user's, saying why."""
+    real = shutil.which("c++") or shutil.which("g++")
+    fake = tmp_path / "c++"  # the machine's compiler, under another version line and without OpenMP
+    fake.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "fake-c++ 9.9"; exit 0; }}\n'
+                    f'for a in "$@"; do [ "$a" = -fopenmp ] && {{ echo "no OpenMP here" >&2; exit 1; }}; done\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    assert cpu._library_path(real) != cpu._library_path(str(fake))  # another compiler: another library
+    arm = tmp_path / "cpuinfo"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve\nCPU part\t: 0xd40\n")
+    other = tmp_path / "cpuinfo2"
+    other.write_text("processor\t: 0\nFeatures\t: fp asimd\nCPU part\t: 0xd0c\n")
+    assert cpu._cpu_id(str(arm)) != cpu._cpu_id(str(other))  # another ARM CPU: another library
+    env = {k: v for k, v in os.environ.items() if k != "KSR_CACHE_DIR"}
+    env.update(CXX=str(fake), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    code = ("from kernels import cpu; print(cpu.unavailable_reason()); "
+            "import torch; print(float(cpu.cpu_cross_entropy(torch.ones(2, 3), torch.ones(4, 3), torch.tensor([1, 3]))))")
+    run = lambda: subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    works = lambda out: out.returncode == 0 and out.stdout.splitlines()[-2] == "None" and \
+        abs(float(out.stdout.splitlines()[-1]) - math.log(3)) < 1e-6  # the CE of equal scores over 3 items
+    out = run()
+    lines = out.stdout.splitlines()
+    assert works(out), out.stdout + out.stderr
+    assert any("cannot build with OpenMP (no OpenMP here): the compiled kernels run on one thread" in ln for ln in lines)
+    [lib] = (tmp_path / "xdg" / "ksr").iterdir()
+    assert lib.stat().st_mode & 0o044 == 0o044  # readable by the group and others (umask permitting: 022 here)
+    lib.write_bytes(b"not a library")  # another user's library we cannot load, or a damaged one
+    out = run()
+    assert works(out), out.stdout + out.stderr
+    assert f"cannot load {lib}" in out.stdout and "compiling one of this user's" in out.stdout
+    assert len(list((tmp_path / "xdg" / "ksr").iterdir())) == 2

@@ -2,7 +2,7 @@
 
 Runs under TRITON_INTERPRET=1 on the CPU (conftest.py sets it before triton is imported);
 skips where triton is missing. With TRITON_INTERPRET=0 on a CUDA machine the kernel-level tests
-run the compiled kernel on the GPU (kernels/gpu_check.sh does that); references stay on the CPU.
+run the compiled kernel on the GPU (bench/gpu_check.py does that); references stay on the CPU.
 """
 import importlib
 import os

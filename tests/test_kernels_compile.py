@@ -104,8 +104,12 @@ def compile_one(job):
     smem = re.search(r"(\d+) bytes smem", log)
     if not (regs and spill):
         return dict(error=f"ptxas -v said: {log.strip()[:300]}", seconds=time.perf_counter() - t0)
+    # the program id, widened to int64 before any offset is made of it: (i_b * L + t) * R * BLOCK_K passes 2^31
+    # at B L R BLOCK_K >= 2^31 (paper scale, large batches)
+    pid64 = re.search(r"(%\S+) = tt.get_program_id x : i32.*?arith.extsi \1 : i32 to i64", k.asm["ttir"], re.S)
     return dict(regs=int(regs.group(1)), spill_stores=int(spill.group(1)), spill_loads=int(spill.group(2)),
-                shared=k.metadata.shared + (int(smem.group(1)) if smem else 0), seconds=time.perf_counter() - t0)
+                shared=k.metadata.shared + (int(smem.group(1)) if smem else 0), seconds=time.perf_counter() - t0,
+                int64_offsets=bool(pid64))
 
 
 def variant_name(name, constexprs):
@@ -204,6 +208,13 @@ def test_every_launch_compiles_without_spills(compiled):
     for r in bad:
         print("FAILS:", r)
     assert not bad, f"{len(bad)} of {len(accepted)} compiles fail, spill or exceed shared memory; first: {bad[0]}"
+
+
+def test_offsets_are_int64(compiled):
+    """Every kernel widens its program id to int64 before it makes an offset: a batch whose
+    B x L x R x BLOCK_K passes 2^31 elements (paper scale, large batches) does not wrap around."""
+    accepted = [r for r in compiled if not r["refused"] and "error" not in r]
+    assert accepted and all(r["int64_offsets"] for r in accepted), [r for r in accepted if not r["int64_offsets"]][:1]
 
 
 def test_refused_shapes_are_where_spills_start(compiled):
