@@ -5,7 +5,7 @@
     python train.py --dataset ml-100k --no_memory          # plain GRU4Rec baseline
     python train.py --dataset ml-100k --kernels reference  # ksr.py alone (kernels/__init__.py: the table)
     python train.py --eval_only runs/X/model.pt            # re-evaluate a saved model
-    python train.py explain|tune|compare ...               # extras/explain.py, tune.py, compare.py
+    python train.py explain|tune|compare|recommend ...     # extras/explain.py, tune.py, compare.py, recommend.py
 
 A run, top to bottom: main -> parse_args (options.py) -> run: run_folder, data.load_dataset,
 build_model (ksr.KSR with the kernels --kernels picks), fit (per epoch train_epoch: forward, loss,
@@ -434,7 +434,7 @@ def launched():  # under torchrun, with more than one process
 # --eval_only extras/checkpoint.py's eval_only_command. They import train.py, never the reverse: train.py reaches them
 # by name (importlib), when one is asked for.
 COMMANDS = {"explain": "extras.explain:main", "tune": "extras.tune:main", "compare": "extras.compare:main",
-            "eval_only": "extras.checkpoint:eval_only_command"}
+            "recommend": "extras.recommend:main", "eval_only": "extras.checkpoint:eval_only_command"}
 
 
 def command(name):
@@ -444,7 +444,7 @@ def command(name):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] and argv[0] in ("explain", "tune", "compare"):
+    if argv[:1] and argv[0] in COMMANDS and argv[0] != "eval_only":
         return command(argv[0])(argv[1:])
     return cli(train_main, argv)
 

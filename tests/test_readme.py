@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBCOMMANDS = ("explain", "tune", "compare")
+SUBCOMMANDS = ("explain", "tune", "compare", "recommend")  # train.COMMANDS' programs
 
 
 def readme_commands():
@@ -49,6 +49,8 @@ COMMANDS = readme_commands()
 
 
 def test_the_readme_has_its_commands():
+    import train
+    assert set(SUBCOMMANDS) == set(train.COMMANDS) - {"eval_only"}  # the programs train.py runs by name
     assert "python train.py --dataset ml-100k" in COMMANDS and "python -m pytest -q tests" in COMMANDS
     assert any(c.startswith("python train.py compare") for c in COMMANDS) and len(COMMANDS) >= 12, COMMANDS
 
