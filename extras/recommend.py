@@ -41,7 +41,9 @@ def item_ids(ds, items):
     for x in items:
         i = x if isinstance(x, (int, np.integer)) else index.get(str(x))
         if i is None or not 1 <= i <= ds.n_items:
-            raise ValueError(f"no item {x!r} in {ds.name} ({'ids are 1..' + str(ds.n_items) if isinstance(x, int) else 'item tokens are its item_id column, e.g. ' + ', '.join(ds.item_tokens[1:4])})")
+            known = f"ids are 1..{ds.n_items}" if isinstance(x, (int, np.integer)) else \
+                f"item tokens are its item_id column, e.g. {', '.join(ds.item_tokens[1:4])}"
+            raise ValueError(f"no item {x!r} in {ds.name} ({known})")
         ids.append(int(i))
     if not ids:
         raise ValueError("an empty list of items: give at least one, oldest first")

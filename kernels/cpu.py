@@ -70,9 +70,9 @@ def _load(log=None):
                 lib = ctypes.CDLL(str(path))
                 break
             except OSError as e:  # a library another user cached that we cannot read, or a damaged one: our own
-                if attempt or log is None:
+                if attempt:
                     raise
-                log(f"kernels: cannot load {path} ({e}); compiling one of this user's")
+                (log or print)(f"kernels: cannot load {path} ({e}); compiling one of this user's")
                 path = path.with_name(f"{path.stem}-uid{getattr(os, 'getuid', lambda: 0)()}.so")
     except (OSError, RuntimeError) as e:
         _why = f"the compiled CPU kernels are unavailable: {e}"
