@@ -21,7 +21,7 @@ CORE = dict(
     eval_batch_size=4096, epochs=300, stopping_step=10, MAX_ITEM_LIST_LENGTH=50,
     topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", kernels="auto",
     max_steps=0,
-    out_dir=None, overwrite=False, eval_only=None,
+    out_dir=None, overwrite=False, eval_only=None, resume=None, quiet=False,
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
     transe_epochs=60, transe_learning_rate=None, transe_seed=2020, transe_optimizer="auto",  # transe.resolve
 )
@@ -165,6 +165,8 @@ def option_parser(prog, description, names=None):
         ("out_dir", dict(help="run folder (default runs/<dataset>-<kg>-<time>)")),
         ("overwrite", dict(action="store_true", help="train into an --out_dir that holds a run (its files are replaced)")),
         ("eval_only", dict(metavar="CHECKPOINT", help="re-evaluate a saved model.pt")),
+        ("resume", dict(metavar="RUN_DIR", help="go on with a stopped run from its last epoch (its last.pt)")),
+        ("quiet", dict(action="store_true", help="no progress bars (off anyway where stderr is not a terminal)")),
         ("transe_epochs", dict(type=number(int, 0), help="TransE epochs, when the KG vectors are trained here")),
         ("transe_learning_rate", dict(type=pfloat, help="TransE's learning rate (default 0.01 dense, 0.005 lazy)")),
         ("transe_seed", dict(type=number(int, 0, 2 ** 32 - 1), help="TransE's seed: the vectors belong to the "

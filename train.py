@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 import data
 import kernels
@@ -104,12 +105,10 @@ def metrics_from_ranks(ranks, topk, metrics=METRICS[:5]):
     return {f"{name}@{k}": v.mean().item() for k in topk for name, v in user_metrics(ranks, k).items() if name in chosen}
 
 
-def metrics_table(m, topk, decimals=4):
-    lines = ["metric     " + "".join(f"{'@' + str(k):>10}" for k in topk)]
-    for name in METRICS:
-        if f"{name}@{topk[0]}" in m:
-            lines.append(f"{name:<11}" + "".join(f"{m[f'{name}@{k}']:>10.{decimals}f}" for k in topk))
-    return "\n".join(lines)
+def metrics_table(m, topk, decimals=4):  # a row per metric, a column per k
+    rows = [f"{name:<11}" + "".join(f"{m[f'{name}@{k}']:>10.{decimals}f}" for k in topk) for name in METRICS
+            if f"{name}@{topk[0]}" in m]
+    return "\n".join(["metric     " + "".join(f"{'@' + str(k):>10}" for k in topk)] + rows)
 
 
 def batches(split, size, device="cpu", rank=0, world=1):
@@ -122,20 +121,21 @@ class NonFiniteError(UserError):
     """A NaN or inf loss or score: the run stops (cli() prints one line, exit 1)."""
 
 
-def world():
-    """(this process's rank, the number of processes): (0, 1) unless torchrun started the job."""
+def world():  # (this process's rank, the number of processes): (0, 1) unless torchrun started the job
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 @torch.no_grad()
-def rank_all(model, split, cfg, device, candidates=None):
+def rank_all(model, split, cfg, device, candidates=None, show=False):
     """The rank of each sample's target among all items (split order), or among the target and its row
     of `candidates` (sampled evaluation). Under torchrun each process ranks whole batches, round-robin,
     and the integer ranks are gathered: the same ranks as one process's, exactly."""
     model.eval()
     rank, world_size = world()
     mine = {}  # batch start -> ranks of its users, or why they cannot be ranked
-    for i, seq, lengths, targets in batches(split, cfg["eval_batch_size"], device, rank, world_size):
+    steps = batches(split, cfg["eval_batch_size"], device, rank, world_size)  # show: a progress bar, as train_epoch's
+    for i, seq, lengths, targets in tqdm(steps, disable=not show, total=-(-len(split) // cfg["eval_batch_size"] // world_size),
+                                         leave=False, unit="batch", file=sys.stderr):
         p, _ = model(seq, lengths)  # p_u after each user's last item
         scores = model.full_scores(p)
         n_nonfinite = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
@@ -153,11 +153,6 @@ def rank_all(model, split, cfg, device, candidates=None):
     if errors:
         raise NonFiniteError(errors[0])
     return torch.cat([mine[k] for k in sorted(mine)])
-
-
-def evaluate(model, split, cfg, device, candidates=None):
-    """Metrics of `split` (--metrics at every --topk), full ranking or among `candidates`."""
-    return metrics_from_ranks(rank_all(model, split, cfg, device, candidates), cfg["topk"], cfg["metrics"])
 
 
 # -----------------------------------------------------------------------------
@@ -197,12 +192,12 @@ def make_optimizer(model, cfg):
     return learner(params, **kw)
 
 
-def train_epoch(model, opt, split, cfg, device, gen, progress):
+def train_epoch(model, opt, split, cfg, device, gen, show=False):
     """One pass over `split` in a random order; returns the mean loss per target.
 
     Under torchrun `model` is the KSR inside DistributedDataParallel: every process takes its
     contiguous slice of each batch, DDP averages the gradients over the processes, and the loss is
-    scaled so that the average is the one-process step."""
+    scaled so that the average is the one-process step. show: a progress bar on stderr (tqdm)."""
     model.train()
     rank, world_size = world()
     n_items = (model.module if world_size > 1 else model).n_items
@@ -214,7 +209,8 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
     n_batches = math.ceil(len(split) / size)
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
     total, count = 0.0, 0
-    for b in range(n_batches):
+    bar = tqdm(range(n_batches), disable=not show, leave=False, unit="batch", file=sys.stderr)
+    for b in bar:
         rows = np.repeat(order[b * size:(b + 1) * size].numpy(), n_neg)
         seq, lengths, targets = map(torch.as_tensor, split.cut(rows))  # targets (B,), or (B, L) with 0 = none
         negatives = ksr.sample_negatives(targets, n_items, gen) if cfg["loss_type"] == "BPR" else None
@@ -242,13 +238,8 @@ def train_epoch(model, opt, split, cfg, device, gen, progress):
 
         total += loss_sum
         count += n_total
-        progress(b + 1, n_batches, total / count)
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
     return total / count
-
-
-def make_progress(enabled):  # a batch counter on stderr, rewritten in place
-    return lambda i, n, loss: enabled and print(f"\r  batch {i}/{n}  loss {loss:.4f}", file=sys.stderr, flush=True,
-                                                end="" if i < n else "\r" + " " * 40 + "\r")
 
 
 def load_data(cfg, log):
@@ -304,6 +295,7 @@ def run(cfg, log=print):
         }
         if rank == 0:
             save(results, results_path)
+            os.remove(os.path.join(out_dir, "last.pt"))  # finished: nothing to resume
     log(f"best valid {cfg['valid_metric']} {h['best_score']:.4f} at epoch {h['best_epoch']}; test metrics of that checkpoint:")
     log(metrics_table(test, cfg["topk"], 4 if cfg["metric_decimal_place"] is None else cfg["metric_decimal_place"]))
     log(f"results: {results_path}  ({results['total_seconds']:.0f}s in all)")
@@ -314,18 +306,23 @@ def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_
     """The epochs: train_epoch, and every eval_step epochs rank_all on valid; the best valid epoch's weights
     kept (and saved by rank 0), early stopping as RecBole's. Returns the history, the best weights."""
     is_main = world()[0] == 0
-    progress = make_progress(is_main and cfg["show_progress"] and sys.stderr.isatty())
+    show = is_main and cfg["show_progress"] and not cfg["quiet"] and sys.stderr.isatty()  # progress bars
     gen = torch.Generator().manual_seed(cfg["seed"])
     valid_key = cfg["valid_metric"].lower()
     h = {"epoch_seconds": [], "eval_seconds": [], "train_loss": [], "valid": [], "valid_epochs": []}
-    best, best_epoch, since_best = float("-inf"), -1, 0  # since_best: epochs without a better valid metric
-    for epoch in range(cfg["epochs"]):
+    start, best, best_epoch, since_best = 0, float("-inf"), -1, 0  # since_best: epochs without a better valid metric
+    if cfg.get("resume_state"):  # --resume: where the stopped run was, bit for bit (extras/checkpoint.py)
+        start, h, best, best_epoch, since_best = command("restore")(cfg["resume_state"], model, opt, gen, cfg)
+    last = lambda epoch: is_main and save(dict(epoch=epoch, h=h, best=best, best_epoch=best_epoch, since_best=since_best,
+        config=cfg, model=model.state_dict(), opt=opt.state_dict(), rng=(torch.get_rng_state(), gen.get_state())),
+        os.path.join(os.path.dirname(ckpt_path), "last.pt"))  # every epoch: what --resume goes on from
+    for epoch in range(start, cfg["epochs"]):
         t0 = time.time()
         validate = (epoch + 1) % cfg["eval_step"] == 0  # RecBole validates every eval_step epochs
         try:
-            loss, t1 = train_epoch(train_model, opt, train_split, cfg, device, gen, progress), time.time()
+            loss, t1 = train_epoch(train_model, opt, train_split, cfg, device, gen, show), time.time()
             if validate:
-                valid_ranks = rank_all(model, ds.valid, cfg, device, candidates["valid"])
+                valid_ranks = rank_all(model, ds.valid, cfg, device, candidates["valid"], show)
                 valid = metrics_from_ranks(valid_ranks, cfg["topk"], cfg["metrics"])
         except NonFiniteError as e:
             kept = f"the best checkpoint so far (epoch {best_epoch}) is kept in {ckpt_path}" if best_epoch >= 0 else "no checkpoint"
@@ -333,6 +330,7 @@ def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_
         h["epoch_seconds"].append(time.time() - t0)
         h["train_loss"].append(loss)
         if not validate:
+            last(epoch)  # saved before the epoch is said: a run stopped after its line goes on from it
             log(f"epoch {epoch:3d}  loss {loss:.4f}  train {h['epoch_seconds'][-1]:.1f}s")
             continue
         h["eval_seconds"].append(time.time() - t1)
@@ -349,6 +347,7 @@ def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_
                       "model": h["best_state"]}, ckpt_path)
         else:
             since_best += 1
+        last(epoch)
         log(f"epoch {epoch:3d}  loss {loss:.4f}  train {h['epoch_seconds'][-1] - h['eval_seconds'][-1]:.1f}s  valid "
             f"({h['eval_seconds'][-1]:.1f}s) " + "  ".join(f"{k} {v:.4f}" for k, v in valid.items()
                                                           if k in (valid_key, "ndcg@10", "hit@10"))
@@ -362,8 +361,7 @@ def fit(model, train_model, opt, train_split, ds, cfg, device, candidates, ckpt_
 # -----------------------------------------------------------------------------
 # The run folder: one run's alone, its files whole
 
-def rank0_first(fn):
-    """fn() on rank 0, then on the others, rank 0's error raised on every process (extras/distributed.py)."""
+def rank0_first(fn):  # fn() on rank 0, then on the others; rank 0's error raised on all (extras/distributed.py)
     if world()[1] == 1:
         return fn()
     from extras.distributed import main_first
@@ -380,8 +378,8 @@ def run_folder(cfg):
         def claim():
             if cfg["out_dir"]:
                 from extras.run_lock import run_folder as held_folder
-                run_files = [os.path.join(cfg["out_dir"], f) for f in ("model.pt", "results.json")]
-                return held.enter_context(held_folder(cfg["out_dir"], run_files, cfg["overwrite"]))
+                run_files = [os.path.join(cfg["out_dir"], f) for f in ("model.pt", "results.json", "last.pt")]
+                return held.enter_context(held_folder(cfg["out_dir"], run_files, cfg["overwrite"], cfg.get("resume_state")))
             stem = os.path.join(cfg["checkpoint_dir"], f"{cfg['dataset']}-{cfg['kg']}-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
                 for folder in (stem + f"-{k}" * (k > 1) for k in itertools.count(1)):  # a second run this second: -2
@@ -410,8 +408,8 @@ def save(obj, path):
 
 def train_main(argv):
     args = parse_args(argv)
-    if args.eval_only:
-        command("eval_only")(args, argv)
+    if args.eval_only or args.resume:  # a saved model.pt read back, or a stopped run gone on with
+        (cfg := command("eval_only" if args.eval_only else "resume")(args, argv)) and run(cfg)
     elif not launched():
         run(vars(args))
     else:  # under torchrun: join the other processes, run, leave (extras/distributed.py)
@@ -434,7 +432,8 @@ def launched():  # under torchrun, with more than one process
 # --eval_only extras/checkpoint.py's eval_only_command. They import train.py, never the reverse: train.py reaches them
 # by name (importlib), when one is asked for.
 COMMANDS = {"explain": "extras.explain:main", "tune": "extras.tune:main", "compare": "extras.compare:main",
-            "recommend": "extras.recommend:main", "eval_only": "extras.checkpoint:eval_only_command"}
+            "recommend": "extras.recommend:main", "eval_only": "extras.checkpoint:eval_only_command",
+            "resume": "extras.checkpoint:resume_command", "restore": "extras.checkpoint:restore"}
 
 
 def command(name):
@@ -444,7 +443,7 @@ def command(name):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] and argv[0] in COMMANDS and argv[0] != "eval_only":
+    if argv[:1] and argv[0] in ("explain", "tune", "compare", "recommend"):
         return command(argv[0])(argv[1:])
     return cli(train_main, argv)
 

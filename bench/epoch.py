@@ -113,7 +113,7 @@ def epoch_seconds(settings, ds, windows, rounds):
         for name, (model, opt, gen, cfg, threads) in runs.items():
             torch.set_num_threads(threads)
             t0 = time.perf_counter()
-            train.train_epoch(model, opt, windows, cfg, "cpu", gen, lambda *a: None)
+            train.train_epoch(model, opt, windows, cfg, "cpu", gen)
             if r:
                 times[name].append(time.perf_counter() - t0)
     torch.set_num_threads(old)

@@ -102,7 +102,7 @@ def main():
             opt = train.make_optimizer(model, cfg)
             gen = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
-            train.train_epoch(model, opt, ds.train, cfg, device, gen, lambda *a: None)
+            train.train_epoch(model, opt, ds.train, cfg, device, gen)
             if device == "cuda":
                 torch.cuda.synchronize()
             print(f"ml-100k (freebase) prefix training epoch, --kernels {impl}: {time.perf_counter() - t0:.1f}s")

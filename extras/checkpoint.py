@@ -1,5 +1,9 @@
-"""A saved model.pt, read back: the model and the data it was trained on (refused when the data
-changed since), for `python train.py --eval_only runs/X/model.pt` and extras/explain.py.
+"""A run's saved state, read back: model.pt, the model and the data it was trained on (refused when the
+data changed since), for `python train.py --eval_only runs/X/model.pt`, extras/explain.py and
+extras/recommend.py; and last.pt, the state after the last epoch a run finished, for
+`python train.py --resume runs/X`: the run goes on from there and ends as it would have, bit for bit
+on one thread (the weights, the optimizer's moments, the early-stopping count and the random
+generators' states all come back).
 """
 import math
 import os
@@ -53,7 +57,7 @@ KERNELS_OF_OLD_OPTIONS = {("reference", "auto"): "reference", ("reference", "off
 def eval_only(path, cfg_overrides, log=print):
     cfg, ds, model, epoch = load_checkpoint(path, cfg_overrides, log)
     candidates = run_candidates(ds, cfg, log)  # the training run's candidates: the same seed draws the same items
-    out = {name: train.evaluate(model, getattr(ds, name), cfg, cfg["device"], candidates[name]) for name in ("valid", "test")}
+    out = {name: evaluate(model, getattr(ds, name), cfg, cfg["device"], candidates[name]) for name in ("valid", "test")}
     log(f"{path} (epoch {epoch}): test metrics")
     log(train.metrics_table(out["test"], cfg["topk"]))
     return out
@@ -72,3 +76,48 @@ def eval_only_command(args, argv):
         raise UsageError(f"train.py: error: --{other[0]}: --eval_only evaluates the checkpoint with its own settings "
                          f"(it takes {', '.join('--' + o for o in EVAL_OPTIONS)})")
     eval_only(args.eval_only, {k: getattr(args, k) for k in EVAL_OPTIONS})
+
+
+def evaluate(model, split, cfg, device, candidates=None):
+    """Metrics of `split` (--metrics at every --topk), full ranking or among `candidates`."""
+    return train.metrics_from_ranks(train.rank_all(model, split, cfg, device, candidates), cfg["topk"], cfg["metrics"])
+
+
+# what a resumed run may take with another value than it was started with: they change no result
+RESUME_OPTIONS = ("resume", "eval_batch_size", "data_path", "show_progress")
+
+
+def resume_command(args, argv):
+    """python train.py --resume RUN_DIR: the stopped run's config, to go on with (None when it finished)."""
+    if train.launched():
+        raise UsageError("train.py: error: --resume runs in one process: python train.py --resume ...")
+    last, results = os.path.join(args.resume, "last.pt"), os.path.join(args.resume, "results.json")
+    if os.path.exists(results):
+        print(f"{args.resume}: the run finished; its results are in {results}")
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        cfg = dict(state["config"])
+    except Exception as e:
+        raise UsageError(f"train.py: error: --resume: {last}: not the state of a stopped run ({type(e).__name__}: "
+                         f"{e})".splitlines()[0]) from None
+    given = {k for k in given_options(argv) if k in cfg and getattr(args, k, cfg[k]) != cfg[k]}
+    if (changed := sorted(given - set(RESUME_OPTIONS))):
+        raise UsageError(f"train.py: error: --{changed[0]}: the run was started with {cfg[changed[0]]!r}; a resumed run "
+                         f"keeps its options (but {', '.join('--' + o for o in RESUME_OPTIONS[1:])})")
+    cfg.update({k: getattr(args, k) for k in given}, out_dir=args.resume, resume_state=last)
+    print(f"{args.resume}: going on after epoch {state['epoch']} of {cfg['epochs']}")
+    return cfg
+
+
+def restore(path, model, opt, gen, cfg):
+    """The state last.pt holds put back: (first epoch to run, history, best score, its epoch, epochs without
+    a better one). An early stop that had come already stops again at once."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"][0])
+    gen.set_state(state["rng"][1])
+    stopped = state["since_best"] > cfg["stopping_step"]
+    return (cfg["epochs"] if stopped else state["epoch"] + 1, state["h"], state["best"], state["best_epoch"],
+            state["since_best"])

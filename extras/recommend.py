@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import data
 from extras.checkpoint import load_checkpoint
@@ -99,12 +100,12 @@ def why(model, ds, seq, top):
     return [names[a] for a in terms.argmax(0).tolist()], dict(zip(names, w[0].tolist()))
 
 
-def write_all(model, ds, k, keep_seen, path, batch=1024):
+def write_all(model, ds, k, keep_seen, path, batch=1024, show=False):
     """Every user's top k, one full-ranking pass in batches: a TSV of user, rank, item, score."""
     users = [u for u in range(1, ds.n_users + 1) if len(ds.seqs[u])]
     with data.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write("user\trank\titem\tscore\n")
-        for b in range(0, len(users), batch):
+        for b in tqdm(range(0, len(users), batch), disable=not show, leave=False, unit="batch", file=sys.stderr):
             chunk = users[b:b + batch]
             top, scores = top_items(model, [ds.seqs[u].tolist() for u in chunk], k, keep_seen)
             for u, items, values in zip(chunk, top.tolist(), scores.tolist()):
@@ -127,6 +128,7 @@ def run(argv):
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ap.add_argument("--out", help="with --users all: the TSV to write")
     ap.add_argument("--data_path", help="where the dataset lives, if not where the run read it")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if bool(args.users) != bool(args.out):
         ap.error("--users all and --out go together")
@@ -138,7 +140,7 @@ def run(argv):
         ap.error("--why: the model was trained with --no_memory: it has no knowledge memory")
     try:
         if args.users:
-            n = write_all(model, ds, args.k, args.keep_seen, args.out)
+            n = write_all(model, ds, args.k, args.keep_seen, args.out, show=not args.quiet and sys.stderr.isatty())
             print(f"wrote the top {args.k} of {n} users to {args.out}", file=sys.stderr)
             return 0
         if args.user is not None:

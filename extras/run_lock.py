@@ -63,20 +63,20 @@ def locked(folder, holder, error=DataError, prefix=""):
 
 
 @contextlib.contextmanager
-def run_folder(folder, run_files, overwrite):
+def run_folder(folder, run_files, overwrite, resume=False):
     """A training run's folder, held from the check that it holds no run to the last write, so a second
     run into it is refused instead of mixing its files in: refused if it holds a run (any of run_files)
     unless overwrite, and then those files go first, so a results.json and a model.pt of two different
-    runs never sit side by side."""
+    runs never sit side by side. A resumed run (resume) goes on in its own folder: its files stay."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise DataError(f"{folder}: cannot write the run there ({e.strerror or e})") from None
     with locked(folder, "training run"):
         there = [f for f in run_files if os.path.exists(f)]
-        if there and not overwrite:
+        if there and not (overwrite or resume):
             raise DataError(f"{folder}: holds a run ({', '.join(map(os.path.basename, there))}); choose another "
                             f"--out_dir, or pass --overwrite to replace it")
-        for f in there:
+        for f in there if not resume else ():
             os.remove(f)
         yield folder

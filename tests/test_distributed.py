@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 import data
 import train
-from extras import distributed
+from extras import checkpoint, distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--dataset", "tiny", "--kg", "files", "--kg_embedding_size", "8", "--embedding_size", "8", "--hidden_size", "8",
@@ -42,8 +42,8 @@ def steps(cfg, k):
         split = data.sequence_windows(ds.seqs, ds.train, cfg["MAX_ITEM_LIST_LENGTH"], cfg["window_stride"])
     gen = torch.Generator().manual_seed(cfg["seed"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if train.world()[1] > 1 else model
-    train.train_epoch(ddp, opt, split, dict(cfg, max_steps=k), "cpu", gen, lambda *a: None)
-    metrics = {name: train.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")}
+    train.train_epoch(ddp, opt, split, dict(cfg, max_steps=k), "cpu", gen)
+    metrics = {name: checkpoint.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")}
     return {k: v.clone() for k, v in model.state_dict().items()}, metrics
 
 
@@ -106,7 +106,7 @@ def evaluations(cfgs):
         torch.manual_seed(0)
         ds = train.load_data(cfg, log=lambda m: None)
         model = train.build_model(cfg, ds)
-        out.append({name: train.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")})
+        out.append({name: checkpoint.evaluate(model, getattr(ds, name), cfg, "cpu") for name in ("valid", "test")})
     return out
 
 

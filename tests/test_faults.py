@@ -113,7 +113,7 @@ def test_nan_scores_stop_evaluation(tiny_dataset):
     with torch.no_grad():
         model.item_embedding.weight[3, 0] = float("nan")
     with pytest.raises(train.NonFiniteError, match="NaN or inf"):
-        train.evaluate(model, ds.valid, cfg, "cpu")
+        checkpoint.evaluate(model, ds.valid, cfg, "cpu")
 
 
 def test_diverging_run_stops_with_epoch_and_batch(tiny_dataset, tmp_path, capsys):
@@ -647,7 +647,7 @@ def test_torchrun_ends_in_one_line_from_rank_0(ddp_root, tmp_path, stop, lines):
     assert job.returncode != 0 and "[rank" not in err and f'File "{ROOT}/' not in err, err  # no traceback of ours
     if stop == "rank 1 killed":  # torchrun's summary of the failed job: rank 0 ended by our exit code, not a signal
         assert re.search(r"rank +: 0 \(local_rank: 0\)\n +exitcode +: (1|143) ", err), err
-    assert sorted(os.listdir(out)) == ["model.pt"]  # the best checkpoint kept; the lock released
+    assert sorted(os.listdir(out)) == ["last.pt", "model.pt"]  # the best checkpoint and the state to resume kept; the lock released
 
 
 @pytest.mark.parametrize("damage, needle", [

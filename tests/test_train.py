@@ -1,4 +1,5 @@
 """train.py: metrics against brute force, the CLI, an end-to-end run, checkpoints."""
+import io
 import json
 import math
 import os
@@ -227,3 +228,65 @@ def test_per_user_ranks_recompute_the_stored_metrics(tiny_dataset, tmp_path):
         assert all(1 <= r <= ds.n_items for r in per_user["rank"])
         assert train.metrics_from_ranks(torch.tensor(per_user["rank"]), [5, 10]) == metrics
     assert stored["test"] == res["test"]
+
+
+def test_a_stopped_run_resumed_ends_as_one_never_stopped(tiny_dataset, tmp_path, monkeypatch, capsys):
+    """Killed after epoch 2 of 4 (on one thread), then `--resume`: the same test metrics, every user's
+    rank and the same checkpoint weights as the run that never stopped; a finished run says so; a
+    changed option is refused in one line."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resume_and_compare(tiny_dataset, tmp_path, monkeypatch, capsys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def resume_and_compare(tiny_dataset, tmp_path, monkeypatch, capsys):
+    argv = ["--dataset", "tiny", "--data_path", tiny_dataset, "--kg", "files", "--kg_embedding_size", "8",
+            "--embedding_size", "8", "--hidden_size", "8", "--epochs", "4", "--train_batch_size", "4", "--stopping_step", "5"]
+    assert train.main(argv + ["--out_dir", str(tmp_path / "whole")]) == 0
+    real, calls = train.train_epoch, []
+
+    def killed_in_the_third_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(train, "train_epoch", killed_in_the_third_epoch)
+    assert train.main(argv + ["--out_dir", str(tmp_path / "stopped")]) == 130
+    monkeypatch.setattr(train, "train_epoch", real)
+    assert not (tmp_path / "stopped" / "results.json").exists()
+    with pytest.raises(options.UsageError, match="--learning_rate: the run was started with 0.002"):
+        train.train_main(["--resume", str(tmp_path / "stopped"), "--learning_rate", "0.1"])
+    capsys.readouterr()
+    assert train.main(["--resume", str(tmp_path / "stopped"), "--eval_batch_size", "5"]) == 0
+    assert "going on after epoch 1 of 4" in capsys.readouterr().out
+    load = lambda run, f: json.load(open(tmp_path / run / f)) if f.endswith(".json") else \
+        torch.load(tmp_path / run / f, weights_only=False)
+    whole, resumed = load("whole", "results.json"), load("stopped", "results.json")
+    assert resumed["test"] == whole["test"] and resumed["ranks"] == whole["ranks"]
+    assert resumed["train_loss"] == whole["train_loss"] and resumed["best_epoch"] == whole["best_epoch"]
+    a, b = load("whole", "model.pt")["model"], load("stopped", "model.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert train.main(["--resume", str(tmp_path / "stopped")]) == 0
+    assert "the run finished" in capsys.readouterr().out
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_progress_bar_on_a_terminal_unless_quiet(tiny_dataset, tmp_path, monkeypatch, quiet):
+    """A bar per epoch and per valid evaluation on stderr (tqdm: batches, rate, time left), only where
+    stderr is a terminal and not --quiet; the log lines are the same either way."""
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    logs = []
+    cfg = tiny_cfg(tiny_dataset, str(tmp_path / "r"), epochs=2, quiet=quiet)
+    train.run(cfg, log=logs.append)
+    bars = [ln for ln in err.getvalue().replace("\r", "\n").splitlines() if "batch/s" in ln]
+    assert (not bars) if quiet else any("/4 [" in ln for ln in bars), err.getvalue()[-500:]  # 4 batches an epoch
+    assert len([ln for ln in logs if ln.startswith("epoch")]) == 2
