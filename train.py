@@ -74,6 +74,8 @@ def parse_args(argv=None, ap=None, config_dict=None):
         ap.error("--device cuda: no CUDA device is available on this machine")
     if args.kernels in ("cpp", "triton") and (why := kernels.unavailable(args.kernels, args.device)):
         ap.error(f"--kernels {args.kernels}: {why}")
+    if args.quiet:  # every progress bar off, TransE's too (tqdm reads it)
+        os.environ["TQDM_DISABLE"] = "1"
     return args
 
 
@@ -414,13 +416,7 @@ def train_main(argv):
         run(vars(args))
     else:  # under torchrun: join the other processes, run, leave (extras/distributed.py)
         from extras import distributed
-        distributed.setup(args.device)
-        try:
-            run(vars(args))
-        except BaseException:
-            distributed.shutdown(finished=False)
-            raise
-        distributed.shutdown()
+        distributed.run_job(run, vars(args))
     return 0
 
 

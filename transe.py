@@ -16,10 +16,12 @@ entity vectors on the unit sphere, a fixed seed, one of two optimisers (--transe
 Hits@10 ranks a sample of held-out triples.
 """
 import contextlib
+import sys
 import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 HITS_SAMPLE = 2000  # held-out triples that Hits@10 ranks against every entity
 # --transe_optimizer auto: dense for a KG of at most this many triples, lazy above. Chosen on KSR's valid MRR@10
@@ -99,7 +101,7 @@ def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, mar
     loss_of = lambda eh, er, et, eh2, et2: torch.relu(margin + (eh + er - et).norm(dim=1)
                                                       - (eh2 + er - et2).norm(dim=1)).mean()  # margin ranking
     t0 = time.time()
-    for epoch in range(epochs):
+    for epoch in tqdm(range(epochs), disable=None, leave=False, unit="epoch", desc="TransE", file=sys.stderr):  # a terminal's
         order = torch.randperm(len(train), generator=g)
         total = 0.0
         for i in range(0, len(train), batch_size):

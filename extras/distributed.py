@@ -51,6 +51,18 @@ def _stopped(signum, frame):
     raise Stopped
 
 
+def run_job(run, cfg):
+    """run(cfg) as one process of torchrun's job: join the group, run, leave (after an error, without
+    waiting for peers that may be gone)."""
+    setup(cfg["device"])
+    try:
+        run(cfg)
+    except BaseException:
+        shutdown(finished=False)
+        raise
+    shutdown()
+
+
 def shutdown(finished=True):
     """Leave the process group. finished: this process got to the end, as every other will: wait
     for them first (a barrier), so that none tears the group down while another still uses it
