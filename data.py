@@ -446,7 +446,7 @@ def feature_paths(folder, dataset, kg, tag=None):
     return os.path.join(folder, f"{stem}.ent_feature"), os.path.join(folder, f"{stem}.rel_feature")
 
 
-def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim, transe_settings, log):
+def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim, transe_settings, log, show=True):
     """(entity vectors (E, K), relation vectors (R, K), found (E,) bool, TransE's Hits@10 or None).
 
     The dataset's .ent_feature/.rel_feature when it has them (a user's files, used as they are).
@@ -486,7 +486,7 @@ def kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens, dim
         made = transe.resolve(transe_settings, len(triples))  # "auto": dense or lazy by the KG's size
         entity_kg, relation_kg, hits = transe.train_transe(triples, len(entity_tokens), len(relation_tokens), dim=dim,
                                                            epochs=made["epochs"], lr=made["learning_rate"],
-                                                           seed=made["seed"], optimizer=made["optimizer"], log=log)
+                                                           seed=made["seed"], optimizer=made["optimizer"], log=log, show=show)
         fmt = lambda v: " ".join(map("{:.6g}".format, v.tolist()))  # Python floats: formatted twice as fast
         meta = {"transe_hits@10": hits, "triples": int(len(triples)), "made_with": want,
                 "transe": transe.record(dim, made["epochs"], made["learning_rate"], made["seed"], made["optimizer"])}
@@ -546,7 +546,7 @@ class Dataset:
 
 
 def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_len, transe_settings, log=print,
-                 data_args=None):
+                 data_args=None, show=True):
     """Load <data_path>/<dataset>/ into a `Dataset`, preparing what is missing.
 
     kg: "files" (the dataset's .kg/.link files; "freebase" is ml-100k's name for them) or "attributes"
@@ -589,7 +589,7 @@ def load_dataset(dataset, data_path, kg, keep_unlinked, kg_embedding_size, max_l
     # e_i and r_a: the dataset's own, or TransE's, cached (of the whole KG: the vectors belong to the dataset;
     # RecBole too reads them whole, whatever its filters keep)
     entity_kg, relation_kg, found, hits = kg_vectors(folder, dataset, kg, triples, entity_tokens, relation_tokens,
-                                                     kg_embedding_size, transe_settings, log)
+                                                     kg_embedding_size, transe_settings, log, show)
     if kg_keep is not None or a["kg_reverse_r"]:
         triples, relation_tokens, relation_kg = recbole.kg_after_filters(triples, kg_keep, relation_tokens, relation_kg,
                                                                          a["kg_reverse_r"])

@@ -74,8 +74,6 @@ def parse_args(argv=None, ap=None, config_dict=None):
         ap.error("--device cuda: no CUDA device is available on this machine")
     if args.kernels in ("cpp", "triton") and (why := kernels.unavailable(args.kernels, args.device)):
         ap.error(f"--kernels {args.kernels}: {why}")
-    if args.quiet:  # every progress bar off, TransE's too (tqdm reads it)
-        os.environ["TQDM_DISABLE"] = "1"
     return args
 
 
@@ -247,7 +245,7 @@ def train_epoch(model, opt, split, cfg, device, gen, show=False):
 def load_data(cfg, log):
     return data.load_dataset(cfg["dataset"], cfg["data_path"], cfg["kg"], cfg["keep_unlinked"],
                              cfg["kg_embedding_size"], cfg["MAX_ITEM_LIST_LENGTH"], transe_settings(cfg), log=log,
-                             data_args={k: cfg[k] for k in DATA_ARGS})
+                             data_args={k: cfg[k] for k in DATA_ARGS}, show=cfg["show_progress"] and not cfg["quiet"])
 
 
 def run(cfg, log=print):

@@ -54,7 +54,7 @@ def record(dim, epochs, lr, seed, optimizer):
 
 
 def train_transe(triples, n_entities, n_relations, *, dim, epochs, lr, seed, optimizer="lazy", batch_size=BATCH_SIZE,
-                 margin=MARGIN, holdout=HOLDOUT, log=print):
+                 margin=MARGIN, holdout=HOLDOUT, log=print, show=True):
     """TransE on (T, 3) integer triples (head, relation, tail). Returns (entity vectors, relation vectors, raw tail
     Hits@10 on a sample of n held-out triples, n = min(HITS_SAMPLE = 2000, number held out)). The held-out triples
     (a `holdout` share) are not trained on.
@@ -66,7 +66,7 @@ def train_transe(triples, n_entities, n_relations, *, dim, epochs, lr, seed, opt
     """
     with one_thread():
         return _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed,
-                             optimizer, log)
+                             optimizer, log, show)
 
 
 @contextlib.contextmanager
@@ -85,7 +85,7 @@ def unit(x):
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, optimizer, log):
+def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, margin, lr, holdout, seed, optimizer, log, show):
     g = torch.Generator().manual_seed(seed)
     triples = torch.as_tensor(np.asarray(triples), dtype=torch.long)
     perm = torch.randperm(len(triples), generator=g)
@@ -101,7 +101,8 @@ def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, mar
     loss_of = lambda eh, er, et, eh2, et2: torch.relu(margin + (eh + er - et).norm(dim=1)
                                                       - (eh2 + er - et2).norm(dim=1)).mean()  # margin ranking
     t0 = time.time()
-    for epoch in tqdm(range(epochs), disable=None, leave=False, unit="epoch", desc="TransE", file=sys.stderr):  # a terminal's
+    for epoch in tqdm(range(epochs), disable=None if show else True, leave=False, unit="epoch", desc="TransE",
+                      file=sys.stderr):  # show: a bar where stderr is a terminal (None)
         order = torch.randperm(len(train), generator=g)
         total = 0.0
         for i in range(0, len(train), batch_size):
@@ -130,7 +131,8 @@ def _train_transe(triples, n_entities, n_relations, dim, epochs, batch_size, mar
                 rel_adam.step(rel_rows, y.detach(), y.grad)
             total += loss.item() * len(h)
         if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-            log(f"TransE epoch {epoch + 1}/{epochs}: loss {total / max(len(train), 1):.4f} ({time.time() - t0:.0f}s)")
+            with tqdm.external_write_mode():  # the bar cleared around the log line, then drawn again
+                log(f"TransE epoch {epoch + 1}/{epochs}: loss {total / max(len(train), 1):.4f} ({time.time() - t0:.0f}s)")
     ent, rel = unit(ent.detach()), rel.detach()
     # perm is a seeded shuffle, so the first HITS_SAMPLE held-out triples are a uniform sample of them
     return ent.numpy(), rel.numpy(), transe_hits_at_10(ent, rel, test[:HITS_SAMPLE])

@@ -27,10 +27,11 @@ from extras.explain import decompose, item_name, slot_names
 from options import DataError, Parser, UsageError, cli, positive
 
 
-def ksr_load(path, data_path=None, log=lambda m: None):
+def ksr_load(path, data_path=None, log=lambda m: None, quiet=False):
     """(model, dataset) of a saved model.pt, the model in eval mode on the CPU; the data it was trained
-    on (refused if it changed since: options.DataError)."""
-    cfg, ds, model, _ = load_checkpoint(path, {"device": "cpu"} | ({"data_path": data_path} if data_path else {}), log)
+    on (refused if it changed since: options.DataError). quiet: no progress bar (TransE's, if its vectors are gone)."""
+    overrides = {"device": "cpu", "quiet": quiet} | ({"data_path": data_path} if data_path else {})
+    cfg, ds, model, _ = load_checkpoint(path, overrides, log)
     model.max_len = cfg["MAX_ITEM_LIST_LENGTH"]  # the inputs it was trained on: a longer sequence's last items
     return model.eval(), ds
 
@@ -133,7 +134,7 @@ def run(argv):
     if bool(args.users) != bool(args.out):
         ap.error("--users all and --out go together")
     try:
-        model, ds = ksr_load(args.checkpoint, args.data_path, log=lambda m: print(m, file=sys.stderr))
+        model, ds = ksr_load(args.checkpoint, args.data_path, log=lambda m: print(m, file=sys.stderr), quiet=args.quiet)
     except DataError as e:
         ap.error(str(e))
     if args.why and model.no_memory:

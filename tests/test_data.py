@@ -215,6 +215,24 @@ def test_transe_is_the_same_on_any_number_of_threads():
         assert np.array_equal(ent, runs[0])
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_transe_shows_a_bar_on_a_terminal_and_its_log_lines_either_way(monkeypatch, quiet):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    rng = np.random.default_rng(0)
+    triples = np.stack([rng.integers(0, 30, 200), rng.integers(0, 2, 200), rng.integers(0, 30, 200)], 1)
+    logs = []
+    transe.train_transe(triples, 30, 2, dim=8, epochs=12, lr=0.005, seed=0, log=logs.append, show=not quiet)
+    bars = [ln for ln in sys.stderr.getvalue().replace("\r", "\n").splitlines() if "epoch/s" in ln]
+    assert (not bars) if quiet else any("/12 [" in ln for ln in bars), sys.stderr.getvalue()[-300:]
+    assert [m.split(":")[0] for m in logs] == ["TransE epoch 1/12", "TransE epoch 10/12", "TransE epoch 12/12"]
+
+
 def test_transe_leaves_the_rows_no_batch_uses_unchanged():
     # 40 triples among entities 0..9 of 5000: a batch uses those, plus one corrupted entity per triple
     rng = np.random.default_rng(0)
