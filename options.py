@@ -40,6 +40,7 @@ DATA_ARGS = dict(  # what data.load_dataset reads (its data_args, extras/recbole
 DEFAULTS = dict(
     CORE, learner="adam", weight_decay=0.0, clip_grad_norm=None, eval_step=1, show_progress=True,
     train_neg_sample_num=1,  # BPR: negatives per target (RecBole's train_neg_sample_args sample_num)
+    train_neg_sample_distribution="uniform",  # how they are drawn: uniform, or popularity (the paper's)
     valid_eval_mode="full", test_eval_mode="full", metric_decimal_place=None,  # None: exact
     metrics=["Recall", "MRR", "NDCG", "Hit", "Precision"], checkpoint_dir="runs", config_files=None, **DATA_ARGS)
 KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for its files (RecBole's Freebase KG)

@@ -209,11 +209,12 @@ def train_epoch(model, opt, split, cfg, device, gen, show=False):
     n_batches = math.ceil(len(split) / size)
     n_batches = min(n_batches, cfg["max_steps"] or n_batches)
     total, count = 0.0, 0
+    sample = ksr.sample_negatives if cfg["train_neg_sample_distribution"] == "uniform" else command("popularity")(split, n_items)
     bar = tqdm(range(n_batches), disable=not show, leave=False, unit="batch", file=sys.stderr)
     for b in bar:
         rows = np.repeat(order[b * size:(b + 1) * size].numpy(), n_neg)
         seq, lengths, targets = map(torch.as_tensor, split.cut(rows))  # targets (B,), or (B, L) with 0 = none
-        negatives = ksr.sample_negatives(targets, n_items, gen) if cfg["loss_type"] == "BPR" else None
+        negatives = sample(targets, n_items, gen) if cfg["loss_type"] == "BPR" else None
         n_total = n_mine = int((targets > 0).sum())
         if world_size > 1:  # this process's rows; every process joins every step (an empty slice: row 0, weight 0)
             part = np.array_split(np.arange(len(targets)), world_size)[rank]
@@ -427,7 +428,8 @@ def launched():  # under torchrun, with more than one process
 # by name (importlib), when one is asked for.
 COMMANDS = {"explain": "extras.explain:main", "tune": "extras.tune:main", "compare": "extras.compare:main",
             "recommend": "extras.recommend:main", "eval_only": "extras.checkpoint:eval_only_command",
-            "resume": "extras.checkpoint:resume_command", "restore": "extras.checkpoint:restore"}
+            "resume": "extras.checkpoint:resume_command", "restore": "extras.checkpoint:restore",
+            "popularity": "extras.paper:popularity_sampler"}
 
 
 def command(name):

@@ -13,7 +13,7 @@ Every key a RecBole config holds is in one of the tables below:
     evaluation and data keys, ksr's own options); CONVERT turns RecBole's other spellings of a value
     into the option's (topk: 10 is [10]).
   * TRANSLATE: a RecBole value that sets other options (eval_args -> split_ratio, valid_eval_mode,
-    test_eval_mode; train_neg_sample_args -> train_neg_sample_num; use_gpu -> device).
+    test_eval_mode; train_neg_sample_args -> train_neg_sample_num, _distribution; use_gpu -> device).
   * NO_EFFECT: accepted at any value, named in one note line (logging, workers, saving, GPU ids).
   * AT_VALUE: accepted at the values that change nothing here (named in the note), refused at any
     other with the reason (a RecBole feature ksr lacks, or one RecBole itself refuses for KSR).
@@ -220,7 +220,7 @@ def _eval_args(value, bad):
 
 
 def _train_neg_sample_args(value, bad):
-    """None: no negatives (CE); {distribution: uniform, sample_num: N}: BPR with N negatives per target."""
+    """None: no negatives (CE); {distribution: uniform|popularity, sample_num: N}: BPR with N negatives per target."""
     if value is None or value == "None":
         return {"train_neg_sample_num": 1}
     if not isinstance(value, dict):
@@ -231,11 +231,11 @@ def _train_neg_sample_args(value, bad):
     distribution = value.get("distribution", "uniform")
     if distribution in (None, "None", "none"):
         return {"train_neg_sample_num": 1}
-    if distribution != "uniform":
-        raise bad(f"distribution {distribution!r}: ksr samples training negatives uniformly (uniform)")
+    if distribution not in ("uniform", "popularity"):
+        raise bad(f"distribution {distribution!r}: ksr draws training negatives uniform or by popularity")
     if value.get("dynamic", False):
         raise bad("dynamic negative sampling is not implemented (dynamic: False)")
-    return {"train_neg_sample_num": value.get("sample_num", 1)}
+    return {"train_neg_sample_num": value.get("sample_num", 1), "train_neg_sample_distribution": distribution}
 
 
 def _use_gpu(value, bad):
@@ -345,6 +345,8 @@ BENCHMARK_IGNORES = ("split_ratio", "rm_dup_inter", "val_interval", "user_inter_
 
 def check_args(ap, args):
     """The RecBole settings that cannot go together (train.parse_args): one line, exit 2."""
+    if args.loss_type == "CE" and args.train_neg_sample_distribution != "uniform":
+        ap.error("--train_neg_sample_distribution: CE scores every item and samples no negatives; it needs --loss_type BPR")
     if args.benchmark_filename:
         if args.train_mode == "sequence":
             ap.error("--benchmark_filename: its files hold samples, not users' sequences, so they train in RecBole's "
@@ -475,6 +477,8 @@ def recbole_options():
         ("clip_grad_norm", dict(type=positive(float), help="clip the gradient's 2-norm to this (RecBole's max_norm)")),
         ("eval_step", dict(type=pint, help="validate every this many epochs")), ("show_progress", dict(type=str2bool)),
         ("train_neg_sample_num", dict(type=pint, help="BPR: negatives per target")),
+        ("train_neg_sample_distribution", dict(choices=["uniform", "popularity"], help="BPR: negatives drawn uniformly, or "
+                                               "by training count (the paper's; extras/paper.py)")),
         ("split_ratio", dict(type=split_ratio, help="RecBole's RS split of each user's samples in time order, e.g. "
                              "0.8,0.1,0.1 (default: leave-one-out, RecBole's LS valid_and_test)")),
         *[(name, dict(type=eval_mode, help="full ranking, or rank among N sampled items (uniN uniform, popN by "
