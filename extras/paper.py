@@ -9,6 +9,7 @@ loads this module only for that option.
 import numpy as np
 import torch
 
+import data
 import ksr
 
 
@@ -19,8 +20,7 @@ def training_targets(split):
         return split.items[split.ends]
     first = split.starts + split.skip + 1  # the target of step t is items[starts + t + 1]
     counts = np.maximum(split.ends - first + 1, 0)
-    offsets = np.repeat(first - (np.cumsum(counts) - counts), counts)  # a ragged arange, without a loop
-    return split.items[offsets + np.arange(counts.sum())]
+    return split.items[np.repeat(first, counts) + data.ragged_arange(counts)]
 
 
 def popularity_sampler(split, n_items):
@@ -32,7 +32,7 @@ def popularity_sampler(split, n_items):
     counts[0] = 0  # padding
     cdf = torch.as_tensor(np.cumsum(counts) / counts.sum())  # cdf[i]: the share of items 1..i
 
-    def sample(targets, n_items_, generator=None):
+    def sample(targets, _n_items, generator=None):  # ksr.sample_negatives' signature; n_items is known
         # inverse-cdf sampling with the target's share cut out: u uniform on [0, 1 - p_t), moved past
         # the target's interval [cdf[t-1], cdf[t]); exact, one draw, no rejection loop
         below, upto = cdf[(targets - 1).clamp(min=0)], cdf[targets]
