@@ -40,7 +40,8 @@ def popularity_sampler(split, n_items):
         u = torch.rand(targets.shape, generator=generator, dtype=torch.float64) * (1 - share)
         u = torch.where(u >= below, u + share, u)
         neg = torch.searchsorted(cdf, u, right=True).clamp_(1, n_items)  # the first item whose cdf exceeds u
-        if (same := neg == targets).any():  # the target is the only item with a count (or a rounding edge)
+        # the target is the only item with a count (share 1: u + share lands past the last item), or a rounding edge
+        if (same := (neg == targets) | (share >= 1)).any():
             neg[same] = ksr.sample_negatives(targets[same], n_items, generator)
         return neg
 
