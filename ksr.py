@@ -130,6 +130,7 @@ class KSR(nn.Module):
     item_kg      (n_items + 1, K) pretrained KG vector e_i of each item (TransE), row 0 zero
     relation_kg  (R, K) pretrained relation vectors r_a: the memory keys, kept constant
     no_memory    a plain GRU4Rec: p_u = W h_t, q_i = x_i (the baseline)
+    item_vectors (n_items + 1, D) pretrained x_i, frozen (the authors': BPR-MF), or None: learned
     pad_slot     one more memory slot whose key is the zero vector, as RecBole's memory has
                  (its padding relation keeps a zero vector); it holds e_i itself
     memory, ce, gru_layer, dropout   kv_memory, cross_entropy, nn.GRU (None) and nn.Dropout, or the
@@ -138,7 +139,7 @@ class KSR(nn.Module):
     """
 
     def __init__(self, n_items, item_kg, relation_kg, *, embedding_size, hidden_size, num_layers, dropout_prob,
-                 gamma, loss_type, freeze_kg, no_memory, pad_slot, memory=kv_memory,
+                 gamma, loss_type, freeze_kg, no_memory, pad_slot, item_vectors=None, memory=kv_memory,
                  ce=cross_entropy, gru_layer=None, dropout=nn.Dropout):
         super().__init__()
         if loss_type not in ("CE", "BPR"):
@@ -165,6 +166,8 @@ class KSR(nn.Module):
         nn.init.xavier_normal_(self.item_embedding.weight)
         for w in self.gru.parameters():
             nn.init.xavier_uniform_(w)
+        if item_vectors is not None:
+            self.item_embedding.weight = nn.Parameter(torch.as_tensor(item_vectors, dtype=torch.float32), requires_grad=False)
         if not no_memory:
             self.entity_embedding.weight.data.copy_(item_kg)
             self.entity_embedding.weight.requires_grad_(not freeze_kg)

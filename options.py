@@ -19,8 +19,7 @@ CORE = dict(
     train_mode="sequence", learning_rate=0.002, train_batch_size=32,
     window_stride=50,  # sequence mode: a window every MAX_ITEM_LIST_LENGTH steps, no overlap (FOLLOWS)
     eval_batch_size=4096, epochs=300, stopping_step=10, MAX_ITEM_LIST_LENGTH=50,
-    topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", kernels="auto",
-    max_steps=0,
+    topk=[10], valid_metric="MRR@10", seed=2020, device="cpu", kernels="auto", max_steps=0,
     out_dir=None, overwrite=False, eval_only=None, resume=None, quiet=False,
     # the KG vectors, when the dataset has none: TransE (transe.py), trained once and cached
     transe_epochs=60, transe_learning_rate=None, transe_seed=2020, transe_optimizer="auto",  # transe.resolve
@@ -41,6 +40,7 @@ DEFAULTS = dict(
     CORE, learner="adam", weight_decay=0.0, clip_grad_norm=None, eval_step=1, show_progress=True,
     train_neg_sample_num=1,  # BPR: negatives per target (RecBole's train_neg_sample_args sample_num)
     train_neg_sample_distribution="uniform",  # how they are drawn: uniform, or popularity (the paper's)
+    item_embedding="learned",  # x_i: learned, or bprmf (the authors' frozen BPR-MF vectors; ours, not RecBole's)
     valid_eval_mode="full", test_eval_mode="full", metric_decimal_place=None,  # None: exact
     metrics=["Recall", "MRR", "NDCG", "Hit", "Precision"], checkpoint_dir="runs", config_files=None, **DATA_ARGS)
 KG_CHOICES = ("attributes", "files", "freebase")  # freebase: ml-100k's name for its files (RecBole's Freebase KG)

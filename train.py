@@ -140,8 +140,7 @@ def rank_all(model, split, cfg, device, candidates=None, show=False):
         scores = model.full_scores(p)
         n_nonfinite = int((~torch.isfinite(scores[:, 1:])).sum())  # never rank a NaN, never report it as a metric
         if candidates is not None:  # sampled: every item but the target and its candidates scores -inf, ranked last
-            keep = torch.as_tensor(candidates[i:i + len(seq)], device=scores.device)
-            keep = torch.cat([keep, targets[:, None]], 1)
+            keep = torch.cat([torch.as_tensor(candidates[i:i + len(seq)], device=scores.device), targets[:, None]], 1)
             scores = torch.full_like(scores, -math.inf).scatter_(1, keep, scores.gather(1, keep))
         mine[i] = f"{n_nonfinite} item scores of the users {i}..{i + len(seq) - 1} are NaN or inf" if n_nonfinite \
             else rank_of_target(scores, targets).cpu()
@@ -170,7 +169,8 @@ def build_model(cfg, ds, log=print):
     except ValueError as e:
         raise UsageError(f"train.py: error: {e}") from None
     fn = lambda op: kernels.function(op, chosen[op])
-    model = ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS},
+    items = command("bprmf")(cfg, ds, log) if cfg["item_embedding"] == "bprmf" else None  # the authors' x_i
+    model = ksr.KSR(ds.n_items, ds.item_kg, ds.relation_kg, **{k: cfg[k] for k in MODEL_OPTIONS}, item_vectors=items,
                     memory=fn("memory"), ce=fn("ce"), gru_layer=fn("gru"), dropout=fn("dropout"))
     model.kernels = chosen
     return model
@@ -429,7 +429,7 @@ def launched():  # under torchrun, with more than one process
 COMMANDS = {"explain": "extras.explain:main", "tune": "extras.tune:main", "compare": "extras.compare:main",
             "recommend": "extras.recommend:main", "eval_only": "extras.checkpoint:eval_only_command",
             "resume": "extras.checkpoint:resume_command", "restore": "extras.checkpoint:restore",
-            "popularity": "extras.paper:popularity_sampler"}
+            "popularity": "extras.paper:popularity_sampler", "bprmf": "extras.bprmf:item_vectors"}
 
 
 def command(name):

@@ -479,6 +479,8 @@ def recbole_options():
         ("train_neg_sample_num", dict(type=pint, help="BPR: negatives per target")),
         ("train_neg_sample_distribution", dict(choices=["uniform", "popularity"], help="BPR: negatives drawn uniformly, or "
                                                "by training count (the paper's; extras/paper.py)")),
+        ("item_embedding", dict(choices=["learned", "bprmf"], help="the item embeddings x_i: learned, or BPR-MF vectors "
+                                "pretrained on the training split and frozen (the paper's; extras/bprmf.py)")),
         ("split_ratio", dict(type=split_ratio, help="RecBole's RS split of each user's samples in time order, e.g. "
                              "0.8,0.1,0.1 (default: leave-one-out, RecBole's LS valid_and_test)")),
         *[(name, dict(type=eval_mode, help="full ranking, or rank among N sampled items (uniN uniform, popN by "
