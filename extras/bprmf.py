@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 import data
+from options import UserError
 
 # fixed, not options (as TransE's batch and margin): chosen once on ml-100k by this model's own valid Hit@10
 # (docs/paper-differences.md); SparseAdam updates the rows a batch uses, so an epoch costs ~ pairs x dim
@@ -30,7 +31,7 @@ EPOCHS, BATCH_SIZE, LEARNING_RATE, REG, SEED = 80, 1024, 0.005, 1e-3, 2020
 def training_pairs(split):
     """(users, items) of every item in the training split's samples, inputs and targets: a user's
     samples cover items[first start .. last end], the items before its valid and test targets."""
-    n = int(split.users.max()) + 1
+    n = int(split.users.max()) + 1 if len(split) else 1
     lo = np.full(n, np.iinfo(np.int64).max)
     hi = np.full(n, -1)
     np.minimum.at(lo, split.users, split.starts)
@@ -105,6 +106,8 @@ def item_vectors(cfg, ds, log=print):
             f"{ds.n_items} items, dim {settings['dim']})")
         P, Q = train_bprmf(users, items, ds.n_users, ds.n_items, settings["dim"],
                            show=cfg["show_progress"] and not cfg["quiet"])
+        if not torch.isfinite(Q).all():  # never cached, never a model's x_i
+            raise UserError(f"BPR-MF on {cfg['dataset']}'s training pairs gave NaN or inf vectors; nothing was written")
         hit = valid_hit_at_10(P, Q, users, items, ds.valid)
         record = {"method": "BPR-MF", "made_with": settings, "pairs": len(users), "valid_hit@10": hit,
                   "dataset": cfg["dataset"], "fingerprint": ds.fingerprint, "key": key}
@@ -119,7 +122,9 @@ def item_vectors(cfg, ds, log=print):
         vectors = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise data.DataError(f"{path}: not readable as our BPR-MF vectors ({e}); remove it to train them again") from None
-    if vectors.shape != (ds.n_items + 1, cfg["embedding_size"]) or not np.isfinite(vectors).all():
-        raise data.DataError(f"{path}: holds {vectors.shape} values, some not finite, or not (items + 1, embedding_size) = "
-                             f"({ds.n_items + 1}, {cfg['embedding_size']}); remove it to train them again")
+    want = (ds.n_items + 1, cfg["embedding_size"])
+    why = f"{vectors.shape} vectors, not (items + 1, embedding_size) = {want}" if vectors.shape != want else \
+        "NaN or inf" if not np.isfinite(vectors).all() else None
+    if why:
+        raise data.DataError(f"{path}: holds {why}: not our BPR-MF vectors; remove it to train them again")
     return vectors

@@ -10,6 +10,7 @@ import torch
 from hypothesis import example, given, settings, strategies as st
 
 import data
+import options
 import train
 from extras import bprmf, paper, recbole_config
 from test_train import tiny_cfg
@@ -172,3 +173,20 @@ def test_item_embedding_is_an_option_and_a_yaml_setting(tiny_dataset, tmp_path):
     assert (cfg["item_embedding"], cfg["gamma"], cfg["hidden_size"], cfg["loss_type"], cfg["train_neg_sample_num"],
             cfg["train_neg_sample_distribution"], cfg["learner"], cfg["epochs"]) == (
         "bprmf", 1.0, 256, "BPR", 10, "popularity", "adagrad", 10)
+
+
+def test_damaged_or_diverged_bprmf_vectors_are_one_line_errors(tiny_dataset, monkeypatch):
+    cfg = tiny_cfg(tiny_dataset, None, item_embedding="bprmf")
+    ds = train.load_data(cfg, log=lambda m: None)
+    monkeypatch.setattr(bprmf, "train_bprmf", lambda *a, **k: (torch.zeros(2, 8), torch.full((ds.n_items + 1, 8), torch.nan)))
+    with pytest.raises(options.UserError, match="NaN or inf vectors; nothing was written"):
+        bprmf.item_vectors(cfg, ds, lambda m: None)
+    assert not [f for f in os.listdir(os.path.join(tiny_dataset, "tiny")) if ".bprmf-" in f or f.startswith("tmp-")]
+    monkeypatch.undo()
+    bprmf.item_vectors(cfg, ds, lambda m: None)
+    folder = os.path.join(tiny_dataset, "tiny")
+    path = next(os.path.join(folder, f) for f in os.listdir(folder) if ".bprmf-" in f and f.endswith(".npy"))
+    for bad, why in ((np.zeros((3, 8), np.float32), r"\(3, 8\) vectors, not"), (np.full((ds.n_items + 1, 8), np.inf), "NaN or inf")):
+        np.save(path, bad)
+        with pytest.raises(data.DataError, match=why):
+            bprmf.item_vectors(cfg, ds, lambda m: None)
