@@ -39,7 +39,9 @@ def load_checkpoint(path, cfg_overrides, log=print):
     if ds.fingerprint != ckpt["fingerprint"]:
         raise DataError(f"{path}: the checkpoint was trained on data with fingerprint {ckpt['fingerprint']}, "
                              f"but {cfg['data_path']}/{cfg['dataset']} (kg={cfg['kg']}) now has {ds.fingerprint}")
-    model = train.build_model(cfg, ds, log).to(cfg["device"])
+    # frozen BPR-MF x_i (--item_embedding bprmf) are among the weights: built as learned ones, never pretrained again
+    model = train.build_model({**cfg, "item_embedding": "learned"}, ds, log).to(cfg["device"])
+    model.item_embedding.weight.requires_grad_(cfg["item_embedding"] == "learned")
     state = {k.replace("dense.", "read_query.") if k.startswith("dense.") else k: v for k, v in ckpt["model"].items()}
     try:  # a model.pt may hold read_query's weights under `dense.`: both load
         model.load_state_dict(state)

@@ -12,7 +12,7 @@ from hypothesis import example, given, settings, strategies as st
 import data
 import options
 import train
-from extras import bprmf, paper, recbole_config
+from extras import bprmf, checkpoint, paper, recbole_config
 from test_train import tiny_cfg
 
 
@@ -152,16 +152,24 @@ def test_bprmf_vectors_are_trained_once_cached_and_checked(tiny_dataset, monkeyp
 
 
 @pytest.mark.parametrize("no_memory", [False, True])
-def test_frozen_item_vectors_stay_as_pretrained(tiny_dataset, tmp_path, no_memory):
+def test_frozen_item_vectors_stay_as_pretrained(tiny_dataset, tmp_path, monkeypatch, no_memory):
     cfg = tiny_cfg(tiny_dataset, str(tmp_path / "r"), item_embedding="bprmf", no_memory=no_memory, epochs=2)
     res = train.run(cfg, log=lambda m: None)
     assert np.isfinite(res["test"]["mrr@10"])
     ds = train.load_data(cfg, log=lambda m: None)
-    weights = torch.load(res["checkpoint"], weights_only=False)["model"]
-    assert torch.equal(weights["item_embedding.weight"], torch.as_tensor(bprmf.item_vectors(cfg, ds, lambda m: None)))
+    vectors = torch.as_tensor(bprmf.item_vectors(cfg, ds, lambda m: None))
+    assert torch.equal(torch.load(res["checkpoint"], weights_only=False)["model"]["item_embedding.weight"], vectors)
     model = train.build_model(cfg, ds, log=lambda m: None)
     assert not model.item_embedding.weight.requires_grad
     assert all(p is not model.item_embedding.weight for g in train.make_optimizer(model, cfg).param_groups for p in g["params"])
+    # a saved model holds its vectors: loading it (recommend, explain, --eval_only) never pretrains them again
+    folder = os.path.join(tiny_dataset, "tiny")
+    for f in os.listdir(folder):
+        if ".bprmf-" in f:
+            os.remove(os.path.join(folder, f))
+    monkeypatch.setattr(bprmf, "train_bprmf", lambda *a, **k: pytest.fail("pretrained again"))
+    _, _, loaded, _ = checkpoint.load_checkpoint(res["checkpoint"], {}, log=lambda m: None)
+    assert torch.equal(loaded.item_embedding.weight, vectors) and not loaded.item_embedding.weight.requires_grad
 
 
 def test_item_embedding_is_an_option_and_a_yaml_setting(tiny_dataset, tmp_path):
