@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 import data
+import train
 from options import UserError
 
 # fixed, not options (as TransE's batch and margin): chosen once on ml-100k by this model's own valid Hit@10
@@ -83,8 +84,7 @@ def valid_hit_at_10(P, Q, users, items, split):
         seen = items[np.repeat(starts[rows], counts) + data.ragged_arange(counts)]
         scores[seen_row, seen] = -torch.inf
         t = targets[rows]
-        above = (scores > scores.gather(1, t[:, None])).sum(1)
-        hits += int(((above < 10) & (scores.gather(1, t[:, None])[:, 0] > -torch.inf)).sum())
+        hits += int(((train.rank_of_target(scores, t) <= 10) & (scores.gather(1, t[:, None])[:, 0] > -torch.inf)).sum())
     return hits / max(len(split), 1)
 
 
@@ -111,8 +111,7 @@ def item_vectors(cfg, ds, log=print):
         hit = valid_hit_at_10(P, Q, users, items, ds.valid)
         record = {"method": "BPR-MF", "made_with": settings, "pairs": len(users), "valid_hit@10": hit,
                   "dataset": cfg["dataset"], "fingerprint": ds.fingerprint, "key": key}
-        with data.replacing(path[:-4] + ".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f)
+        train.save(record, path[:-4] + ".json")
         with data.replacing(path) as tmp, open(tmp, "wb") as f:  # last: its presence marks the cache complete
             np.save(f, Q.numpy().astype(np.float32))
         log(f"item vectors: wrote {path}; BPR-MF's own valid Hit@10 (training items left out) = {hit:.4f}")
